@@ -1,0 +1,273 @@
+"""Process bootstrap: who am I, who is on my machine, and which virtual topology is in force.
+
+``init()`` builds the communicators every other module of ``asyncddp.comm`` uses: the world, a
+machine-local communicator (a shared-memory split, or a fixed block of ranks when
+``ASYNCDDP_RANKS_PER_MACHINE`` fakes a cluster on one box), and a cross-machine communicator of the
+ranks that share a local rank. It also holds the current topology. mpi4py is imported inside
+``init()`` only, because importing ``mpi4py.MPI`` initialises MPI and the launcher process that
+imports ``asyncddp`` must never do that.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from asyncddp.errors import NotInitializedError, TopologyError
+
+__all__ = [
+    "init",
+    "shutdown",
+    "is_initialized",
+    "rank",
+    "size",
+    "local_rank",
+    "local_size",
+    "machine_rank",
+    "machine_size",
+    "is_homogeneous",
+    "set_topology",
+    "load_topology",
+    "is_topology_weighted",
+    "in_neighbor_ranks",
+    "out_neighbor_ranks",
+    "set_machine_topology",
+    "load_machine_topology",
+    "in_neighbor_machine_ranks",
+    "out_neighbor_machine_ranks",
+    "get_context",
+]
+
+RANKS_PER_MACHINE_ENV = "ASYNCDDP_RANKS_PER_MACHINE"
+
+
+@dataclass
+class Context:
+    """Everything ``init()`` sets up. Other comm modules reach it through ``get_context()``."""
+
+    comm: Any  # MPI.Comm: the world this job runs on
+    local_comm: Any  # ranks on the same machine
+    cross_comm: Any  # ranks with the same local rank, one per machine
+    machine_rank: int
+    machine_size: int
+    topology: nx.DiGraph
+    is_weighted: bool
+    machine_topology: nx.DiGraph
+    machine_is_weighted: bool = False
+    # Live one-sided windows by name; set_topology refuses to run while any exist.
+    windows: dict[str, Any] = field(default_factory=dict)
+    # Callbacks run by shutdown() before the communicators are freed (progress threads, windows).
+    finalizers: list = field(default_factory=list)
+
+
+_context: Context | None = None
+
+
+def get_context() -> Context:
+    """The live context, or a clear error when ``init()`` has not run."""
+    if _context is None:
+        raise NotInitializedError(
+            "asyncddp is not initialised: call asyncddp.init() before any communication function"
+        )
+    return _context
+
+
+def is_initialized() -> bool:
+    return _context is not None
+
+
+def _install_abort_hook(comm) -> None:
+    """An unhandled exception on one rank aborts the whole job instead of hanging the others."""
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        previous(exc_type, exc, tb)
+        sys.stderr.flush()
+        if comm.Get_size() > 1:
+            comm.Abort(1)
+
+    sys.excepthook = hook
+
+
+def _split_local(comm):
+    per_machine = os.environ.get(RANKS_PER_MACHINE_ENV)
+    if per_machine:
+        try:
+            block = int(per_machine)
+        except ValueError:
+            block = 0
+        if block < 1:
+            raise TopologyError(
+                f"{RANKS_PER_MACHINE_ENV}={per_machine!r} is not a positive integer; "
+                "unset it or give the number of ranks per machine"
+            )
+        return comm.Split(color=comm.Get_rank() // block, key=comm.Get_rank())
+    from mpi4py import MPI
+
+    return comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+
+
+def init(topology: nx.DiGraph | None = None, is_weighted: bool = False, comm=None) -> None:
+    """Initialise asyncddp on ``comm`` (default ``MPI.COMM_WORLD``). Collective.
+
+    Safe to call again: a second call resets the topology to ``topology`` or the default
+    ``exponential_two_graph(size())``.
+    """
+    global _context
+    from mpi4py import MPI
+
+    from asyncddp.topology.graphs import exponential_two_graph
+
+    if _context is not None:
+        set_topology(topology or exponential_two_graph(_context.comm.Get_size()), is_weighted)
+        return
+    world = comm if comm is not None else MPI.COMM_WORLD
+    local = _split_local(world)
+    cross = world.Split(color=local.Get_rank(), key=world.Get_rank())
+    is_leader = local.Get_rank() == 0
+    num_machines = world.allreduce(1 if is_leader else 0)
+    # Leaders are numbered by world rank; everyone on a machine takes its leader's number.
+    leaders = world.Split(color=0 if is_leader else MPI.UNDEFINED, key=world.Get_rank())
+    my_machine = leaders.Get_rank() if is_leader else None
+    if leaders != MPI.COMM_NULL:
+        leaders.Free()
+    my_machine = local.bcast(my_machine, root=0)
+    world_size = world.Get_size()
+    _context = Context(
+        comm=world,
+        local_comm=local,
+        cross_comm=cross,
+        machine_rank=my_machine,
+        machine_size=num_machines,
+        topology=exponential_two_graph(world_size),
+        is_weighted=False,
+        machine_topology=exponential_two_graph(num_machines),
+    )
+    _install_abort_hook(world)
+    if topology is not None:
+        set_topology(topology, is_weighted)
+
+
+def shutdown() -> None:
+    """Release everything ``init()`` made. MPI itself is finalised by mpi4py at exit."""
+    global _context
+    if _context is None:
+        return
+    ctx = _context
+    for finalize in reversed(ctx.finalizers):
+        finalize()
+    ctx.finalizers.clear()
+    ctx.local_comm.Free()
+    ctx.cross_comm.Free()
+    _context = None
+
+
+def rank() -> int:
+    return get_context().comm.Get_rank()
+
+
+def size() -> int:
+    return get_context().comm.Get_size()
+
+
+def local_rank() -> int:
+    return get_context().local_comm.Get_rank()
+
+
+def local_size() -> int:
+    return get_context().local_comm.Get_size()
+
+
+def machine_rank() -> int:
+    return get_context().machine_rank
+
+
+def machine_size() -> int:
+    return get_context().machine_size
+
+
+def is_homogeneous() -> bool:
+    """True when every machine runs the same number of ranks."""
+    ctx = get_context()
+    sizes = ctx.comm.allgather(ctx.local_comm.Get_size())
+    return len(set(sizes)) == 1
+
+
+def _validate(graph: nx.DiGraph, num_nodes: int, what: str) -> None:
+    if not isinstance(graph, nx.DiGraph):
+        raise TopologyError(f"{what} must be a networkx.DiGraph, got {type(graph).__name__}")
+    if sorted(graph.nodes) != list(range(num_nodes)):
+        raise TopologyError(
+            f"{what} has nodes {sorted(graph.nodes)[:8]}... ({graph.number_of_nodes()} in all) "
+            f"but the job has {num_nodes}: build it for nodes 0..{num_nodes - 1}"
+        )
+
+
+def set_topology(graph: nx.DiGraph, is_weighted: bool = False) -> bool:
+    """Make ``graph`` the topology used by neighbour ops. Collective.
+
+    Returns False and changes nothing while one-sided windows exist (their neighbour buffers are
+    laid out for the old topology).
+    """
+    ctx = get_context()
+    _validate(graph, ctx.comm.Get_size(), "the topology")
+    if ctx.windows:
+        return False
+    ctx.topology = graph
+    ctx.is_weighted = bool(is_weighted)
+    return True
+
+
+def load_topology() -> nx.DiGraph:
+    return get_context().topology
+
+
+def is_topology_weighted() -> bool:
+    return get_context().is_weighted
+
+
+def _in_neighbors(graph: nx.DiGraph, node: int) -> list[int]:
+    return sorted(j for j in graph.predecessors(node) if j != node)
+
+
+def _out_neighbors(graph: nx.DiGraph, node: int) -> list[int]:
+    return sorted(j for j in graph.successors(node) if j != node)
+
+
+def in_neighbor_ranks() -> list[int]:
+    """Ranks that send to this rank in the current topology, ascending, self excluded."""
+    ctx = get_context()
+    return _in_neighbors(ctx.topology, ctx.comm.Get_rank())
+
+
+def out_neighbor_ranks() -> list[int]:
+    """Ranks this rank sends to in the current topology, ascending, self excluded."""
+    ctx = get_context()
+    return _out_neighbors(ctx.topology, ctx.comm.Get_rank())
+
+
+def set_machine_topology(graph: nx.DiGraph, is_weighted: bool = False) -> bool:
+    """The machine-level topology used by hierarchical neighbour averaging. Collective."""
+    ctx = get_context()
+    _validate(graph, ctx.machine_size, "the machine topology")
+    ctx.machine_topology = graph
+    ctx.machine_is_weighted = bool(is_weighted)
+    return True
+
+
+def load_machine_topology() -> nx.DiGraph:
+    return get_context().machine_topology
+
+
+def in_neighbor_machine_ranks() -> list[int]:
+    ctx = get_context()
+    return _in_neighbors(ctx.machine_topology, ctx.machine_rank)
+
+
+def out_neighbor_machine_ranks() -> list[int]:
+    ctx = get_context()
+    return _out_neighbors(ctx.machine_topology, ctx.machine_rank)
