@@ -1,0 +1,73 @@
+"""Torch tensors as MPI buffers, without copies where the memory allows it.
+
+MPI knows no bfloat16 and (portably) no float16, so tensors are handed to point-to-point calls and
+windows as raw bytes, and reductions of half-precision tensors run in float32 (which also avoids
+the rounding a half-precision sum would accumulate). Only host memory is handled here; CUDA
+tensors go through the device module's direct or staged path first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from asyncddp.errors import CommError
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "check_dtype",
+    "byte_view",
+    "numpy_view",
+    "reduction_dtype",
+    "contiguous_copy",
+]
+
+SUPPORTED_DTYPES = (
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.bool,
+)
+
+# Dtypes numpy (and therefore mpi4py's typed buffers) cannot represent natively.
+_NO_NUMPY = {torch.bfloat16: torch.int16}
+
+
+def check_dtype(tensor: torch.Tensor, op: str) -> None:
+    if tensor.dtype not in SUPPORTED_DTYPES:
+        raise CommError(
+            f"{op}: dtype {tensor.dtype} is not supported; use one of "
+            + ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
+        )
+
+
+def byte_view(tensor: torch.Tensor) -> np.ndarray:
+    """A uint8 numpy view sharing memory with a contiguous CPU tensor (any dtype)."""
+    if not tensor.is_contiguous() or tensor.device.type != "cpu":
+        raise CommError("internal: byte_view needs a contiguous CPU tensor")
+    return tensor.reshape(-1).view(torch.uint8).numpy()
+
+
+def numpy_view(tensor: torch.Tensor) -> np.ndarray:
+    """A typed numpy view sharing memory with a contiguous CPU tensor (not for bfloat16)."""
+    if tensor.dtype in _NO_NUMPY:
+        raise CommError(f"internal: {tensor.dtype} has no numpy equivalent; reduce in float32")
+    return tensor.reshape(-1).numpy()
+
+
+def reduction_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a sum of ``dtype`` values is computed in across ranks."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return dtype
+
+
+def contiguous_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A fresh contiguous copy: results never alias the caller's input."""
+    return tensor.detach().clone(memory_format=torch.contiguous_format)
