@@ -1,13 +1,31 @@
 """Hosts and their slots: Open MPI hostfiles and the ``-H host:N,...`` short form.
 
-(Parsers are being written; ``HostSpec`` is the shared record every other module uses.)
+A hostfile has one host a line, ``name slots=N [max_slots=M]``, with ``#`` comments and blank
+lines; a bare ``name`` means one slot. Every mistake (missing file, unknown token, duplicate host,
+bad slot count) raises ``HostfileError`` naming ``file:line`` and the fix: a job never falls back
+to localhost because its hostfile could not be read. ``HostSpec`` is the record every other module
+(launch, doctor, config) uses for a host.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-__all__ = ["HostSpec"]
+from asyncddp.errors import HostfileError
+
+__all__ = [
+    "HostSpec",
+    "parse_hostfile",
+    "parse_hostfile_text",
+    "parse_host_list",
+    "check_unique",
+    "total_slots",
+    "is_local_host",
+    "rank_hosts",
+]
 
 
 @dataclass(frozen=True)
@@ -29,3 +47,126 @@ class HostSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _count(text: str, what: str, where: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or str(value) != text.lstrip("+"):
+        raise HostfileError(f"{where}: {what}={text!r} is not a positive whole number; write e.g. {what}=4")
+    return value
+
+
+def _parse_line(line: str, where: str) -> HostSpec:
+    name, *tokens = line.split()
+    slots: int | None = None
+    max_slots: int | None = None
+    for token in tokens:
+        key, equals, value = token.partition("=")
+        # Open MPI also accepts "slot=", "cpu=", "count=": we take the documented spellings only.
+        if key == "slots" and equals:
+            slots = _count(value, "slots", where)
+        elif key == "max_slots" and equals:
+            max_slots = _count(value, "max_slots", where)
+        else:
+            raise HostfileError(
+                f"{where}: unknown token {token!r} after host {name!r}; "
+                "a hostfile line is 'host slots=N [max_slots=M]'"
+            )
+    slots = 1 if slots is None else slots
+    if max_slots is not None and max_slots < slots:
+        raise HostfileError(f"{where}: max_slots={max_slots} is below slots={slots} for {name!r}; raise max_slots or drop it")
+    return HostSpec(name=name, slots=slots, max_slots=max_slots, source=where)
+
+
+def check_unique(hosts: list[HostSpec]) -> None:
+    """Refuse a host listed twice: the two slot counts would silently add up or override."""
+    seen: dict[str, HostSpec] = {}
+    for host in hosts:
+        first = seen.get(host.name)
+        if first is not None:
+            raise HostfileError(
+                f"{host.source}: host {host.name!r} is already listed at {first.source}; "
+                "list each host once with its total slots"
+            )
+        seen[host.name] = host
+
+
+def parse_hostfile_text(text: str, source: str) -> list[HostSpec]:
+    """Hosts of hostfile ``text``; ``source`` (the file name) prefixes every error and ``HostSpec.source``."""
+    hosts: list[HostSpec] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            hosts.append(_parse_line(line, f"{source}:{number}"))
+    if not hosts:
+        raise HostfileError(f"{source}: no hosts in this hostfile; add lines like 'node1 slots=4'")
+    check_unique(hosts)
+    return hosts
+
+
+def parse_hostfile(path: str | Path) -> list[HostSpec]:
+    """Hosts of the Open MPI hostfile at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise HostfileError(f"hostfile {path} does not exist; check the --hostfile path") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise HostfileError(f"hostfile {path} cannot be read ({error}); give a readable text file") from None
+    return parse_hostfile_text(text, str(path))
+
+
+def parse_host_list(text: str, source: str = "-H") -> list[HostSpec]:
+    """Hosts of the short form ``a:4,b:2`` (a bare ``a`` is one slot)."""
+    hosts: list[HostSpec] = []
+    for index, item in enumerate(text.split(","), start=1):
+        item = item.strip()
+        where = f"{source} entry {index} ({item!r})"
+        # A bare IPv6 address is all colons: take it whole (one slot).
+        name, colon, count = (item, "", "") if _is_ip(item) or ":" not in item else item.rpartition(":")
+        if not name:
+            raise HostfileError(f"{where}: empty host name; write -H host1:4,host2:4")
+        slots = _count(count, "slots", where) if colon else 1
+        hosts.append(HostSpec(name=name, slots=slots, source=f"{source} {name}"))
+    check_unique(hosts)
+    return hosts
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def total_slots(hosts: list[HostSpec]) -> int:
+    return sum(host.slots for host in hosts)
+
+
+def is_local_host(name: str) -> bool:
+    """True for names that mean this machine (mpirun starts those ranks without ssh)."""
+    if name in ("localhost", "localhost.localdomain", "::1", socket.gethostname()):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def rank_hosts(hosts: list[HostSpec], num_ranks: int) -> list[str]:
+    """The host of each rank when mpirun maps by slot: fill each host's slots in order.
+
+    Ranks beyond the slots (oversubscription) are spread evenly, the first hosts taking one more,
+    as Open MPI's by-slot mapper does.
+    """
+    names = [host.name for host in hosts for _ in range(host.slots)][:num_ranks]
+    extra = num_ranks - len(names)
+    if extra <= 0:
+        return names
+    per_host, remainder = divmod(extra, len(hosts))
+    counts = {host.name: host.slots + per_host + (1 if index < remainder else 0) for index, host in enumerate(hosts)}
+    return [host.name for host in hosts for _ in range(counts[host.name])]

@@ -1,0 +1,85 @@
+"""``asyncddp run``: launch a script, module or command on every rank through mpirun.
+
+Thin layer: flags -> ``RunOptions``; ``merge_run_config`` applies the config file; ``build_plan``
+makes the mpirun command; ``--dry-run`` prints it, otherwise ``run_plan`` runs it and its exit code
+becomes ours. Everything after the script (or ``-m module``, or a command) goes to the ranks
+untouched: click stops parsing at the first positional argument.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import typer
+
+MPIRUN_ENV = "ASYNCDDP_MPIRUN"  # an explicit mpirun, overriding the search
+
+
+def _mpi_install():
+    from asyncddp.errors import LaunchError
+    from asyncddp.job import mpi_version_text
+    from asyncddp.launch import MpiInstall, find_mpirun, parse_mpi_version, venv_prefix
+
+    mpirun = os.environ.get(MPIRUN_ENV) or find_mpirun()
+    if not (os.path.isfile(mpirun) and os.access(mpirun, os.X_OK)):
+        raise LaunchError(f"{MPIRUN_ENV}={mpirun} is not an executable file; fix or unset it")
+    return MpiInstall(mpirun, parse_mpi_version(mpi_version_text(mpirun)), venv_prefix(mpirun))
+
+
+def _check_dir(working_dir: str | None) -> str | None:
+    # A working directory that exists only on the remote hosts cannot be checked from here.
+    if working_dir is None:
+        return os.getcwd()
+    return working_dir if os.path.isdir(working_dir) else None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "run",
+        context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+    )
+    def run_command(
+        command: list[str] = typer.Argument(None, metavar="SCRIPT.py [ARGS] | -m MODULE [ARGS] | COMMAND [ARGS]",
+                                            help="What every rank runs."),
+        num_ranks: int = typer.Option(None, "-np", "--np", "-n", help="Number of ranks."),
+        hostfile: str = typer.Option(None, "--hostfile", help="Open MPI hostfile (host slots=N)."),
+        hosts: str = typer.Option(None, "-H", "--host", help="Hosts, e.g. a:4,b:4."),
+        config: str = typer.Option(None, "--config", help="YAML cluster config (see configs/)."),
+        env: list[str] = typer.Option(None, "-x", help="Forward NAME, NAME=value or a glob like NCCL_*; repeatable."),
+        network: str = typer.Option(None, "--network-interface", help="Interface name or CIDR subnet for MPI traffic."),
+        mpi_args: str = typer.Option(None, "--mpi-args", help="Extra mpirun arguments, one quoted string."),
+        output_dir: str = typer.Option(None, "--output-dir", help="Also write each rank's output to DIR/rank.N.log."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the mpirun command and rank map; run nothing."),
+        as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as JSON."),
+        timeout: float = typer.Option(None, "--timeout", help="Kill the job after this many seconds (exit 124)."),
+        timeline: str = typer.Option(None, "--timeline", help="Ranks write a communication timeline to PATH."),
+        oversubscribe: bool = typer.Option(False, "--oversubscribe", help="Allow more ranks than slots."),
+    ) -> None:
+        """Run a script, -m module or command on every rank: asyncddp run -np 4 train.py ARGS..."""
+        from asyncddp.config import RunOptions, load_config, merge_run_config
+        from asyncddp.launch import build_plan, format_plan
+
+        options = RunOptions(
+            command=tuple(command or ()), num_ranks=num_ranks, hostfile=hostfile, host_list=hosts,
+            config=config, env=tuple(env or ()), network=network, mpi_args=mpi_args, output_dir=output_dir,
+            timeout=timeout, timeline=timeline, oversubscribe=oversubscribe,
+        )
+        cluster = load_config(config) if config else None
+        run_config = merge_run_config(options, cluster)
+        private_dir = output_dir or os.path.join(tempfile.gettempdir(), f"asyncddp-{os.getuid()}")
+        plan = build_plan(run_config, _mpi_install(), python=sys.executable, euid=os.geteuid(),
+                          private_dir=str(Path(private_dir).absolute()),
+                          check_dir=_check_dir(run_config.working_dir))
+        if dry_run:
+            typer.echo(json.dumps(plan.to_dict(), indent=2) if as_json else format_plan(plan))
+            return
+        from asyncddp.job import run_plan
+
+        result = run_plan(plan, output_dir=output_dir, timeout=run_config.timeout)
+        if result.summary:
+            print(result.summary, file=sys.stderr)
+        raise typer.Exit(result.exit_code)

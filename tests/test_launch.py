@@ -1,0 +1,227 @@
+"""The mpirun command builder, MPI flavour detection and output parsing, with literal values."""
+
+from __future__ import annotations
+
+import pytest
+
+from asyncddp.config import RunConfig
+from asyncddp.errors import LaunchError
+from asyncddp.hostfile import HostSpec
+from asyncddp.job import find_failure, parse_tagged_line
+from asyncddp.launch import (
+    MpiFlavor,
+    MpiInstall,
+    build_plan,
+    find_mpirun,
+    format_plan,
+    parse_mpi_version,
+    ssh_config_text,
+)
+
+OMPI5 = MpiFlavor("openmpi", "5.0.11", 5)
+OMPI4 = MpiFlavor("openmpi", "4.1.6", 4)
+MPICH = MpiFlavor("mpich", "4.1.2", 4)
+PY = "/venv/bin/python"
+
+
+def local(num_ranks=2, command=("train.py", "--lr", "0.1"), **extra) -> RunConfig:
+    fields = dict(command=command, num_ranks=num_ranks, hosts=(HostSpec("localhost", num_ranks, source="default"),),
+                  host_source="default", oversubscribe=True)
+    fields.update(extra)
+    return RunConfig(**fields)
+
+
+def plan(config, flavor=OMPI5, euid=0, prefix=None, environ=None, check_dir=None):
+    return build_plan(config, MpiInstall("/venv/bin/mpirun", flavor, prefix), python=PY, euid=euid,
+                      environ=environ or {}, private_dir="/priv", check_dir=check_dir)
+
+
+def test_parse_mpi_version_three_flavours():
+    assert parse_mpi_version("mpirun (Open MPI) 5.0.11\n\nReport bugs to https://www.open-mpi.org/community/help/\n") == OMPI5
+    assert parse_mpi_version("mpirun (Open MPI) 4.1.6\n\nReport bugs to http://www.open-mpi.org/community/help/\n") == OMPI4
+    hydra = ("HYDRA build details:\n    Version:                                 4.1.2\n"
+             "    Release Date:                            Wed Jun  7 15:22:45 CDT 2023\n")
+    assert parse_mpi_version(hydra) == MPICH
+    with pytest.raises(LaunchError, match="unknown MPI: 'mpirun --version' printed 'Intel"):
+        parse_mpi_version("Intel(R) MPI Library for Linux* OS, Version 2021.6\n")
+
+
+def test_open_mpi_5_localhost_default_as_root():
+    result = plan(local(num_ranks=4, oversubscribe=True, hosts=(HostSpec("localhost", 4),)), euid=0)
+    assert list(result.argv) == [
+        "/venv/bin/mpirun", "-np", "4", "--host", "localhost:4", "--map-by", "slot", "--bind-to", "none",
+        "--output", "tag", "--allow-run-as-root",
+        "-x", "PYTHONUNBUFFERED", "-x", "OMPI_ALLOW_RUN_AS_ROOT", "-x", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM",
+        "-x", "OMPI_MCA_osc",
+        PY, "-m", "mpi4py", "train.py", "--lr", "0.1",
+    ]
+    assert result.env == {"PYTHONUNBUFFERED": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1",
+                          "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_osc": "^ucx"}
+    assert result.rank_hosts == ("localhost",) * 4 and result.files == {}
+
+
+def test_open_mpi_5_oversubscribes_only_past_the_slots_and_keeps_user_osc():
+    config = local(num_ranks=3, hosts=(HostSpec("localhost", 1),), command=("-m", "pkg.mod", "a"))
+    result = plan(config, euid=1000, environ={"OMPI_MCA_osc": "pt2pt"})
+    assert list(result.argv) == [
+        "/venv/bin/mpirun", "-np", "3", "--host", "localhost:1", "--map-by", "slot:OVERSUBSCRIBE",
+        "--bind-to", "none", "--output", "tag", "-x", "PYTHONUNBUFFERED", "-x", "OMPI_MCA_osc",
+        PY, "-m", "mpi4py", "-m", "pkg.mod", "a",
+    ]
+    assert result.env == {"PYTHONUNBUFFERED": "1", "OMPI_MCA_osc": "pt2pt"}
+
+
+def test_open_mpi_4_flags_env_and_network():
+    config = local(num_ranks=3, hosts=(HostSpec("localhost", 2),), command=("python", "-c", "print(1)"),
+                   env_forward=("NCCL_*", "HOME"), env_set=(("A", "1"),), network="eth1", working_dir="/w",
+                   mpi_args=("--mca", "pml", "ob1"), timeline="/t/tl.json")
+    result = plan(config, flavor=OMPI4, euid=0, environ={"NCCL_B": "x", "NCCL_A": "y", "HOME": "/root"})
+    assert list(result.argv) == [
+        "/venv/bin/mpirun", "-np", "3", "--host", "localhost:2", "--map-by", "slot", "--bind-to", "none",
+        "--tag-output", "--oversubscribe", "--allow-run-as-root",
+        "--mca", "btl_tcp_if_include", "eth1", "--mca", "oob_tcp_if_include", "eth1", "-wdir", "/w",
+        "-x", "NCCL_A", "-x", "NCCL_B", "-x", "HOME", "-x", "PYTHONUNBUFFERED", "-x", "OMPI_ALLOW_RUN_AS_ROOT",
+        "-x", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "-x", "OMPI_MCA_osc", "-x", "NCCL_SOCKET_IFNAME",
+        "-x", "GLOO_SOCKET_IFNAME", "-x", "ASYNCDDP_TIMELINE", "-x", "A",
+        "--mca", "pml", "ob1", "python", "-c", "print(1)",
+    ]
+    assert result.env["ASYNCDDP_TIMELINE"] == "/t/tl.json" and result.env["NCCL_SOCKET_IFNAME"] == "eth1"
+    assert result.cwd == "/w"
+
+
+def test_mpich_flags():
+    config = local(num_ranks=2, env_set=(("A", "1"),), network="eth0", working_dir="/w")
+    result = plan(config, flavor=MPICH, euid=0)
+    assert list(result.argv) == [
+        "/venv/bin/mpirun", "-np", "2", "-hosts", "localhost:2", "-prepend-rank", "-iface", "eth0", "-wdir", "/w",
+        "-genvlist", "PYTHONUNBUFFERED,NCCL_SOCKET_IFNAME,GLOO_SOCKET_IFNAME,A",
+        PY, "-m", "mpi4py", "train.py", "--lr", "0.1",
+    ]
+    with pytest.raises(LaunchError, match="MPICH's -iface takes an interface name"):
+        plan(local(network="10.0.0.0/8"), flavor=MPICH)
+
+
+def test_subnet_sets_no_nccl_interface():
+    result = plan(local(network="10.0.0.0/24"), euid=1000)
+    assert "NCCL_SOCKET_IFNAME" not in result.env
+    assert list(result.argv[11:15]) == ["--mca", "btl_tcp_if_include", "10.0.0.0/24", "-x"]
+    ompi4 = plan(local(network="10.0.0.0/24"), flavor=OMPI4, euid=1000)
+    assert list(ompi4.argv[10:16]) == ["--mca", "btl_tcp_if_include", "10.0.0.0/24", "--mca", "oob_tcp_if_include", "10.0.0.0/24"]
+
+
+REMOTE = (HostSpec("node1", 2, ssh_user="alice", ssh_port=2222, identity_file="/k/id"), HostSpec("node2", 1))
+
+
+def test_remote_hosts_open_mpi_5_use_private_ssh_config_and_prefix():
+    config = RunConfig(command=("t.py",), num_ranks=3, hosts=REMOTE, host_source="h.txt", oversubscribe=False,
+                       known_hosts="/kh")
+    result = plan(config, euid=1000, prefix="/venv")
+    text = ssh_config_text(REMOTE, "/kh")
+    assert text == (
+        "# written by asyncddp run: per-host ssh settings for mpirun's daemons\n"
+        "Host node1\n    HostName node1\n    User alice\n    Port 2222\n    IdentityFile /k/id\n    IdentitiesOnly yes\n"
+        "Host node2\n    HostName node2\n"
+        "Host *\n    BatchMode yes\n    StrictHostKeyChecking yes\n    ConnectTimeout 10\n    UserKnownHostsFile /kh\n"
+    )
+    (path,) = result.files
+    assert path.startswith("/priv/ssh_config.") and result.files[path] == text
+    assert list(result.argv) == [
+        "/venv/bin/mpirun", "-np", "3", "--host", "node1:2,node2:1", "--map-by", "slot", "--bind-to", "none",
+        "--output", "tag", "--prefix", "/venv", "--mca", "plm_ssh_agent", f"ssh -F {path}",
+        "-x", "PYTHONUNBUFFERED", "-x", "OMPI_MCA_osc", PY, "-m", "mpi4py", "t.py",
+    ]
+    assert result.rank_hosts == ("node1", "node1", "node2") and result.cwd is None
+    assert "StrictHostKeyChecking yes" in ssh_config_text(REMOTE, None)
+    assert "UserKnownHostsFile" not in ssh_config_text(REMOTE, None)
+
+
+def test_remote_open_mpi_4_and_mpich_agents():
+    config = RunConfig(command=("t.py",), num_ranks=3, hosts=REMOTE, host_source="h.txt", oversubscribe=False)
+    ompi4 = plan(config, flavor=OMPI4, euid=1000, prefix="/venv")
+    path = next(iter(ompi4.files))
+    assert ompi4.argv[10:15] == ("--prefix", "/venv", "--mca", "plm_rsh_agent", f"ssh -F {path}")
+    mpich = plan(config, flavor=MPICH, euid=1000)
+    wrapper = path + ".sh"
+    assert mpich.argv[5:10] == ("-prepend-rank", "-launcher", "ssh", "-launcher-exec", wrapper)
+    assert mpich.files[wrapper] == f'#!/bin/sh\nexec ssh -F {path} "$@"\n'
+
+
+def test_hosts_with_different_pythons_get_one_app_context_each():
+    hosts = (HostSpec("node1", 1, python="/a/python"), HostSpec("node2", 2))
+    config = RunConfig(command=("t.py", "x"), num_ranks=3, hosts=hosts, host_source="c.yaml", oversubscribe=False)
+    result = plan(config, euid=1000)
+    path = next(iter(result.files))
+    assert list(result.argv) == [
+        "/venv/bin/mpirun", "--map-by", "slot", "--bind-to", "none", "--output", "tag",
+        "--mca", "plm_ssh_agent", f"ssh -F {path}", "-x", "PYTHONUNBUFFERED", "-x", "OMPI_MCA_osc",
+        "-np", "1", "--host", "node1:1", "/a/python", "-m", "mpi4py", "t.py", "x",
+        ":", "-np", "2", "--host", "node2:2", PY, "-m", "mpi4py", "t.py", "x",
+    ]
+
+
+def test_too_many_ranks_names_the_hostfile_and_slots():
+    config = RunConfig(command=("t.py",), num_ranks=4, hosts=(HostSpec("a", 2), HostSpec("b", 1)),
+                       host_source="hosts.txt", oversubscribe=False)
+    with pytest.raises(LaunchError, match=r"^-np 4 is more than the 3 slots of hosts.txt; lower -np, add slots, or pass --oversubscribe$"):
+        plan(config)
+    capped = RunConfig(command=("t.py",), num_ranks=5, hosts=(HostSpec("a", 2, 2, source="hosts.txt:1"), HostSpec("b", 1)),
+                       host_source="hosts.txt", oversubscribe=True)
+    with pytest.raises(LaunchError, match=r"puts 3 ranks on a but hosts.txt:1 caps it at max_slots=2"):
+        plan(capped)
+
+
+def test_missing_script_and_command(tmp_path):
+    (tmp_path / "there.py").write_text("")
+    assert plan(local(command=("there.py",)), check_dir=str(tmp_path)).argv[-1] == "there.py"
+    with pytest.raises(LaunchError, match=r"^script gone.py not found \(looked in .*\); check the path$"):
+        plan(local(command=("gone.py",)), check_dir=str(tmp_path))
+    with pytest.raises(LaunchError, match="command 'no-such-command-xyz' not found on PATH"):
+        plan(local(command=("no-such-command-xyz",)), check_dir=str(tmp_path))
+    with pytest.raises(LaunchError, match="-m needs a module name"):
+        plan(local(command=("-m",)))
+
+
+def test_find_mpirun_prefers_the_one_beside_python(tmp_path, monkeypatch):
+    (tmp_path / "bin").mkdir()
+    beside = tmp_path / "bin" / "mpirun"
+    beside.write_text("#!/bin/sh\n")
+    beside.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert find_mpirun(str(tmp_path / "bin" / "python")) == str(beside)
+    with pytest.raises(LaunchError, match=r"^no mpirun found next to this Python or on PATH: pip install"):
+        find_mpirun(str(tmp_path / "python"))
+
+
+def test_dry_run_text_and_json():
+    result = plan(local(num_ranks=2), euid=1000)
+    assert format_plan(result).splitlines()[:3] == ["/venv/bin/mpirun \\", "    -np 2 \\", "    --host localhost:2 \\"]
+    assert format_plan(result).splitlines()[-3:] == ["rank  host                     local rank",
+                                                     "   0  localhost                0", "   1  localhost                1"]
+    data = result.to_dict()
+    assert data["argv"] == list(result.argv) and data["rank_hosts"] == ["localhost", "localhost"]
+    assert data["flavor"] == {"family": "openmpi", "version": "5.0.11", "major": 5}
+    assert data["command_line"].endswith("-m mpi4py train.py --lr 0.1")
+
+
+def test_parse_tagged_lines():
+    assert parse_tagged_line("[1,2]<stdout>: hi  there", OMPI5) == (2, "stdout", "hi  there")
+    assert parse_tagged_line("[1,0]<stderr>: oops", OMPI5) == (0, "stderr", "oops")
+    assert parse_tagged_line("[1,3]<stdout>: x", OMPI4) == (3, "stdout", " x")
+    assert parse_tagged_line("prterun detected", OMPI5) == (None, "stderr", "prterun detected")
+    assert parse_tagged_line("[12] hello", MPICH) == (12, "stdout", "hello")
+
+
+def test_find_failure_in_mpirun_messages():
+    ompi5 = ("prterun detected that one or more processes exited with non-zero status,\n"
+             "thus causing the job to be terminated. The first process to do so was:\n\n"
+             "   Process name: [prterun-vm-5494@1,2]\n   Exit code:    7\n")
+    ompi4 = "   Process name: [[63017,1],3]\n   Exit code:    9\n"
+    abort = "MPI_ABORT was invoked on rank 1 in communicator MPI_COMM_WORLD\n  Proc: [[1,1],1]\n  Errorcode: 5\n"
+    signalled = "mpirun noticed that process rank 0 with PID 77 on node vm exited on signal 9 (Killed)."
+    mpich = "=   RANK 2 PID 123 RUNNING AT vm\n=   KILLED BY SIGNAL\n=   EXIT STATUS: 7\n"
+    assert find_failure(ompi5) == (2, 7)
+    assert find_failure(ompi4) == (3, 9)
+    assert find_failure(abort) == (1, 5)
+    assert find_failure(signalled) == (0, 137)
+    assert find_failure(mpich) == (2, 7)
+    assert find_failure("all good") is None

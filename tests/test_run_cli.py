@@ -1,0 +1,169 @@
+"""``asyncddp run`` end to end: the real CLI on the real mpirun, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = re.compile(r"^\[(\d+)\] hello from rank (\d+) of (\d+) ")
+
+
+def asyncddp(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asyncddp", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("num_ranks", [1, 2, 4, 3])
+def test_hello_prints_one_prefixed_line_per_rank(num_ranks):
+    done = asyncddp("run", "-np", str(num_ranks), "examples/hello.py")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    matches = [HELLO.match(line) for line in lines]
+    assert all(matches) and len(lines) == num_ranks, done.stdout
+    assert sorted((int(m[1]), int(m[2]), int(m[3])) for m in matches) == [(r, r, num_ranks) for r in range(num_ranks)]
+
+
+def test_failing_rank_sets_exit_code_and_is_named():
+    started = time.monotonic()
+    done = asyncddp("run", "-np", "4", "examples/exit_code.py", "2", "7")
+    elapsed = time.monotonic() - started
+    assert done.returncode == 7, done.stderr
+    assert elapsed < 10
+    assert done.stderr.splitlines()[-1] == "asyncddp: job failed: rank 2 on localhost exited with code 7"
+    # The others were waiting in a barrier: none got past it.
+    assert "passed the barrier" not in done.stdout
+    assert sorted(done.stdout.splitlines()) == [f"[{r}] rank {r} started" for r in range(4)]
+
+
+def test_crashing_rank_without_finalize_is_named_too():
+    done = asyncddp("run", "-np", "3", "-H", "localhost:3", "examples/exit_code.py", "1", "5", "--hard")
+    assert done.returncode == 5
+    assert done.stderr.splitlines()[-1] == "asyncddp: job failed: rank 1 on localhost exited with code 5"
+
+
+def test_timeout_kills_the_job_with_124():
+    started = time.monotonic()
+    done = asyncddp("run", "-np", "2", "--timeout", "2", "python", "-c", "import time; print('up', flush=True); time.sleep(60)")
+    assert done.returncode == 124
+    assert time.monotonic() - started < 15
+    assert sorted(done.stdout.splitlines()) == ["[0] up", "[1] up"]
+    assert done.stderr.splitlines()[-1] == "asyncddp: job timed out after 2 s (--timeout); all ranks were killed"
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # an orphan nobody has reaped yet is gone for our purposes
+
+
+def test_ctrl_c_stops_every_rank_and_exits_130():
+    code = "import os, time; print('pid', os.getpid(), flush=True); time.sleep(60)"
+    process = subprocess.Popen([sys.executable, "-m", "asyncddp", "run", "-np", "2", "python", "-c", code],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    while len(pids) < 2:
+        line = process.stdout.readline()
+        assert line, process.stderr.read()
+        pids += [int(pid) for pid in re.findall(r"pid (\d+)", line)]
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 130
+    assert err.splitlines()[-1] == "asyncddp: interrupted (Ctrl-C); all ranks were stopped"
+    assert [pid for pid in pids if _is_running(pid)] == []
+
+
+def test_output_dir_writes_one_log_per_rank_and_still_echoes(tmp_path):
+    done = asyncddp("run", "-np", "3", "--output-dir", str(tmp_path), "python", "-c",
+                    "import os, sys; r = os.environ['OMPI_COMM_WORLD_RANK']; print('out', r); print('err', r, file=sys.stderr)")
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == ["[0] out 0", "[1] out 1", "[2] out 2"]
+    for rank in range(3):
+        assert f"[{rank}] err {rank}" in done.stderr.splitlines()
+        assert sorted((tmp_path / f"rank.{rank}.log").read_text().splitlines()) == [f"err {rank}", f"out {rank}"]
+
+
+def test_module_form_and_config_env(tmp_path):
+    (tmp_path / "showenv.py").write_text("import os\nprint(os.environ['OMP_NUM_THREADS'], os.environ['ASYNCDDP_TIMELINE'])\n")
+    timeline = tmp_path / "tl.json"
+    done = asyncddp("run", "--config", "configs/localhost.yaml", "--timeline", str(timeline), "-m", "showenv",
+                    env={"PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == [f"[0] 1 {timeline}", f"[1] 1 {timeline}"]
+
+
+def test_arbitrary_command_passes_its_flags_through():
+    done = asyncddp("run", "-np", "2", "-x", "GREETING=hi there", "python", "-c",
+                    "import os, sys; print(os.environ['GREETING'], sys.argv[1:])", "-x", "--np", "7")
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == ["[0] hi there ['-x', '--np', '7']", "[1] hi there ['-x', '--np', '7']"]
+
+
+def test_dry_run_json_runs_nothing(tmp_path):
+    done = asyncddp("run", "-n", "3", "-H", "localhost:2", "--oversubscribe", "--dry-run", "--json", "examples/hello.py", "--x", "1")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["argv"][1:9] == ["-np", "3", "--host", "localhost:2", "--map-by", "slot:OVERSUBSCRIBE", "--bind-to", "none"]
+    assert plan["argv"][-6:] == [sys.executable, "-m", "mpi4py", "examples/hello.py", "--x", "1"]
+    assert plan["rank_hosts"] == ["localhost"] * 3
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["-np", "2", "examples/missing.py"], {}, "script examples/missing.py not found"),
+        (["-np", "5", "--hostfile", "hostfiles/localhost", "examples/hello.py"], {},
+         "-np 5 is more than the 4 slots of hostfiles/localhost"),
+        (["-np", "2", "--hostfile", "hostfiles/nope", "examples/hello.py"], {}, "hostfile hostfiles/nope does not exist"),
+        (["-np", "2", "--hostfile", "{bad_hostfile}", "examples/hello.py"], {}, "{bad_hostfile}:2: unknown token 'slot=2'"),
+        (["-np", "2", "-H", "a:0", "examples/hello.py"], {}, "-H entry 1 ('a:0'): slots='0'"),
+        (["--config", "{bad_config}", "examples/hello.py"], {}, "{bad_config}:3: hosts[0].slotz: unknown key 'slotz'"),
+        (["-np", "2", "examples/hello.py"], {"ASYNCDDP_MPIRUN": "/nonexistent/mpirun"},
+         "ASYNCDDP_MPIRUN=/nonexistent/mpirun is not an executable file"),
+        (["examples/hello.py"], {}, "give the number of ranks with -np N"),
+        (["-np", "2"], {}, "no command to run"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, args, env, message):
+    bad_hostfile = tmp_path / "hosts"
+    bad_hostfile.write_text("localhost slots=2\nother slot=2\n")
+    bad_config = tmp_path / "c.yaml"
+    bad_config.write_text("hosts:\n  - name: localhost\n    slotz: 2\n")
+    paths = {"bad_hostfile": str(bad_hostfile), "bad_config": str(bad_config)}
+    done = asyncddp("run", *[arg.format(**paths) for arg in args], env=env)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("asyncddp: error: " + message.format(**paths)), done.stderr
+    assert done.stdout == ""
+
+
+def test_per_host_python_runs_as_two_app_contexts(tmp_path):
+    import socket
+
+    other = str(Path(sys.executable).parent / "python3")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"hosts:\n  - name: localhost\n    python: {other}\n  - name: {socket.gethostname()}\n")
+    (tmp_path / "which.py").write_text("import sys\nprint(sys.executable)\n")
+    done = asyncddp("run", "--config", str(config), str(tmp_path / "which.py"))
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == [f"[0] {other}", f"[1] {sys.executable}"]
+
+
+@pytest.mark.skipif(not any((Path(d) / "ssh").exists() for d in os.environ.get("PATH", "").split(":")),
+                    reason="no ssh client on PATH")
+def test_unreachable_host_fails_fast_with_one_summary():
+    started = time.monotonic()
+    done = asyncddp("run", "-np", "1", "-H", "nonexistent.invalid", "examples/hello.py")
+    assert done.returncode != 0 and time.monotonic() - started < 30
+    assert "Could not resolve hostname nonexistent.invalid" in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("asyncddp: job failed: mpirun could not start its daemon on nonexistent")
