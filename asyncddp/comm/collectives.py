@@ -1,0 +1,292 @@
+"""Global collectives: allreduce, broadcast, allgather, reduce_scatter, barrier.
+
+Each op is queued on the communication thread (``asyncddp.comm.engine``) and has a blocking form,
+a ``*_nonblocking`` form returning a handle and, where it makes sense, an in-place ``*_`` form.
+Reductions of float16/bfloat16 run in float32 and are cast back; averages of integer tensors are
+the exact integer sum divided by the number of ranks, rounded toward zero. Small allreduces issued
+back to back are fused into one buffer. CUDA tensors are passed directly to a CUDA-aware MPI and
+staged through host memory otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from asyncddp.comm import device
+from asyncddp.comm.buffers import byte_view, check_dtype, numpy_view, reduction_dtype
+from asyncddp.comm.engine import Op, get_engine
+from asyncddp.errors import CommError
+
+__all__ = [
+    "allreduce",
+    "allreduce_",
+    "allreduce_nonblocking",
+    "allreduce_nonblocking_",
+    "broadcast",
+    "broadcast_",
+    "broadcast_nonblocking",
+    "broadcast_nonblocking_",
+    "allgather",
+    "allgather_nonblocking",
+    "reduce_scatter",
+    "reduce_scatter_nonblocking",
+    "barrier",
+    "barrier_nonblocking",
+]
+
+_OPS = ("sum", "min", "max", "prod")
+
+
+def _mpi_op(op: str):
+    from mpi4py import MPI
+
+    return {"sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX, "prod": MPI.PROD}[op]
+
+
+def _host_view(x: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor MPI can read: ``x`` itself on CPU, a host copy of a CUDA tensor."""
+    return x if x.device.type == "cpu" else x.cpu()
+
+
+def _tensor(value, what: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise CommError(f"{what} expects a torch.Tensor, got {type(value).__name__}")
+    check_dtype(value, what)
+    return value
+
+
+def _dispatch(engine, blocking: bool, op: Op):
+    """Blocking calls run through ``engine.execute`` (inline when idle, never fused)."""
+    return engine.execute(op) if blocking else engine.submit(op)
+
+
+def _finish(op: Op, result: torch.Tensor) -> torch.Tensor:
+    target = op.args.get("inplace")
+    if target is not None:
+        target.copy_(result)
+        return target
+    return result
+
+
+def _reduce_in_place(engine, comm, work: torch.Tensor, op: str) -> None:
+    from mpi4py import MPI
+
+    if device.is_cuda(work) and device.mpi_is_cuda_aware():
+        comm.Allreduce(MPI.IN_PLACE, work, op=_mpi_op(op))  # typed via __cuda_array_interface__
+    else:
+        host = _host_view(work)
+        comm.Allreduce(MPI.IN_PLACE, numpy_view(host), op=_mpi_op(op))
+        if host is not work:
+            work.copy_(host)
+    engine.count_messages(1)
+
+
+def _average(work: torch.Tensor, count: int) -> torch.Tensor:
+    if work.dtype.is_floating_point:
+        return work.div_(count)
+    return torch.div(work, count, rounding_mode="trunc")
+
+
+def _run_allreduce(engine, batch: list[Op]) -> list:
+    first = batch[0].args
+    xs = [op.args["x"] for op in batch]
+    flat = xs[0].reshape(-1) if len(xs) == 1 else torch.cat([x.reshape(-1) for x in xs])
+    work = flat.to(reduction_dtype(flat.dtype), copy=True)
+    _reduce_in_place(engine, engine.world, work, first["op"])
+    if first["average"] and first["op"] == "sum":
+        work = _average(work, engine.size)
+    work = work.to(flat.dtype)
+    pieces = work.split([x.numel() for x in xs])
+    return [_finish(op, p.view(x.shape)) for op, p, x in zip(batch, pieces, xs)]
+
+
+def _submit_allreduce(tensor, average, op, name, inplace, blocking=False):
+    x = _tensor(tensor, "allreduce")
+    if op not in _OPS:
+        raise CommError(f"allreduce: op={op!r} is not one of {', '.join(_OPS)}")
+    if x.dtype == torch.bool:
+        raise CommError("allreduce cannot reduce bool tensors; convert to a number type")
+    engine = get_engine()
+    x = x.detach().contiguous()
+    average = bool(average)
+    return _dispatch(engine, blocking,
+        Op(
+            kind="allreduce",
+            name=name or "allreduce",
+            run=_run_allreduce,
+            args={"x": x, "average": average, "op": op, "inplace": tensor if inplace else None},
+            nbytes=x.numel() * x.element_size(),
+            fuse_key=("allreduce", x.dtype, x.device, average, op),
+        )
+    )
+
+
+def allreduce_nonblocking(tensor, average=True, op="sum", name=None):
+    """Start ``allreduce``; returns a handle."""
+    return _submit_allreduce(tensor, average, op, name, False)
+
+
+def allreduce_nonblocking_(tensor, average=True, op="sum", name=None):
+    """Start an in-place ``allreduce``; returns a handle."""
+    return _submit_allreduce(tensor, average, op, name, True)
+
+
+def allreduce(tensor, average=True, op="sum", name=None):
+    """Reduce ``tensor`` over all ranks with ``op`` (sum, min, max, prod).
+
+    With ``op="sum"`` and ``average=True`` (default) the sum is divided by the number of ranks;
+    ``average`` is ignored for the other ops.
+    """
+    return _submit_allreduce(tensor, average, op, name, False, True)
+
+
+def allreduce_(tensor, average=True, op="sum", name=None):
+    """In-place ``allreduce``; returns ``tensor``."""
+    return _submit_allreduce(tensor, average, op, name, True, True)
+
+
+def _run_broadcast(engine, batch: list[Op]) -> list:
+    from mpi4py import MPI
+
+    (op,) = batch
+    x, root = op.args["x"], op.args["root"]
+    out = x.clone() if engine.rank == root else torch.empty_like(x)
+    flat = out.reshape(-1).view(torch.uint8) if out.dtype != torch.uint8 else out.reshape(-1)
+    if device.is_cuda(out) and device.mpi_is_cuda_aware():
+        engine.world.Bcast([flat, MPI.BYTE], root=root)
+    else:
+        host = _host_view(flat)
+        engine.world.Bcast([byte_view(host), MPI.BYTE], root=root)
+        if host is not flat:
+            flat.copy_(host)
+    engine.count_messages(1)
+    return [_finish(op, out)]
+
+
+def _submit_broadcast(tensor, root_rank, name, inplace, blocking=False):
+    x = _tensor(tensor, "broadcast")
+    engine = get_engine()
+    if not isinstance(root_rank, int) or not 0 <= root_rank < engine.size:
+        raise CommError(f"broadcast: root_rank={root_rank!r} is not a rank of the job (0..{engine.size - 1})")
+    x = x.detach().contiguous()
+    return _dispatch(engine, blocking,
+        Op(
+            kind="broadcast",
+            name=name or "broadcast",
+            run=_run_broadcast,
+            args={"x": x, "root": root_rank, "inplace": tensor if inplace else None},
+            nbytes=x.numel() * x.element_size(),
+            peers=(root_rank,),
+        )
+    )
+
+
+def broadcast_nonblocking(tensor, root_rank, name=None):
+    return _submit_broadcast(tensor, root_rank, name, False)
+
+
+def broadcast_nonblocking_(tensor, root_rank, name=None):
+    return _submit_broadcast(tensor, root_rank, name, True)
+
+
+def broadcast(tensor, root_rank, name=None):
+    """``root_rank``'s tensor, on every rank (a new tensor; ``broadcast_`` writes in place)."""
+    return _submit_broadcast(tensor, root_rank, name, False, True)
+
+
+def broadcast_(tensor, root_rank, name=None):
+    return _submit_broadcast(tensor, root_rank, name, True, True)
+
+
+def _run_allgather(engine, batch: list[Op]) -> list:
+    from mpi4py import MPI
+
+    (op,) = batch
+    x = op.args["x"]
+    lead = x.shape[0] if x.dim() else 1
+    rest = tuple(x.shape[1:]) if x.dim() else ()
+    heads = engine.world.allgather((lead, rest, str(x.dtype)))
+    engine.count_messages(1)
+    for r, (_, other_rest, other_dtype) in enumerate(heads):
+        if other_rest != rest or other_dtype != str(x.dtype):
+            raise CommError(
+                f"allgather: rank {r} passed a {other_dtype} tensor with trailing shape "
+                f"{list(other_rest)} but this rank passed {x.dtype} {list(rest)}; only dim 0 may differ"
+            )
+    row = x.element_size() * (torch.Size(rest).numel())
+    counts = [h[0] * row for h in heads]
+    out = torch.empty((sum(h[0] for h in heads), *rest), dtype=x.dtype)
+    send = _host_view(x).reshape(-1).view(torch.uint8)
+    recv = out.reshape(-1).view(torch.uint8)
+    engine.world.Allgatherv([byte_view(send), MPI.BYTE], [byte_view(recv), counts, MPI.BYTE])
+    engine.count_messages(1)
+    return [out.to(x.device)]
+
+
+def allgather_nonblocking(tensor, name=None, _blocking=False):
+    x = _tensor(tensor, "allgather").detach().contiguous()
+    engine = get_engine()
+    return _dispatch(engine, _blocking,
+        Op("allgather", name or "allgather", _run_allgather, {"x": x}, x.numel() * x.element_size())
+    )
+
+
+def allgather(tensor, name=None):
+    """Every rank's tensor concatenated on dim 0 in rank order (dim-0 sizes may differ)."""
+    return allgather_nonblocking(tensor, name, _blocking=True)
+
+
+def _run_reduce_scatter(engine, batch: list[Op]) -> list:
+    (op,) = batch
+    x, average, how = op.args["x"], op.args["average"], op.args["op"]
+    n = engine.size
+    rows = [x.shape[0] // n + (1 if r < x.shape[0] % n else 0) for r in range(n)]
+    row = torch.Size(x.shape[1:]).numel()
+    work = _host_view(x).to(reduction_dtype(x.dtype), copy=True)
+    out = torch.empty((rows[engine.rank], *x.shape[1:]), dtype=work.dtype)
+    engine.world.Reduce_scatter(
+        numpy_view(work), numpy_view(out), [r * row for r in rows], op=_mpi_op(how)
+    )
+    engine.count_messages(1)
+    if average and how == "sum":
+        out = _average(out, n)
+    return [out.to(x.dtype).to(x.device)]
+
+
+def reduce_scatter_nonblocking(tensor, average=True, op="sum", name=None, _blocking=False):
+    x = _tensor(tensor, "reduce_scatter")
+    if op not in _OPS:
+        raise CommError(f"reduce_scatter: op={op!r} is not one of {', '.join(_OPS)}")
+    if x.dim() == 0 or x.dtype == torch.bool:
+        raise CommError("reduce_scatter needs a numeric tensor with at least one dimension")
+    x = x.detach().contiguous()
+    engine = get_engine()
+    return _dispatch(engine, _blocking,
+        Op("reduce_scatter", name or "reduce_scatter", _run_reduce_scatter,
+           {"x": x, "average": bool(average), "op": op}, x.numel() * x.element_size())
+    )  # fmt: skip
+
+
+def reduce_scatter(tensor, average=True, op="sum", name=None):
+    """Reduce over ranks, then rank r keeps block r of dim 0 (blocks as ``torch.tensor_split``).
+
+    With ``op="sum"`` and ``average=True`` (default, like ``allreduce``) the block is divided by
+    the number of ranks.
+    """
+    return reduce_scatter_nonblocking(tensor, average, op, name, _blocking=True)
+
+
+def _run_barrier(engine, batch: list[Op]) -> list:
+    engine.world.Barrier()
+    engine.count_messages(1)
+    return [None]
+
+
+def barrier_nonblocking(name=None, _blocking=False):
+    engine = get_engine()
+    return _dispatch(engine, _blocking, Op("barrier", name or "barrier", _run_barrier, None, 0))
+
+
+def barrier(name=None):
+    """Wait until every rank has reached this point (and all earlier queued ops have run)."""
+    return barrier_nonblocking(name, _blocking=True)

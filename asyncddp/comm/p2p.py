@@ -1,0 +1,123 @@
+"""Point-to-point exchange of tensors with a set of peers, on CPU, CUDA-aware or staged CUDA memory.
+
+Every message is split into chunks of ``ASYNCDDP_CHUNK_BYTES`` (a function of the byte count
+only, so both ends agree whatever device each uses). The message tag carries a 15-bit checksum
+of the sender's dtype and shape; receives use ``ANY_TAG`` (MPI never lets messages from one
+source on one communicator overtake each other, and the communication thread posts each op's
+receives before the next op's), so a neighbour sending a tensor of another shape or dtype is
+reported as a ``CommError`` instead of silently corrupting data or hanging. For staged CUDA
+sends, every chunk's device-to-host copy is queued first and chunk k is sent as soon as its copy
+has landed, while the copies of later chunks are still running.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+
+from asyncddp.comm import device
+from asyncddp.comm.buffers import byte_view
+from asyncddp.errors import CommError
+
+__all__ = ["spec_tag", "exchange"]
+
+
+def spec_tag(shape, dtype) -> int:
+    """A tag in 1..32767 identifying (dtype, shape); MPI guarantees tags up to 32767."""
+    text = f"{dtype}|{tuple(int(d) for d in shape)}".encode()
+    return (zlib.crc32(text) % 32767) + 1
+
+
+def _flat_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.contiguous().reshape(-1).view(torch.uint8)
+
+
+def _mpi_buffer(flat: torch.Tensor, start: int, stop: int, byte_type):
+    piece = flat if (start == 0 and stop == flat.numel()) else flat[start:stop]
+    if piece.device.type == "cpu":
+        return [byte_view(piece), byte_type]
+    return [piece, byte_type]  # CUDA-aware MPI: mpi4py reads __cuda_array_interface__
+
+
+def exchange(engine, comm, sends: dict, recv_specs: dict, device_like: torch.Tensor) -> dict:
+    """Send ``sends[dst]`` to each dst and receive a tensor of ``recv_specs[src] = (shape, dtype)``.
+
+    Returns ``{src: tensor}`` on ``device_like``'s device. The tensors may live in the engine's
+    reusable receive buffers: consume them before the next exchange. Raises ``CommError`` when a
+    received message has a size, shape or dtype other than expected.
+    """
+    from mpi4py import MPI
+
+    on_cuda = device.is_cuda(device_like)
+    # NCCL ranks are world ranks, so only world-communicator exchanges can use it.
+    if on_cuda and getattr(engine, "nccl", None) is not None and comm is engine.world:
+        return engine.nccl.exchange(engine, comm, sends, recv_specs, device_like)
+    staged = on_cuda and not device.mpi_is_cuda_aware()
+    requests, expected = [], []
+    recv_bufs = {}
+    for src, (shape, dtype) in recv_specs.items():
+        nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        buf = engine.scratch(
+            (len(recv_bufs), nbytes, str(device_like.device) if on_cuda and not staged else "cpu", staged),
+            lambda: torch.empty(
+                nbytes,
+                dtype=torch.uint8,
+                device=device_like.device if on_cuda and not staged else "cpu",
+                pin_memory=staged,
+            ),
+        )
+        recv_bufs[src] = buf
+        for start, stop in device.chunk_ranges(nbytes):
+            requests.append(comm.Irecv(_mpi_buffer(buf, start, stop, MPI.BYTE), source=src, tag=MPI.ANY_TAG))
+            expected.append((src, stop - start, spec_tag(shape, dtype)))
+    num_recvs = len(requests)
+    keep_alive = []
+    if staged:
+        started = []
+        for dst, tensor in sends.items():
+            host, events, ranges = device.to_host(tensor)
+            started.append((dst, host, events, ranges, spec_tag(tensor.shape, tensor.dtype)))
+        for dst, host, events, ranges, tag in started:
+            keep_alive.append(host)
+            for _index, start, stop in device.ready_chunks(events, ranges):
+                requests.append(comm.Isend(_mpi_buffer(host, start, stop, MPI.BYTE), dest=dst, tag=tag))
+    else:
+        for dst, tensor in sends.items():
+            flat = _flat_bytes(tensor)
+            keep_alive.append(flat)
+            tag = spec_tag(tensor.shape, tensor.dtype)
+            for start, stop in device.chunk_ranges(flat.numel()):
+                requests.append(comm.Isend(_mpi_buffer(flat, start, stop, MPI.BYTE), dest=dst, tag=tag))
+    engine.count_messages(len(requests) - num_recvs)
+    statuses = [MPI.Status() for _ in requests]
+    failure = None
+    # Wait on each request even after one failed, so no request is left pointing at a buffer
+    # that is about to be freed.
+    for request, status in zip(requests, statuses):
+        try:
+            request.Wait(status)
+        except MPI.Exception as error:
+            failure = failure or error.Get_error_string()
+    if failure is not None:
+        raise CommError(
+            f"a neighbour sent a larger tensor than this rank expected ({failure}): every rank "
+            "must pass tensors of the same shape and dtype to this op"
+        )
+    for (src, nbytes, tag), status in zip(expected, statuses[:num_recvs]):
+        got = status.Get_count(MPI.BYTE)
+        if got != nbytes or status.Get_tag() != tag:
+            raise CommError(
+                f"rank {src} sent a tensor whose shape or dtype differs from this rank's "
+                f"(got {got} bytes in a chunk where {nbytes} were expected): every rank must pass "
+                "tensors of the same shape and dtype to this op"
+            )
+    out = {}
+    for src, (shape, dtype) in recv_specs.items():
+        buf = recv_bufs[src]
+        if staged:
+            like = torch.empty(shape, dtype=dtype, device=device_like.device)
+            out[src] = device.from_host(buf, like)
+        else:
+            out[src] = buf.view(dtype).reshape(shape)
+    return out

@@ -1,0 +1,354 @@
+"""Per-rank checks of neighbour averaging, collectives, handles and fusion (run at 1-4 ranks).
+
+Expected values are computed here from first principles (offsets of the Exponential-2 graph,
+closed-form sums), never by calling the code under test.
+"""
+
+import networkx as nx
+import pytest
+import torch
+
+import asyncddp as addp
+from asyncddp.comm.engine import get_engine
+
+ALL_DTYPES = [
+    torch.float16, torch.bfloat16, torch.float32, torch.float64,
+    torch.int32, torch.int64, torch.uint8, torch.int8, torch.int16,
+]  # fmt: skip
+
+
+def _exp2_in(rank, n):
+    offsets = {2**k % n for k in range(n.bit_length()) if 2**k < n} - {0}
+    return sorted((rank - o) % n for o in offsets)
+
+
+def _value(r, shape=(3, 4)):
+    """Rank r's test tensor (float64): distinct per rank and per element, small integers."""
+    return torch.arange(torch.Size(shape).numel(), dtype=torch.float64).reshape(shape) + 10 * r
+
+
+def _uniform_expected(rank, n, dtype, shape=(3, 4)):
+    members = [rank, *_exp2_in(rank, n)]
+    if dtype.is_floating_point:
+        work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        total = sum(_value(j, shape).to(dtype).to(work) for j in members)
+        return (total / len(members)).to(dtype)
+    total = sum(_value(j, shape).to(dtype).to(torch.int64) for j in members)
+    return torch.div(total, len(members), rounding_mode="trunc").to(dtype)
+
+
+def test_thread_level_and_engine():
+    from mpi4py import MPI
+
+    assert MPI.Query_thread() == MPI.THREAD_MULTIPLE
+    assert addp.comm_stats().threaded
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_static_exp2_uniform_average_every_dtype(dtype):
+    r, n = addp.rank(), addp.size()
+    x = _value(r).to(dtype)
+    before = x.clone()
+    out = addp.neighbor_allreduce(x)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert torch.equal(out, _uniform_expected(r, n, dtype)), (out, _uniform_expected(r, n, dtype))
+    assert torch.equal(x, before) and out.data_ptr() != x.data_ptr()
+
+
+def test_exp2_four_ranks_formula_from_the_issue():
+    r, n = addp.rank(), addp.size()
+    if n != 4:
+        pytest.skip("the closed form is for 4 ranks")
+    out = addp.neighbor_allreduce(torch.tensor([float(r)], dtype=torch.float64))
+    assert out.item() == (r + (r - 1) % 4 + (r - 2) % 4) / 3
+
+
+def test_non_contiguous_and_scalar_and_3d():
+    r, n = addp.rank(), addp.size()
+    base = _value(r, (4, 3))
+    x = base.t()  # non-contiguous view
+    assert not x.is_contiguous()
+    out = addp.neighbor_allreduce(x)
+    expected = _uniform_expected(r, n, torch.float64, (4, 3)).t()
+    assert torch.equal(out, expected)
+    s = addp.neighbor_allreduce(torch.tensor(float(r)))
+    members = [r, *_exp2_in(r, n)]
+    assert s.shape == () and s.item() == pytest.approx(sum(members) / len(members), rel=1e-6)
+    cube = _value(r, (2, 3, 2))
+    assert torch.equal(addp.neighbor_allreduce(cube), _uniform_expected(r, n, torch.float64, (2, 3, 2)))
+
+
+def test_precision_sum_then_divide():
+    # BlueFog's precision test: tiny values survive because the sum is taken before dividing.
+    r, n = addp.rank(), addp.size()
+    x = torch.full((5,), 2.0**-256 * (r + 1), dtype=torch.float64)
+    members = [r, *_exp2_in(r, n)]
+    expected = sum(2.0**-256 * (j + 1) for j in members) / len(members)
+    assert torch.equal(addp.neighbor_allreduce(x), torch.full((5,), expected, dtype=torch.float64))
+
+
+def test_weighted_topology_and_explicit_weights():
+    r, n = addp.rank(), addp.size()
+    g = nx.DiGraph()
+    g.add_nodes_from(range(n))
+    for i in range(n):  # ring: i -> i+1 with weight 0.25, self 0.75
+        g.add_edge(i, i, weight=0.75 if n > 1 else 1.0)
+        if n > 1:
+            g.add_edge(i, (i + 1) % n, weight=0.25)
+    assert addp.set_topology(g, is_weighted=True)
+    try:
+        x = torch.full((3,), float(r), dtype=torch.float64)
+        out = addp.neighbor_allreduce(x)
+        expected = 0.75 * r + 0.25 * ((r - 1) % n) if n > 1 else float(r)
+        assert torch.equal(out, torch.full((3,), expected, dtype=torch.float64))
+        if n > 1:
+            out = addp.neighbor_allreduce(x, self_weight=0.5, src_weights={(r - 1) % n: 2.0})
+            assert torch.equal(out, torch.full((3,), 0.5 * r + 2.0 * ((r - 1) % n), dtype=torch.float64))
+    finally:
+        addp.set_topology(__import__("asyncddp.topology.graphs", fromlist=["x"]).exponential_two_graph(n))
+
+
+def test_dynamic_one_peer_dict_and_list():
+    r, n = addp.rank(), addp.size()
+    if n == 1:
+        out = addp.neighbor_allreduce(torch.ones(2), self_weight=0.5, src_weights={}, dst_weights={})
+        assert torch.equal(out, torch.full((2,), 0.5))  # no in-neighbours: self_weight * x
+        return
+    x = torch.full((4,), float(r + 1), dtype=torch.float64)
+    prev, nxt = (r - 1) % n, (r + 1) % n
+    # Sender scales by its dst weight (0.5) and receiver by its src weight (1.0).
+    out = addp.neighbor_allreduce(x, self_weight=0.5, src_weights={prev: 1.0}, dst_weights={nxt: 0.5})
+    assert torch.equal(out, torch.full((4,), 0.5 * (r + 1) + 0.5 * (prev + 1), dtype=torch.float64))
+    out = addp.neighbor_allreduce(x, self_weight=0.25, src_weights={prev: 0.75}, dst_weights=[nxt])
+    assert torch.equal(out, torch.full((4,), 0.25 * (r + 1) + 0.75 * (prev + 1), dtype=torch.float64))
+    # Rank 0 talks to nobody this step; the others still pair up.
+    if n >= 3:
+        if r == 0:
+            kw = dict(self_weight=1.0, src_weights={}, dst_weights={})
+        elif r == 1:
+            kw = dict(self_weight=0.5, src_weights={2: 0.5}, dst_weights={2: 1.0})
+        elif r == 2:
+            kw = dict(self_weight=0.5, src_weights={1: 0.5}, dst_weights={1: 1.0})
+        else:
+            kw = dict(self_weight=1.0, src_weights={}, dst_weights={})
+        out = addp.neighbor_allreduce(x, **kw)
+        want = {0: r + 1.0, 1: 2.5, 2: 2.5}.get(r, r + 1.0)
+        assert torch.equal(out, torch.full((4,), want, dtype=torch.float64))
+
+
+def test_int_weighted_truncates():
+    r, n = addp.rank(), addp.size()
+    if n == 1:
+        pytest.skip("needs a neighbour")
+    x = torch.full((2,), 7 * (r + 1), dtype=torch.int32)
+    prev, nxt = (r - 1) % n, (r + 1) % n
+    out = addp.neighbor_allreduce(x, self_weight=1 / 3, src_weights={prev: 1 / 3}, dst_weights=[nxt])
+    expected = round((7 * (r + 1) + 7 * (prev + 1)) / 3)  # weighted integer results round
+    assert out.dtype == torch.int32 and out.tolist() == [expected, expected]
+
+
+def test_neighbor_allgather_orders_and_sizes():
+    r, n = addp.rank(), addp.size()
+    x = torch.full((r + 1, 2), float(r))
+    out = addp.neighbor_allgather(x)
+    ins = _exp2_in(r, n)
+    expected = torch.cat([torch.full((j + 1, 2), float(j)) for j in ins]) if ins else torch.empty(0, 2)
+    assert torch.equal(out, expected)
+    if n >= 3:
+        # Explicit ranks: everyone gathers from the two previous ranks, in descending order.
+        srcs = [(r - 2) % n, (r - 1) % n][::-1]
+        dsts = [(r + 1) % n, (r + 2) % n]
+        out = addp.neighbor_allgather(x, src_ranks=srcs, dst_ranks=dsts)
+        assert torch.equal(out, torch.cat([torch.full((j + 1, 2), float(j)) for j in srcs]))
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_collectives_every_dtype(dtype):
+    r, n = addp.rank(), addp.size()
+    x = (torch.arange(6, dtype=torch.float64).reshape(2, 3) + r + 1).to(dtype)
+    base = torch.arange(6, dtype=torch.float64).reshape(2, 3)
+    total = n * base + n * (n + 1) / 2  # exact sum over ranks of base + r + 1
+    if dtype.is_floating_point:
+        work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        want_sum = sum((base + j + 1).to(dtype).to(work) for j in range(n))
+        assert torch.equal(addp.allreduce(x, average=False), want_sum.to(dtype))
+        assert torch.equal(addp.allreduce(x), (want_sum / n).to(dtype))
+    else:
+        want = total.to(torch.int64)
+        assert torch.equal(addp.allreduce(x, average=False).to(torch.int64), want.to(dtype).to(torch.int64))
+        assert torch.equal(addp.allreduce(x), torch.div(want, n, rounding_mode="trunc").to(dtype))
+    assert torch.equal(addp.allreduce(x, op="max"), (base + n).to(dtype))
+    assert torch.equal(addp.allreduce(x, op="min"), (base + 1).to(dtype))
+    b = addp.broadcast(x, root_rank=n - 1)
+    assert torch.equal(b, (base + n).to(dtype)) and b.data_ptr() != x.data_ptr()
+    g = addp.allgather(torch.full((r + 1, 2), r, dtype=torch.float64).to(dtype))
+    assert torch.equal(g, torch.cat([torch.full((j + 1, 2), j, dtype=torch.float64) for j in range(n)]).to(dtype))
+    rows = 2 * n + 1
+    m = (torch.arange(rows * 2, dtype=torch.float64).reshape(rows, 2) + r).to(dtype)
+    rs = addp.reduce_scatter(m, average=False)
+    full = sum((torch.arange(rows * 2, dtype=torch.float64).reshape(rows, 2) + j) for j in range(n))
+    mine = torch.tensor_split(full, n)[r]
+    if dtype.is_floating_point:
+        assert torch.allclose(rs.double(), mine, rtol=1e-2)
+    else:
+        assert torch.equal(rs, mine.to(dtype))
+
+
+def test_bool_broadcast_and_allgather():
+    r, n = addp.rank(), addp.size()
+    x = torch.tensor([r % 2 == 0, True])
+    assert torch.equal(addp.broadcast(x, 0), torch.tensor([True, True]))
+    assert addp.allgather(x).shape == (2 * n,)
+
+
+def test_in_place_variants():
+    r, n = addp.rank(), addp.size()
+    x = torch.full((3,), float(r))
+    ptr = x.data_ptr()
+    assert addp.allreduce_(x) is x and x.data_ptr() == ptr
+    assert torch.equal(x, torch.full((3,), (n - 1) / 2))
+    y = torch.full((3,), float(r), dtype=torch.float64)
+    addp.neighbor_allreduce_(y)
+    members = [r, *_exp2_in(r, n)]
+    assert torch.equal(y, torch.full((3,), sum(members) / len(members), dtype=torch.float64))
+    z = torch.full((2,), float(r))
+    addp.broadcast_(z, 0)
+    assert torch.equal(z, torch.zeros(2))
+    w = torch.full((2,), float(r))
+    h = addp.neighbor_allreduce_nonblocking_(w)
+    assert addp.synchronize(h) is w
+    if n > 1:  # weighted in place, written straight into the caller's memory
+        v = torch.full((5,), float(r + 1))
+        ptr = v.data_ptr()
+        addp.neighbor_allreduce_(v, self_weight=0.25, src_weights={(r - 1) % n: 0.75}, dst_weights=[(r + 1) % n])
+        assert v.data_ptr() == ptr and torch.equal(v, torch.full((5,), 0.25 * (r + 1) + 0.75 * ((r - 1) % n + 1)))
+        q = torch.arange(6, dtype=torch.int64).reshape(2, 3).t()  # non-contiguous, integer: copied back
+        addp.neighbor_allreduce_(q, self_weight=1.0, src_weights={(r - 1) % n: 0.0}, dst_weights=[(r + 1) % n])
+        assert torch.equal(q, torch.arange(6).reshape(2, 3).t())
+
+
+def test_nonblocking_interleaved_out_of_order():
+    r, n = addp.rank(), addp.size()
+    xs = [torch.full((1000,), float(r + k)) for k in range(6)]
+    handles = [
+        addp.neighbor_allreduce_nonblocking(xs[0]),
+        addp.allreduce_nonblocking(xs[1], average=False),
+        addp.broadcast_nonblocking(xs[2], 0),
+        addp.allgather_nonblocking(xs[3][:2]),
+        addp.neighbor_allreduce_nonblocking(xs[4], name="second"),
+        addp.barrier_nonblocking(),
+    ]
+    busy = torch.randn(200, 200) @ torch.randn(200, 200)  # Python keeps computing meanwhile
+    assert busy.shape == (200, 200)
+    members = [r, *_exp2_in(r, n)]
+    assert addp.synchronize(handles[4])[0].item() == pytest.approx(sum(j + 4 for j in members) / len(members))
+    assert addp.poll(handles[0])  # program order: the earlier op is over too
+    assert addp.synchronize(handles[1])[0].item() == sum(j + 1 for j in range(n))
+    assert addp.wait(handles[2])[0].item() == 2.0
+    assert addp.synchronize(handles[3]).tolist() == [float(j + 3) for j in range(n) for _ in range(2)]
+    assert addp.synchronize(handles[5]) is None
+    assert addp.synchronize(handles[0])[0].item() == pytest.approx(sum(members) / len(members))
+
+
+def test_ops_progress_while_python_computes():
+    import time
+
+    r, n = addp.rank(), addp.size()
+    h = addp.neighbor_allreduce_nonblocking(torch.full((1 << 18,), float(r)))
+    deadline = time.monotonic() + 30
+    spins = 0
+    while not addp.poll(h) and time.monotonic() < deadline:
+        spins = (spins * 31 + 7) % 1000003  # pure Python: no MPI call from this thread
+    assert addp.poll(h), "the op made no progress without a synchronize() call"
+    members = [r, *_exp2_in(r, n)]
+    assert addp.synchronize(h)[0].item() == pytest.approx(sum(members) / len(members))
+
+
+def test_fusion_equal_results_and_fewer_messages():
+    r, n = addp.rank(), addp.size()
+    engine = get_engine()
+    tensors = [torch.full((17 + k,), float(r * 100 + k)) for k in range(24)]
+    results, messages = {}, {}
+    for threshold in (0, 8 * 1024 * 1024):
+        engine.threshold = threshold
+        before = addp.comm_stats()
+        with engine.hold():
+            hs = [addp.neighbor_allreduce_nonblocking(t) for t in tensors]
+            hs += [addp.allreduce_nonblocking(t) for t in tensors]
+        results[threshold] = [addp.synchronize(h) for h in hs]
+        after = addp.comm_stats()
+        messages[threshold] = after.num_messages - before.num_messages
+        batches = after.num_batches - before.num_batches
+        assert batches == (48 if threshold == 0 else 2)
+    engine.threshold = 8 * 1024 * 1024
+    for a, b in zip(results[0], results[8 * 1024 * 1024]):
+        assert torch.equal(a, b)
+    members = [r, *_exp2_in(r, n)]
+    for k in range(24):
+        assert torch.equal(results[0][k], torch.full((17 + k,), sum(j * 100 + k for j in members) / len(members)))
+    assert messages[8 * 1024 * 1024] * 4 <= messages[0], messages
+
+
+def test_errors_are_clear():
+    r, n = addp.rank(), addp.size()
+    with pytest.raises(addp.CommError, match="together"):
+        addp.neighbor_allreduce(torch.ones(2), self_weight=0.5)
+    with pytest.raises(addp.CommError, match="not in the job"):
+        addp.neighbor_allreduce(torch.ones(2), self_weight=0.5, src_weights={}, dst_weights={n + 3: 1.0})
+    with pytest.raises(addp.CommError, match="root_rank"):
+        addp.broadcast(torch.ones(2), root_rank=n)
+    with pytest.raises(addp.CommError, match="op="):
+        addp.allreduce(torch.ones(2), op="mean")
+    with pytest.raises(addp.CommError, match="torch.Tensor"):
+        addp.allreduce([1.0, 2.0])
+    with pytest.raises(addp.CommError, match="not supported"):
+        addp.allreduce(torch.ones(2, dtype=torch.complex64))
+    with pytest.raises(addp.CommError, match="handle"):
+        addp.synchronize(42)
+    strangers = sorted(set(range(n)) - set(_exp2_in(r, n)) - {r})
+    if strangers:
+        with pytest.raises(addp.CommError, match="not in-neighbours"):
+            addp.neighbor_allreduce(torch.ones(2), self_weight=0.5, src_weights={strangers[0]: 0.5})
+
+
+def test_mismatched_dynamic_pattern_raises_not_hangs():
+    r, n = addp.rank(), addp.size()
+    if n == 1:
+        pytest.skip("needs two ranks")
+    # Rank 0 sends to 1, but rank 1 expects nothing.
+    kw = dict(self_weight=1.0, src_weights={}, dst_weights={1: 1.0} if r == 0 else {})
+    with pytest.raises(addp.CommError, match=r"0->1 \(sent but not expected\)"):
+        addp.neighbor_allreduce(torch.ones(3), **kw)
+    # The job is still healthy afterwards.
+    assert addp.allreduce(torch.ones(1), average=False).item() == n
+
+
+def test_allgather_trailing_shape_mismatch():
+    r, n = addp.rank(), addp.size()
+    if n == 1:
+        pytest.skip("needs two ranks")
+    x = torch.zeros(1, 3 if r == 0 else 2)
+    with pytest.raises(addp.CommError, match="trailing shape"):
+        addp.allgather(x)
+
+
+def test_shape_and_dtype_mismatch_between_neighbours_last():
+    # Kept last: a failed exchange may leave messages the next op would have to skip.
+    r, n = addp.rank(), addp.size()
+    if n == 1:
+        pytest.skip("needs two ranks")
+    senders_to_me = set(_exp2_in(r, n))
+    x = torch.zeros(4, dtype=torch.int32 if r == 0 else torch.float32)
+    if r == 0 or 0 in senders_to_me:
+        with pytest.raises(addp.CommError, match="shape or dtype"):
+            addp.neighbor_allreduce(x)
+    else:
+        addp.neighbor_allreduce(x)
+    addp.barrier()
+    y = torch.zeros(5 if r == 0 else 3)
+    if r == 0 or 0 in senders_to_me:
+        with pytest.raises(addp.CommError, match="shape|larger"):
+            addp.neighbor_allreduce(y)
+    else:
+        addp.neighbor_allreduce(y)
+    addp.barrier()

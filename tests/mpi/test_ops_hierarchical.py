@@ -1,0 +1,51 @@
+"""Hierarchical neighbour averaging with ASYNCDDP_RANKS_PER_MACHINE=2 (machines of two ranks)."""
+
+import pytest
+import torch
+
+import asyncddp as addp
+
+
+def _machine_means(n):
+    machines = [list(range(m, min(m + 2, n))) for m in range(0, n, 2)]
+    return [sum(ms) / len(ms) for ms in machines]
+
+
+def test_uniform_over_machines():
+    r, n = addp.rank(), addp.size()
+    means = _machine_means(n)
+    assert addp.machine_size() == len(means)
+    out = addp.hierarchical_neighbor_allreduce(torch.full((3, 2), float(r), dtype=torch.float64))
+    # Exp-2 over 2 machines: each machine averages its mean with the other's.
+    expected = sum(means) / len(means)
+    assert torch.equal(out, torch.full((3, 2), expected, dtype=torch.float64))
+
+
+def test_weighted_machine_step_nonblocking_and_in_place():
+    r, n = addp.rank(), addp.size()
+    means = _machine_means(n)
+    me, other = addp.machine_rank(), 1 - addp.machine_rank()
+    kw = dict(self_weight=0.75, src_machine_weights={other: 0.25}, dst_machine_weights={other: 1.0})
+    x = torch.full((4,), float(r))
+    h = addp.hierarchical_neighbor_allreduce_nonblocking(x, **kw)
+    expected = 0.75 * means[me] + 0.25 * means[other]
+    assert torch.equal(addp.synchronize(h), torch.full((4,), expected))
+    y = torch.full((4,), float(r), dtype=torch.float64)
+    assert addp.hierarchical_neighbor_allreduce_(y, **kw) is y
+    assert torch.equal(y, torch.full((4,), expected, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32, torch.int64])
+def test_other_dtypes(dtype):
+    r, n = addp.rank(), addp.size()
+    out = addp.hierarchical_neighbor_allreduce(torch.full((5,), 4 * r, dtype=dtype))
+    expected = 4 * sum(_machine_means(n)) / len(_machine_means(n))
+    assert out.dtype == dtype
+    assert torch.equal(out, torch.full((5,), round(expected) if not dtype.is_floating_point else expected, dtype=dtype))
+
+
+def test_machine_weights_must_name_machines():
+    with pytest.raises(addp.CommError, match="not in the job"):
+        addp.hierarchical_neighbor_allreduce(
+            torch.ones(2), self_weight=0.5, src_machine_weights={7: 0.5}, dst_machine_weights={7: 1.0}
+        )

@@ -1,0 +1,61 @@
+"""Neighbour averaging, collectives, handles, fusion and the timeline under real mpirun."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.mpi_helpers import ROOT, run_mpi_pytest
+
+OPS = "tests/mpi/test_ops.py"
+SCHEDULES = "tests/mpi/test_ops_schedules.py"
+
+
+@pytest.mark.parametrize("num_ranks", [1, 3, 4])
+def test_ops_under_mpirun(num_ranks):
+    run_mpi_pytest(num_ranks, OPS, extra_args=(SCHEDULES,))
+
+
+def test_ops_at_two_ranks_with_timeline(tmp_path):
+    trace_path = tmp_path / "trace.json"
+    run_mpi_pytest(2, OPS, extra_args=(SCHEDULES,), env={"ASYNCDDP_TIMELINE": str(trace_path)})
+    trace = json.loads(trace_path.read_text())
+    events = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert {e["pid"] for e in events} == {0, 1}
+    names = {e["name"] for e in events}
+    assert {"neighbor_allreduce", "allreduce", "broadcast", "allgather", "barrier", "second"} <= names
+    named = [e for e in events if e["name"] == "second"]
+    assert len(named) == 2 and all(e["args"]["bytes"] == 4000 for e in named)
+    assert all(e["args"]["peers"] == [1 - e["pid"]] for e in named)
+    assert all(e["dur"] >= 0 and e["ts"] > 0 for e in events)
+    meta = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "process_name"}
+    assert meta == {0: "rank 0", 1: "rank 1"}
+
+
+def test_hierarchical_with_fake_machines_of_two():
+    run_mpi_pytest(4, "tests/mpi/test_ops_hierarchical.py", env={"ASYNCDDP_RANKS_PER_MACHINE": "2"})
+
+
+def _python(code, env=None):
+    import os
+
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, env=full_env
+    )
+
+
+def test_ops_before_init_and_bad_fusion_threshold():
+    code = (
+        "import torch, asyncddp as addp\n"
+        "for op in (lambda: addp.neighbor_allreduce(torch.ones(1)), lambda: addp.allreduce(torch.ones(1)),"
+        " lambda: addp.barrier()):\n"
+        "    try:\n        op()\n    except addp.NotInitializedError as e:\n        print('ok:', e)\n"
+        "addp.init()\n"
+        "try:\n    addp.allreduce(torch.ones(1))\nexcept addp.ConfigError as e:\n    print('config:', e)\n"
+    )
+    done = _python(code, {"ASYNCDDP_FUSION_THRESHOLD": "lots"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("ok: asyncddp is not initialised") == 3
+    assert "config: ASYNCDDP_FUSION_THRESHOLD='lots' is not a byte count" in done.stdout
