@@ -118,6 +118,11 @@ def init(topology: nx.DiGraph | None = None, is_weighted: bool = False, comm=Non
     ``exponential_two_graph(size())``.
     """
     global _context
+    # --- one-sided windows: keep Open MPI off the noisy UCX component (before MPI_Init) ---
+    from asyncddp.comm.mpi_env import configure_one_sided
+
+    configure_one_sided()
+    # ---
     from mpi4py import MPI
 
     from asyncddp.topology.graphs import exponential_two_graph
