@@ -1,0 +1,110 @@
+"""``asyncddp doctor``: check every node over SSH in parallel and print a nodes × checks table.
+
+Thin layer: turns --hostfile / -H / --config into ``HostSpec``s, calls ``run_doctor`` and renders the
+``DoctorReport`` (rich table and a one-line verdict, or ``--json``). Exit code 0 all ok, 1 warnings
+only, 2 failures.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+
+from asyncddp.errors import ConfigError
+
+_STYLE = {"ok": ("green", "ok"), "warn": ("yellow", "WARN"), "fail": ("red", "FAIL")}
+
+
+def load_hosts(hostfile: Path | None, hosts: str | None, config: Path | None):
+    """(hosts, known_hosts from the config) from at most one of the three host sources."""
+    given = [name for name, value in (("--hostfile", hostfile), ("-H", hosts), ("--config", config))
+             if value is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give only one of --hostfile, -H, --config (got {' and '.join(given)})")
+    if hostfile is not None:
+        from asyncddp.hostfile import parse_hostfile
+
+        return parse_hostfile(hostfile), None
+    if hosts is not None:
+        from asyncddp.hostfile import parse_host_list
+
+        return parse_host_list(hosts), None
+    if config is not None:
+        from asyncddp.config import load_config
+
+        cluster = load_config(config)
+        # A host without its own python: uses the config's default interpreter, as run does.
+        hosts_ = [replace(host, python=host.python or cluster.python) for host in cluster.hosts]
+        return hosts_, cluster.ssh.known_hosts
+    return None, None
+
+
+def render(report) -> None:
+    """Print the nodes × checks table, the cross-node checks, the fixes and the verdict."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=False)
+    table = Table(title="asyncddp doctor", show_lines=False)
+    table.add_column("check", style="bold")
+    for node in report.nodes:
+        table.add_column(node.host, overflow="fold")
+    # Connection stages first (local nodes have "ssh", remote ones dns..auth), then the probe's checks.
+    stages = ("ssh", "dns", "tcp", "host key", "auth")
+    found = list(dict.fromkeys(check.name for node in report.nodes for check in node.checks))
+    names = [name for name in stages if name in found] + [name for name in found if name not in stages]
+    for name in names:
+        cells = []
+        for node in report.nodes:
+            check = node.check(name)
+            color, word = _STYLE[check.status] if check else ("dim", "-")
+            cells.append(f"[{color}]{word}[/] {check.detail}" if check else "[dim]-[/]")
+        table.add_row(name, *cells)
+    console.print(table)
+    if report.cluster:
+        cluster = Table(title="across nodes")
+        cluster.add_column("check", style="bold")
+        cluster.add_column("result", overflow="fold")
+        for check in report.cluster:
+            color, word = _STYLE[check.status]
+            cluster.add_row(check.name, f"[{color}]{word}[/] {check.detail}")
+        console.print(cluster)
+    fixes = [(node.host, c) for node in report.nodes for c in node.checks if c.status != "ok"]
+    fixes += [("cluster", c) for c in report.cluster if c.status != "ok" or c.name == "shared subnet"]
+    for where, check in fixes:
+        if check.fix:
+            console.print(f"  {where}: {check.name}: {check.fix}", highlight=False)
+    color, _ = _STYLE[report.status]
+    console.print(f"[bold {color}]{report.verdict()}[/]", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("doctor")
+    def doctor_command(
+        hostfile: Path = typer.Option(None, "--hostfile", help="Open MPI hostfile (host slots=N)."),
+        hosts: str = typer.Option(None, "-H", "--host", help="Hosts as a:4,b:2."),
+        config: Path = typer.Option(None, "--config", help="YAML cluster config."),
+        known_hosts: Path = typer.Option(None, "--known-hosts", help="known_hosts file to verify host keys against (default: ~/.ssh/known_hosts)."),
+        accept_new_host_keys: bool = typer.Option(False, "--accept-new-host-keys", help="Accept and record unknown host keys (changed keys are always refused)."),
+        timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Seconds allowed for each SSH stage."),
+        probe_timeout: float = typer.Option(180.0, "--probe-timeout", min=1, help="Seconds allowed for the probe on each node."),
+        as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON."),
+    ) -> None:
+        """Check every node (SSH, Python, torch, GPUs, MPI, network) and compare them."""
+        from asyncddp.doctor import DoctorOptions, SshOptions, run_doctor
+
+        host_list, config_known_hosts = load_hosts(hostfile, hosts, config)
+        ssh = SshOptions(
+            known_hosts=str(known_hosts) if known_hosts else config_known_hosts,
+            accept_new_host_keys=accept_new_host_keys,
+            timeout=timeout,
+        )
+        report = run_doctor(host_list, DoctorOptions(ssh=ssh, probe_timeout=probe_timeout))
+        if as_json:
+            typer.echo(json.dumps(report.to_dict(), indent=2))
+        else:
+            render(report)
+        raise typer.Exit(report.exit_code)

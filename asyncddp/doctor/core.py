@@ -1,0 +1,163 @@
+"""Run doctor over a host list: one thread per host (SSH stages, then the probe), then cross-node checks.
+
+``run_doctor`` returns a ``DoctorReport``; ``ssh_preflight`` runs only the SSH stages (no probe) and
+returns one message per host a job could not reach, for ``asyncddp run`` to refuse early. Hosts
+that mean this machine (``localhost``, a loopback address, this hostname; no SSH port or user set)
+are probed in a local subprocess without SSH, as mpirun starts their ranks without SSH.
+Each node is probed with the host's configured Python, else with this interpreter's path: the one a
+job launched from here would run, so a node where that path is missing fails with a clear line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from asyncddp.doctor import checks
+from asyncddp.doctor.report import FAIL, OK, CheckResult, DoctorReport, NodeReport
+from asyncddp.doctor.ssh import SshOptions, connect, run_remote
+from asyncddp.hostfile import HostSpec, is_local_host
+
+__all__ = ["DoctorOptions", "run_doctor", "ssh_preflight", "is_local", "PROBE_TEXT"]
+
+PROBE_TEXT = (Path(__file__).parent / "probe.py").read_text()
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+
+
+@dataclass(frozen=True)
+class DoctorOptions:
+    """SSH settings plus how long the probe and each peer connection may take."""
+
+    ssh: SshOptions = SshOptions()
+    probe_timeout: float = 180.0
+    peer_timeout: float = 3.0
+
+
+def is_local(host: HostSpec) -> bool:
+    """Probe without SSH where mpirun would start ranks without SSH (this machine's names),
+    unless the host entry sets an SSH port or user of its own."""
+    return is_local_host(host.name) and host.ssh_port is None and host.ssh_user is None
+
+
+def _peers(host: HostSpec, hosts: list[HostSpec]) -> list[list]:
+    # "localhost" or 127.0.0.1 means a different machine to every node, so it is never a target.
+    return [[other.name, other.ssh_port or 22] for other in hosts
+            if other is not host and other.name not in _LOOPBACK_NAMES and not _is_loopback(other.name)]
+
+
+def _is_loopback(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_probe(code: int | None, out: str, err: str, python: str) -> tuple[dict | None, CheckResult]:
+    lines = out.strip().splitlines()
+    if code == 0 and lines:
+        try:
+            return json.loads(lines[-1]), CheckResult("probe", OK, f"ran {python}")
+        except ValueError:
+            pass
+    if code == 127:
+        return None, CheckResult("probe", FAIL, f"{python!r} not found on the non-interactive PATH",
+                                 "set the host's python: in the config to an absolute path")
+    tail = (err.strip().splitlines() or lines or [f"exit {code}"])[-1]
+    return None, CheckResult("probe", FAIL, f"{python} failed (exit {code}): {tail[:200]}",
+                             "run the probe by hand: python3 - < asyncddp/doctor/probe.py")
+
+
+def _probe_local(host: HostSpec, argument: str, timeout: float) -> tuple[dict | None, CheckResult]:
+    python = host.python or sys.executable
+    try:
+        done = subprocess.run([python, "-", argument], input=PROBE_TEXT, capture_output=True,
+                              text=True, timeout=timeout)
+    except FileNotFoundError:
+        return _parse_probe(127, "", "", python)
+    except subprocess.TimeoutExpired:
+        return None, CheckResult("probe", FAIL, f"no answer within {timeout:g} s")
+    return _parse_probe(done.returncode, done.stdout, done.stderr, python)
+
+
+def _probe_remote(client, host: HostSpec, argument: str, timeout: float):
+    # The interpreter a job would run there: the host's python: from the config, else the same
+    # path as here (what the launcher starts on every node when none is configured).
+    python = host.python or sys.executable
+    try:
+        code, out, err = run_remote(client, [python, "-", argument], PROBE_TEXT, timeout)
+    except (socket.timeout, TimeoutError):
+        return None, CheckResult("probe", FAIL, f"no answer within {timeout:g} s")
+    except Exception as error:  # paramiko raises SSHException and friends mid-session
+        return None, CheckResult("probe", FAIL, f"remote command failed: {error}")
+    return _parse_probe(code, out, err, python)
+
+
+def check_node(host: HostSpec, hosts: list[HostSpec], options: DoctorOptions) -> NodeReport:
+    """All stages and checks of one host (runs in its own thread)."""
+    start = time.monotonic()
+    argument = json.dumps({"peers": _peers(host, hosts), "connect_timeout": options.peer_timeout})
+    if is_local(host):
+        stages = [CheckResult("ssh", OK, "local host, no SSH")]
+        probe, probe_check = _probe_local(host, argument, options.probe_timeout)
+    else:
+        connection = connect(host, options.ssh)
+        stages = connection.checks
+        if not connection.ok:
+            return NodeReport(host.name, host.source, tuple(stages), None, time.monotonic() - start)
+        try:
+            probe, probe_check = _probe_remote(connection.client, host, argument, options.probe_timeout)
+        finally:
+            connection.client.close()
+    found = [*stages, probe_check] + (checks.node_checks(host, probe, is_local(host)) if probe else [])
+    return NodeReport(host.name, host.source, tuple(found), probe, time.monotonic() - start)
+
+
+def _parallel(function, hosts: list[HostSpec]) -> list:
+    with ThreadPoolExecutor(max_workers=max(1, len(hosts)), thread_name_prefix="doctor") as pool:
+        return list(pool.map(function, hosts))
+
+
+def run_doctor(hosts: list[HostSpec] | None = None, options: DoctorOptions = DoctorOptions()) -> DoctorReport:
+    """Check every host in parallel and compare them; default is localhost with one slot."""
+    hosts = list(hosts) if hosts else [HostSpec("localhost", 1, source="default")]
+    start = time.monotonic()
+    nodes = _parallel(lambda host: check_node(host, hosts, options), hosts)
+    probes = {node.host: node.probe for node in nodes if node.probe is not None}
+    unreached = [node.host for node in nodes if node.probe is None]
+    cluster, subnet = checks.cluster_checks(probes, unreached)
+    return DoctorReport(tuple(nodes), tuple(cluster), subnet, time.monotonic() - start)
+
+
+def ssh_preflight(
+    hosts: list[HostSpec],
+    *,
+    known_hosts: str | None = None,
+    timeout: float = 10.0,
+    accept_new_host_keys: bool = False,
+) -> list[str]:
+    """SSH stages only, all hosts in parallel: one message per unreachable host (empty = all fine).
+
+    Each message names the host, where it was declared, the failing stage and the fix, e.g.
+    ``node2 (hosts.txt:2): tcp: cannot connect to node2:22: Connection refused ... -> start sshd ...``.
+    """
+    options = SshOptions(known_hosts, accept_new_host_keys, timeout)
+
+    def one(host: HostSpec) -> str | None:
+        if is_local(host):
+            return None
+        connection = connect(host, options)
+        if connection.ok:
+            connection.client.close()
+            return None
+        failed = next(check for check in connection.checks if check.status == FAIL)
+        where = f" ({host.source})" if host.source else ""
+        return f"{host.name}{where}: {failed.name}: {failed.detail} -> {failed.fix}"
+
+    return [message for message in _parallel(one, list(hosts)) if message]
