@@ -50,6 +50,47 @@ _EXPORTS: dict[str, str] = {
         )
     },
     "NeighborStep": "asyncddp.topology.schedules",
+    **{name: "asyncddp.topology" for name in (
+        "exponential_graph", "exponential_two_graph", "symmetric_exponential_graph", "ring_graph",
+        "mesh_grid_2d_graph", "star_graph", "fully_connected_graph", "hypercube_graph",
+        "equi_static_graph", "mixing_matrix", "consensus_rate", "is_doubly_stochastic", "is_regular",
+        "in_neighbors", "out_neighbors", "degree_stats", "one_peer_exponential_two",
+        "inner_outer_exponential_two", "ceca_schedule", "ceca_exact_average", "equi_dyn_schedule",
+        "simulate_consensus", "topology_names", "get_topology",
+    )},  # fmt: skip
+    # --- communication ops (issue 4): neighbour averaging, collectives, handles ---
+    **{
+        name: module
+        for module, names in {
+            "asyncddp.comm.handles": ("synchronize", "wait", "poll"),
+            "asyncddp.comm.neighbor": (
+                "neighbor_allreduce", "neighbor_allreduce_", "neighbor_allreduce_nonblocking",
+                "neighbor_allreduce_nonblocking_", "neighbor_allgather",
+                "neighbor_allgather_nonblocking",
+            ),
+            "asyncddp.comm.hierarchical": (
+                "hierarchical_neighbor_allreduce", "hierarchical_neighbor_allreduce_",
+                "hierarchical_neighbor_allreduce_nonblocking",
+            ),
+            "asyncddp.comm.collectives": (
+                "allreduce", "allreduce_", "allreduce_nonblocking", "allreduce_nonblocking_",
+                "broadcast", "broadcast_", "broadcast_nonblocking", "broadcast_nonblocking_",
+                "allgather", "allgather_nonblocking", "reduce_scatter",
+                "reduce_scatter_nonblocking", "barrier", "barrier_nonblocking",
+            ),
+            "asyncddp.comm.engine": ("comm_stats",),
+            "asyncddp.comm.device": ("mpi_is_cuda_aware",),
+        }.items()
+        for name in names
+    },  # fmt: skip
+    # --- one-sided windows (issue 4): passive-target RMA, BlueFog's window API ---
+    **{name: "asyncddp.comm.windows" for name in (
+        "win_create", "win_free", "win_put", "win_put_nonblocking", "win_get",
+        "win_get_nonblocking", "win_accumulate", "win_accumulate_nonblocking", "win_update",
+        "win_update_then_collect", "get_win_version", "win_mutex", "win_wait", "win_poll",
+        "win_associated_p", "turn_on_win_ops_with_associated_p",
+        "turn_off_win_ops_with_associated_p",
+    )},  # fmt: skip
 }
 
 __all__ = ["__version__", *_EXPORTS]
