@@ -159,11 +159,23 @@ def test_per_host_python_runs_as_two_app_contexts(tmp_path):
     assert sorted(done.stdout.splitlines()) == [f"[0] {other}", f"[1] {sys.executable}"]
 
 
-@pytest.mark.skipif(not any((Path(d) / "ssh").exists() for d in os.environ.get("PATH", "").split(":")),
-                    reason="no ssh client on PATH")
-def test_unreachable_host_fails_fast_with_one_summary():
+def test_unreachable_host_is_refused_by_the_ssh_preflight():
     started = time.monotonic()
     done = asyncddp("run", "-np", "1", "-H", "nonexistent.invalid", "examples/hello.py")
+    assert done.returncode == 2 and time.monotonic() - started < 30
+    assert done.stdout == ""  # mpirun never started
+    assert done.stderr.splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith(
+        "asyncddp: error: SSH preflight failed, mpirun not started: nonexistent.invalid (-H nonexistent.invalid): dns:"
+    )
+    assert "--no-preflight" in done.stderr
+
+
+@pytest.mark.skipif(not any((Path(d) / "ssh").exists() for d in os.environ.get("PATH", "").split(":")),
+                    reason="no ssh client on PATH")
+def test_unreachable_host_without_preflight_fails_fast_with_one_summary():
+    started = time.monotonic()
+    done = asyncddp("run", "--no-preflight", "-np", "1", "-H", "nonexistent.invalid", "examples/hello.py")
     assert done.returncode != 0 and time.monotonic() - started < 30
     assert "Could not resolve hostname nonexistent.invalid" in done.stderr
     assert done.stderr.splitlines()[-1].startswith("asyncddp: job failed: mpirun could not start its daemon on nonexistent")

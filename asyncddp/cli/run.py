@@ -37,6 +37,24 @@ def _check_dir(working_dir: str | None) -> str | None:
     return working_dir if os.path.isdir(working_dir) else None
 
 
+def _preflight(run_config, requested: bool | None) -> None:
+    """Refuse to start mpirun when a remote host cannot be reached: mpirun would hang or fail late."""
+    from asyncddp.doctor.core import is_local
+
+    remote = [host for host in run_config.hosts if not is_local(host)]
+    if requested is False or not remote:
+        return
+    from asyncddp.doctor import ssh_preflight
+    from asyncddp.errors import LaunchError
+
+    problems = ssh_preflight(remote, known_hosts=run_config.known_hosts)
+    if problems:
+        raise LaunchError(
+            "SSH preflight failed, mpirun not started: " + "; ".join(problems)
+            + " (details: asyncddp doctor; skip the check: --no-preflight)"
+        )
+
+
 def register(app: typer.Typer) -> None:
     @app.command(
         "run",
@@ -51,13 +69,20 @@ def register(app: typer.Typer) -> None:
         config: str = typer.Option(None, "--config", help="YAML cluster config (see configs/)."),
         env: list[str] = typer.Option(None, "-x", help="Forward NAME, NAME=value or a glob like NCCL_*; repeatable."),
         network: str = typer.Option(None, "--network-interface", help="Interface name or CIDR subnet for MPI traffic."),
-        mpi_args: str = typer.Option(None, "--mpi-args", help="Extra mpirun arguments, one quoted string."),
+        mpi_args: str = typer.Option(None, "--mpi-args", "--extra-mpi-flags", help="Extra mpirun arguments, one quoted string."),
         output_dir: str = typer.Option(None, "--output-dir", help="Also write each rank's output to DIR/rank.N.log."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the mpirun command and rank map; run nothing."),
         as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as JSON."),
         timeout: float = typer.Option(None, "--timeout", help="Kill the job after this many seconds (exit 124)."),
-        timeline: str = typer.Option(None, "--timeline", help="Ranks write a communication timeline to PATH."),
+        timeline: str = typer.Option(None, "--timeline", "--timeline-filename",
+                                     help="Ranks write a communication timeline to PATH."),
         oversubscribe: bool = typer.Option(False, "--oversubscribe", help="Allow more ranks than slots."),
+        ssh_port: int = typer.Option(None, "-p", "--ssh-port", help="ssh port for hosts that set none (bfrun's -p)."),
+        use_infiniband: bool = typer.Option(False, "--use-infiniband",
+                                            help="bfrun's flag: use Open MPI's UCX transport (--mca pml ucx)."),
+        preflight: bool = typer.Option(
+            None, "--preflight/--no-preflight",
+            help="Check SSH to every remote host before starting mpirun (default: on when any host is remote)."),
     ) -> None:
         """Run a script, -m module or command on every rank: asyncddp run -np 4 train.py ARGS..."""
         from asyncddp.config import RunOptions, load_config, merge_run_config
@@ -66,7 +91,8 @@ def register(app: typer.Typer) -> None:
         options = RunOptions(
             command=tuple(command or ()), num_ranks=num_ranks, hostfile=hostfile, host_list=hosts,
             config=config, env=tuple(env or ()), network=network, mpi_args=mpi_args, output_dir=output_dir,
-            timeout=timeout, timeline=timeline, oversubscribe=oversubscribe,
+            timeout=timeout, timeline=timeline, oversubscribe=oversubscribe, ssh_port=ssh_port,
+            use_infiniband=use_infiniband,
         )
         cluster = load_config(config) if config else None
         run_config = merge_run_config(options, cluster)
@@ -77,6 +103,7 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             typer.echo(json.dumps(plan.to_dict(), indent=2) if as_json else format_plan(plan))
             return
+        _preflight(run_config, preflight)
         from asyncddp.job import run_plan
 
         result = run_plan(plan, output_dir=output_dir, timeout=run_config.timeout)
