@@ -8,6 +8,7 @@ PATH (sshd's ``SetEnv``), like a node whose non-interactive PATH contains MPI. C
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -65,7 +66,7 @@ class Sshd:
     log: Path
 
     def host_spec(self, slots: int = 1, **fields) -> HostSpec:
-        values = dict(ssh_port=self.port, ssh_user="root", identity_file=str(self.user_key),
+        values = dict(ssh_port=self.port, ssh_user=getpass.getuser(), identity_file=str(self.user_key),
                       python=sys.executable, source="test sshd")
         values.update(fields)
         return HostSpec(self.host, slots, **values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import socket
@@ -169,7 +170,7 @@ def write_config(path: Path, sshd, known: Path, port: int | None = None) -> Path
     path.write_text(
         "hosts:\n"
         f"  - name: 127.0.0.1\n    slots: 2\n    port: {port or sshd.port}\n"
-        f"ssh:\n  user: root\n  identity_file: {sshd.user_key}\n  known_hosts: {known}\n"
+        f"ssh:\n  user: {getpass.getuser()}\n  identity_file: {sshd.user_key}\n  known_hosts: {known}\n"
         f"python: {sys.executable}\n"
     )
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_crashing_rank_without_finalize_is_named_too():
 
 def test_timeout_kills_the_job_with_124():
     started = time.monotonic()
-    done = asyncddp("run", "-np", "2", "--timeout", "2", "python", "-c", "import time; print('up', flush=True); time.sleep(60)")
+    done = asyncddp("run", "-np", "2", "--timeout", "2", sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)")
     assert done.returncode == 124
     assert time.monotonic() - started < 15
     assert sorted(done.stdout.splitlines()) == ["[0] up", "[1] up"]
@@ -69,7 +70,7 @@ def _is_running(pid: int) -> bool:
 
 def test_ctrl_c_stops_every_rank_and_exits_130():
     code = "import os, time; print('pid', os.getpid(), flush=True); time.sleep(60)"
-    process = subprocess.Popen([sys.executable, "-m", "asyncddp", "run", "-np", "2", "python", "-c", code],
+    process = subprocess.Popen([sys.executable, "-m", "asyncddp", "run", "-np", "2", sys.executable, "-c", code],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pids: list[int] = []
     while len(pids) < 2:
@@ -84,7 +85,7 @@ def test_ctrl_c_stops_every_rank_and_exits_130():
 
 
 def test_output_dir_writes_one_log_per_rank_and_still_echoes(tmp_path):
-    done = asyncddp("run", "-np", "3", "--output-dir", str(tmp_path), "python", "-c",
+    done = asyncddp("run", "-np", "3", "--output-dir", str(tmp_path), sys.executable, "-c",
                     "import os, sys; r = os.environ['OMPI_COMM_WORLD_RANK']; print('out', r); print('err', r, file=sys.stderr)")
     assert done.returncode == 0, done.stderr
     assert sorted(done.stdout.splitlines()) == ["[0] out 0", "[1] out 1", "[2] out 2"]
@@ -103,7 +104,7 @@ def test_module_form_and_config_env(tmp_path):
 
 
 def test_arbitrary_command_passes_its_flags_through():
-    done = asyncddp("run", "-np", "2", "-x", "GREETING=hi there", "python", "-c",
+    done = asyncddp("run", "-np", "2", "-x", "GREETING=hi there", sys.executable, "-c",
                     "import os, sys; print(os.environ['GREETING'], sys.argv[1:])", "-x", "--np", "7")
     assert done.returncode == 0, done.stderr
     assert sorted(done.stdout.splitlines()) == ["[0] hi there ['-x', '--np', '7']", "[1] hi there ['-x', '--np', '7']"]
@@ -171,8 +172,7 @@ def test_unreachable_host_is_refused_by_the_ssh_preflight():
     assert "--no-preflight" in done.stderr
 
 
-@pytest.mark.skipif(not any((Path(d) / "ssh").exists() for d in os.environ.get("PATH", "").split(":")),
-                    reason="no ssh client on PATH")
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="no ssh client on PATH")
 def test_unreachable_host_without_preflight_fails_fast_with_one_summary():
     started = time.monotonic()
     done = asyncddp("run", "--no-preflight", "-np", "1", "-H", "nonexistent.invalid", "examples/hello.py")
