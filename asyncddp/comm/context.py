@@ -62,6 +62,8 @@ class Context:
     windows: dict[str, Any] = field(default_factory=dict)
     # Callbacks run by shutdown() before the communicators are freed (progress threads, windows).
     finalizers: list = field(default_factory=list)
+    # Predicates telling whether communication is still in flight; set_topology waits for none.
+    busy_checks: list = field(default_factory=list)
 
 
 _context: Context | None = None
@@ -216,11 +218,12 @@ def set_topology(graph: nx.DiGraph, is_weighted: bool = False) -> bool:
     """Make ``graph`` the topology used by neighbour ops. Collective.
 
     Returns False and changes nothing while one-sided windows exist (their neighbour buffers are
-    laid out for the old topology).
+    laid out for the old topology) or while nonblocking ops are still running (they were issued
+    for the old neighbours).
     """
     ctx = get_context()
     _validate(graph, ctx.comm.Get_size(), "the topology")
-    if ctx.windows:
+    if ctx.windows or any(busy() for busy in ctx.busy_checks):
         return False
     ctx.topology = graph
     ctx.is_weighted = bool(is_weighted)

@@ -132,6 +132,7 @@ class Engine:
             self._thread = threading.Thread(target=self._loop, name="asyncddp-comm", daemon=True)
             self._thread.start()
         ctx.finalizers.append(self.close)
+        ctx.busy_checks.append(self.has_pending)
 
     # -- submission -------------------------------------------------------------------------
     def submit(self, op: Op) -> OpHandle:
@@ -143,6 +144,11 @@ class Engine:
             self._queue.append(op)
             self._cond.notify()
         return op.handle
+
+    def has_pending(self) -> bool:
+        """True while a submitted op is queued or running."""
+        with self._cond:
+            return bool(self._queue) or self._busy
 
     def execute(self, op: Op) -> Any:
         """Run a blocking op and return its result.

@@ -332,6 +332,16 @@ def test_allgather_trailing_shape_mismatch():
         addp.allgather(x)
 
 
+def test_set_topology_refused_while_ops_are_in_flight():
+    engine = get_engine()
+    graph = addp.load_topology()
+    with engine.hold():
+        handle = addp.allreduce_nonblocking(torch.ones(3))
+        assert addp.set_topology(graph) is False  # queued: issued for the current neighbours
+    assert torch.equal(addp.synchronize(handle), torch.ones(3))
+    assert addp.set_topology(graph) is True
+
+
 def test_shape_and_dtype_mismatch_between_neighbours_last():
     # Kept last: a failed exchange may leave messages the next op would have to skip.
     r, n = addp.rank(), addp.size()
