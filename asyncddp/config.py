@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,8 @@ class RunOptions:
     timeout: float | None = None
     timeline: str | None = None
     oversubscribe: bool = False
+    ssh_port: int | None = None  # bfrun's -p: the port of every host that sets none
+    use_infiniband: bool = False  # bfrun's flag: Open MPI's UCX PML, its InfiniBand path since 5.0
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,12 @@ def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
     if not options.command:
         raise ConfigError("no command to run: give a script (train.py), -m module, or a command")
     hosts, source, is_default = _hosts_from_flags(options, cluster)
+    if is_default:
+        from asyncddp.slurm import in_slurm_allocation, slurm_hosts
+
+        # Inside salloc/sbatch with no hostfile, -H or config: the allocation is the cluster.
+        if in_slurm_allocation(environ):
+            hosts, source, is_default = tuple(slurm_hosts(environ)), "Slurm allocation (SLURM_JOB_NODELIST)", False
     num_ranks = options.num_ranks if options.num_ranks is not None else (cluster.num_ranks if cluster else None)
     if num_ranks is None:
         if is_default:
@@ -332,7 +340,13 @@ def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
             forward.append(name)
         else:
             values[name] = value
+    if options.ssh_port is not None:
+        if not 0 < options.ssh_port < 65536:
+            raise ConfigError(f"-p/--ssh-port {options.ssh_port}: give a port between 1 and 65535")
+        hosts = tuple(replace(host, ssh_port=host.ssh_port or options.ssh_port) for host in hosts)
     mpi_args = list(cluster.mpi_args if cluster else ())
+    if options.use_infiniband:
+        mpi_args += ["--mca", "pml", "ucx"]
     if options.mpi_args:
         mpi_args += shlex.split(options.mpi_args)
     if options.timeout is not None and options.timeout <= 0:

@@ -1,0 +1,338 @@
+"""BlueFog 0.3's ``bluefog.torch`` API over asyncddp's core: ``import asyncddp.compat.bluefog as bf``.
+
+Every function forwards to ``asyncddp.comm`` (no second implementation of any communication);
+what this module adds is BlueFog's surface: its argument names and defaults, ``init(topology_fn)``,
+integer handles for nonblocking ops (``poll``/``synchronize``/``wait`` and ``win_wait``/``win_poll``
+map them onto our handle objects), ``BLUEFOG_NODES_PER_MACHINE``, and BlueFog's error type:
+misuse raises ``ValueError`` (our ``CommError`` and ``NotInitializedError`` are re-raised as
+``BlueFogError``, a ``ValueError`` that is also an ``AsyncDDPError``). Windows and timeline
+activities live in ``asyncddp.compat._bf_windows`` and are re-exported here. Optimizers are not
+part of this module yet.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import threading
+
+import networkx as nx
+import torch
+
+import asyncddp.comm as _core
+from asyncddp.comm.context import RANKS_PER_MACHINE_ENV
+from asyncddp.errors import AsyncDDPError, CommError, NotInitializedError
+
+__all__ = [
+    "BlueFogError", "init", "shutdown", "size", "rank", "local_size", "local_rank", "machine_size",
+    "machine_rank", "is_homogeneous", "nccl_built", "mpi_threads_supported", "unified_mpi_window_model_supported",
+    "set_skip_negotiate_stage", "get_skip_negotiate_stage", "set_topology", "load_topology",
+    "is_topo_weighted", "in_neighbor_ranks", "out_neighbor_ranks", "set_machine_topology",
+    "load_machine_topology", "is_machine_topo_weighted", "in_neighbor_machine_ranks",
+    "out_neighbor_machine_ranks", "poll", "synchronize", "wait", "barrier",
+    "allreduce", "allreduce_", "allreduce_nonblocking", "allreduce_nonblocking_",
+    "broadcast", "broadcast_", "broadcast_nonblocking", "broadcast_nonblocking_",
+    "allgather", "allgather_nonblocking", "neighbor_allgather", "neighbor_allgather_nonblocking",
+    "neighbor_allreduce", "neighbor_allreduce_nonblocking", "hierarchical_neighbor_allreduce",
+    "hierarchical_neighbor_allreduce_nonblocking",
+]  # fmt: skip
+
+NODES_PER_MACHINE_ENV = "BLUEFOG_NODES_PER_MACHINE"
+
+
+def _map_nodes_per_machine() -> None:
+    """BlueFog's BLUEFOG_NODES_PER_MACHINE is our ASYNCDDP_RANKS_PER_MACHINE (read at init)."""
+    nodes = os.environ.get(NODES_PER_MACHINE_ENV)
+    if nodes:
+        os.environ.setdefault(RANKS_PER_MACHINE_ENV, nodes)
+
+
+# At import too: code that initialises asyncddp itself before calling bf.init() sees it.
+_map_nodes_per_machine()
+
+
+class BlueFogError(AsyncDDPError, ValueError):
+    """What BlueFog raises as ``ValueError``: a misused op, a mismatched pattern, no init()."""
+
+
+def _bf_errors(fn):
+    """Re-raise asyncddp's misuse errors as ``BlueFogError`` (a ``ValueError``), message kept."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (CommError, NotInitializedError) as error:
+            raise BlueFogError(str(error)) from error
+
+    return wrapper
+
+
+# --- integer handles ----------------------------------------------------------------------------
+
+_handles: dict[int, object] = {}
+_handle_ids = itertools.count(1)
+_handle_lock = threading.Lock()
+
+
+def _register(handle) -> int:
+    with _handle_lock:
+        number = next(_handle_ids)
+        _handles[number] = handle
+    return number
+
+
+def _lookup(handle: int, pop: bool):
+    with _handle_lock:
+        found = _handles.pop(handle, None) if pop else _handles.get(handle)
+    if found is None:
+        raise BlueFogError(f"handle {handle!r} is unknown or was already synchronized; "
+                           "pass the int a *_nonblocking call returned, once")
+    return found
+
+
+@_bf_errors
+def poll(handle: int) -> bool:
+    """True when ``synchronize(handle)`` would return at once."""
+    return _core.poll(_lookup(handle, pop=False))
+
+
+@_bf_errors
+def synchronize(handle: int):
+    """Wait for the op behind ``handle`` and return its result (the handle is then spent)."""
+    return _core.synchronize(_lookup(handle, pop=True))
+
+
+wait = synchronize
+
+
+# --- basics -------------------------------------------------------------------------------------
+
+_skip_negotiate = False
+
+
+@_bf_errors
+def init(topology_fn=None, is_weighted: bool = False) -> None:
+    """Start (or, called again, reset the topology of) the job. ``topology_fn(size)`` builds the
+    topology; the default is ``ExponentialGraph(size)``. ``BLUEFOG_NODES_PER_MACHINE`` fakes
+    machines of that many ranks (read at the first call, like BlueFog)."""
+    if not _core.is_initialized():
+        _map_nodes_per_machine()
+    _core.init()
+    topology = topology_fn(_core.size()) if topology_fn is not None else None
+    _core.init(topology=topology, is_weighted=is_weighted)
+    # The engine's creation is collective: make it here, where every rank is, and not on the
+    # first op (a timeline activity may be recorded by a single rank).
+    from asyncddp.comm.engine import get_engine
+
+    get_engine()
+
+
+def shutdown() -> None:
+    with _handle_lock:
+        _handles.clear()
+    _core.shutdown()
+
+
+size = _bf_errors(_core.size)
+rank = _bf_errors(_core.rank)
+local_size = _bf_errors(_core.local_size)
+local_rank = _bf_errors(_core.local_rank)
+machine_size = _bf_errors(_core.machine_size)
+machine_rank = _bf_errors(_core.machine_rank)
+is_homogeneous = _bf_errors(_core.is_homogeneous)
+
+
+def nccl_built() -> bool:
+    """True when a NCCL data path is possible here (torch built with NCCL and a GPU visible)."""
+    return bool(torch.cuda.is_available() and torch.distributed.is_available()
+                and torch.distributed.is_nccl_available())
+
+
+@_bf_errors
+def mpi_threads_supported() -> bool:
+    """True when MPI granted ``MPI_THREAD_MULTIPLE`` (our comm thread then runs in background)."""
+    _core.get_context()
+    from mpi4py import MPI
+
+    return MPI.Query_thread() == MPI.THREAD_MULTIPLE
+
+
+@_bf_errors
+def unified_mpi_window_model_supported() -> bool:
+    """Whether MPI windows use the unified memory model. Local: probes a window on COMM_SELF, so a
+    single rank may ask (BlueFog's answer is a local flag too)."""
+    _core.get_context()
+    from mpi4py import MPI
+
+    win = MPI.Win.Allocate(8, comm=MPI.COMM_SELF)
+    try:
+        return win.Get_attr(MPI.WIN_MODEL) == MPI.WIN_UNIFIED
+    finally:
+        win.Free()
+
+
+def set_skip_negotiate_stage(value: bool) -> None:
+    """Accepted for compatibility. BlueFog negotiated op order through a coordinator; asyncddp
+    has no such stage (every rank issues ops in program order), so there is nothing to skip."""
+    global _skip_negotiate
+    _skip_negotiate = bool(value)
+
+
+def get_skip_negotiate_stage() -> bool:
+    return _skip_negotiate
+
+
+# --- topology -----------------------------------------------------------------------------------
+
+@_bf_errors
+def set_topology(topology: nx.DiGraph | None = None, is_weighted: bool = False) -> bool:
+    """Make ``topology`` (default ``ExponentialGraph(size)``) current; False while windows exist."""
+    from asyncddp.topology.graphs import exponential_graph
+
+    return _core.set_topology(topology if topology is not None else exponential_graph(_core.size()), is_weighted)
+
+
+load_topology = _bf_errors(_core.load_topology)
+is_topo_weighted = _bf_errors(_core.is_topology_weighted)
+in_neighbor_ranks = _bf_errors(_core.in_neighbor_ranks)
+out_neighbor_ranks = _bf_errors(_core.out_neighbor_ranks)
+load_machine_topology = _bf_errors(_core.load_machine_topology)
+in_neighbor_machine_ranks = _bf_errors(_core.in_neighbor_machine_ranks)
+out_neighbor_machine_ranks = _bf_errors(_core.out_neighbor_machine_ranks)
+
+
+@_bf_errors
+def set_machine_topology(topology: nx.DiGraph | None = None, is_weighted: bool = False) -> bool:
+    from asyncddp.topology.graphs import exponential_graph
+
+    graph = topology if topology is not None else exponential_graph(_core.machine_size())
+    return _core.set_machine_topology(graph, is_weighted)
+
+
+@_bf_errors
+def is_machine_topo_weighted() -> bool:
+    return _core.get_context().machine_is_weighted
+
+
+# --- collectives ----------------------------------------------------------------------------------
+
+def _no_local(is_hierarchical_local: bool) -> None:
+    if is_hierarchical_local:
+        raise BlueFogError("allreduce(is_hierarchical_local=True) is not supported by asyncddp yet; "
+                           "use hierarchical_neighbor_allreduce or a plain allreduce")
+
+
+@_bf_errors
+def allreduce(tensor, average: bool = True, is_hierarchical_local: bool = False, name=None):
+    _no_local(is_hierarchical_local)
+    return _core.allreduce(tensor, average=average, name=name)
+
+
+@_bf_errors
+def allreduce_(tensor, average: bool = True, is_hierarchical_local: bool = False, name=None):
+    _no_local(is_hierarchical_local)
+    return _core.allreduce_(tensor, average=average, name=name)
+
+
+@_bf_errors
+def allreduce_nonblocking(tensor, average: bool = True, is_hierarchical_local: bool = False, name=None) -> int:
+    _no_local(is_hierarchical_local)
+    return _register(_core.allreduce_nonblocking(tensor, average=average, name=name))
+
+
+@_bf_errors
+def allreduce_nonblocking_(tensor, average: bool = True, is_hierarchical_local: bool = False, name=None) -> int:
+    _no_local(is_hierarchical_local)
+    return _register(_core.allreduce_nonblocking_(tensor, average=average, name=name))
+
+
+@_bf_errors
+def broadcast(tensor, root_rank: int, name=None):
+    return _core.broadcast(tensor, root_rank, name=name)
+
+
+@_bf_errors
+def broadcast_(tensor, root_rank: int, name=None):
+    return _core.broadcast_(tensor, root_rank, name=name)
+
+
+@_bf_errors
+def broadcast_nonblocking(tensor, root_rank: int, name=None) -> int:
+    return _register(_core.broadcast_nonblocking(tensor, root_rank, name=name))
+
+
+@_bf_errors
+def broadcast_nonblocking_(tensor, root_rank: int, name=None) -> int:
+    return _register(_core.broadcast_nonblocking_(tensor, root_rank, name=name))
+
+
+@_bf_errors
+def allgather(tensor, name=None):
+    return _core.allgather(tensor, name=name)
+
+
+@_bf_errors
+def allgather_nonblocking(tensor, name=None) -> int:
+    return _register(_core.allgather_nonblocking(tensor, name=name))
+
+
+@_bf_errors
+def barrier() -> None:
+    _core.barrier()
+
+
+# --- neighbour ops ----------------------------------------------------------------------------------
+
+@_bf_errors
+def neighbor_allgather(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_check: bool = True, name=None):
+    return _core.neighbor_allgather(tensor, src_ranks=src_ranks, dst_ranks=dst_ranks, name=name,
+                                    enable_topo_check=enable_topo_check)
+
+
+@_bf_errors
+def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_check: bool = True,
+                                   name=None) -> int:
+    return _register(_core.neighbor_allgather_nonblocking(
+        tensor, src_ranks=src_ranks, dst_ranks=dst_ranks, name=name, enable_topo_check=enable_topo_check))
+
+
+@_bf_errors
+def neighbor_allreduce(tensor, *, self_weight=None, src_weights=None, dst_weights=None,
+                       enable_topo_check: bool = True, name=None):
+    """out = self_weight·x + Σ src_weights[j]·(dst weight of j→me)·x_j; default: topology weights,
+    or the exact uniform average (sum first, then divide) of an unweighted topology."""
+    return _core.neighbor_allreduce(tensor, self_weight=self_weight, src_weights=src_weights,
+                                    dst_weights=dst_weights, name=name, enable_topo_check=enable_topo_check)
+
+
+@_bf_errors
+def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None, dst_weights=None,
+                                   enable_topo_check: bool = True, name=None) -> int:
+    return _register(_core.neighbor_allreduce_nonblocking(
+        tensor, self_weight=self_weight, src_weights=src_weights, dst_weights=dst_weights, name=name,
+        enable_topo_check=enable_topo_check))
+
+
+@_bf_errors
+def hierarchical_neighbor_allreduce(tensor, self_weight=None, src_machine_weights=None,
+                                    dst_machine_weights=None, enable_topo_check: bool = False, name=None):
+    return _core.hierarchical_neighbor_allreduce(
+        tensor, self_weight=self_weight, src_machine_weights=src_machine_weights,
+        dst_machine_weights=dst_machine_weights, name=name, enable_topo_check=enable_topo_check)
+
+
+@_bf_errors
+def hierarchical_neighbor_allreduce_nonblocking(tensor, self_weight=None, src_machine_weights=None,
+                                                dst_machine_weights=None, enable_topo_check: bool = False,
+                                                name=None) -> int:
+    return _register(_core.hierarchical_neighbor_allreduce_nonblocking(
+        tensor, self_weight=self_weight, src_machine_weights=src_machine_weights,
+        dst_machine_weights=dst_machine_weights, name=name, enable_topo_check=enable_topo_check))
+
+
+from asyncddp.compat._bf_windows import *  # noqa: E402,F401,F403  (windows and timeline)
+from asyncddp.compat._bf_windows import __all__ as _windows_all  # noqa: E402
+
+__all__ += list(_windows_all)
