@@ -1,0 +1,261 @@
+"""The per-rank body of ``asyncddp bench comm`` (run as ``python -m mpi4py -m asyncddp.bench.comm``).
+
+For every (op, size): time asyncddp's op, time raw mpi4py moving the same bytes to the same peers
+on numpy buffers, then run the op once more on a known pattern and count the elements that
+differ from the expected value computed here with numpy (never with asyncddp). Times are the
+slowest rank's mean over ``iters`` after ``warmup``. Rank 0 prints one ``PROGRESS_TAG`` JSON line
+per finished row (the parent draws a progress bar from them) and writes the result as JSON.
+
+In-place ops (``neighbor_allreduce_``, ``allreduce_``, ``broadcast_``) keep allocation out of the
+timings; ``allgather`` has no in-place form. One torch thread per rank: ranks share the cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+
+import numpy as np
+import torch
+
+import asyncddp.comm as addp
+from asyncddp.bench.results import BenchError, CommBenchOptions, CommBenchResult, CommRow, bus_factor
+from asyncddp.topology.schedules import one_peer_exponential_two
+
+PROGRESS_TAG = "ASYNCDDP_BENCH_PROGRESS"
+RESULT_TAG = "ASYNCDDP_BENCH_RESULT"  # the result also on stdout: reaches the parent from a remote rank 0
+_NP_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def _pattern(rank: int, count: int) -> np.ndarray:
+    """Rank r's test values: small integers (r + 1 + i mod 5), so sums are exact in float32."""
+    return (rank + 1 + np.arange(count) % 5).astype(np.float64)
+
+
+def _offsets(n: int) -> list[int]:
+    """Exp-2 offsets 1, 2, 4, ... < n: rank r sends to r + d and receives from r - d."""
+    return [2**k for k in range(n.bit_length()) if 2**k < n]
+
+
+class _Bench:
+    def __init__(self, options: CommBenchOptions) -> None:
+        from mpi4py import MPI
+
+        self.MPI, self.options = MPI, options
+        self.comm = MPI.COMM_WORLD.Dup()  # raw baseline: never matched against asyncddp's traffic
+        self.rank, self.n = self.comm.Get_rank(), self.comm.Get_size()
+        self.np_dtype = _NP_DTYPES[options.dtype]
+        self.torch_dtype = getattr(torch, options.dtype)
+        self.itemsize = np.dtype(self.np_dtype).itemsize
+        self.device = torch.device(options.device)
+        self.in_ranks = sorted(addp.in_neighbor_ranks())
+        self.degree = len(addp.out_neighbor_ranks())
+
+    # -- helpers --
+    def _tensor(self, values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(values.astype(self.np_dtype)).to(self.device)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _time(self, step) -> float:
+        for _ in range(self.options.warmup):
+            step()
+        self._sync()
+        self.comm.Barrier()
+        start = time.perf_counter()
+        for _ in range(self.options.iters):
+            step()
+        self._sync()
+        mine = (time.perf_counter() - start) / self.options.iters
+        return self.comm.allreduce(mine, op=self.MPI.MAX)
+
+    def _wrong(self, got: torch.Tensor, expected: np.ndarray, exact: bool) -> int:
+        got64 = got.detach().to("cpu", torch.float64).reshape(-1).numpy()
+        if got64.shape != expected.shape:
+            mismatched = max(got64.size, expected.size)
+        elif exact:
+            mismatched = int(np.count_nonzero(got64 != expected))
+        else:  # an average divides by degree + 1: one rounding of the dtype
+            rtol = 1e-6 if self.np_dtype == np.float32 else 1e-12
+            mismatched = int(np.count_nonzero(~np.isclose(got64, expected, rtol=rtol, atol=0.0)))
+        return self.comm.allreduce(mismatched, op=self.MPI.SUM)
+
+    def _neighbour_average(self, count: int) -> np.ndarray:
+        total = _pattern(self.rank, count) + sum(_pattern(j, count) for j in self.in_ranks)
+        return total / (len(self.in_ranks) + 1)
+
+    # -- one (op, count): (ours step, raw step, check) --
+    def neighbor_allreduce(self, count: int):
+        x = self._tensor(_pattern(self.rank, count))
+        send = np.ones(count, self.np_dtype)
+        recvs = [np.empty(count, self.np_dtype) for _ in _offsets(self.n)]
+
+        def raw():
+            for d, recv in zip(_offsets(self.n), recvs):
+                self.comm.Sendrecv(send, (self.rank + d) % self.n, 0, recv, (self.rank - d) % self.n, 0)
+
+        def check():
+            x.copy_(self._tensor(_pattern(self.rank, count)))
+            return self._wrong(addp.neighbor_allreduce_(x), self._neighbour_average(count), exact=False)
+
+        return (lambda: addp.neighbor_allreduce_(x)), raw, check
+
+    def neighbor_allreduce_one_peer(self, count: int):
+        x = self._tensor(_pattern(self.rank, count))
+        steps = one_peer_exponential_two(self.n, self.rank)
+        send, recv = np.ones(count, self.np_dtype), np.empty(count, self.np_dtype)
+        offsets, index = _offsets(self.n), [0]
+
+        def ours():
+            # The schedule is known to match on every rank: skip the per-step pattern check.
+            addp.neighbor_allreduce_(x, **next(steps).as_kwargs(), enable_topo_check=False)
+
+        def raw():
+            d = offsets[index[0] % len(offsets)]
+            index[0] += 1
+            self.comm.Sendrecv(send, (self.rank + d) % self.n, 0, recv, (self.rank - d) % self.n, 0)
+
+        def check():
+            x.copy_(self._tensor(_pattern(self.rank, count)))
+            first = next(one_peer_exponential_two(self.n, self.rank))  # step 0: offset 1
+            addp.neighbor_allreduce_(x, **first.as_kwargs())
+            expected = (_pattern(self.rank, count) + _pattern((self.rank - 1) % self.n, count)) / 2
+            return self._wrong(x, expected, exact=True)
+
+        return ours, raw, check
+
+    def allreduce(self, count: int):
+        x = self._tensor(np.zeros(count))  # zeros: repeated in-place sums must not overflow
+        send, recv = np.ones(count, self.np_dtype), np.empty(count, self.np_dtype)
+
+        def check():
+            x.copy_(self._tensor(_pattern(self.rank, count)))
+            expected = sum(_pattern(j, count) for j in range(self.n))
+            return self._wrong(addp.allreduce_(x, average=False), expected, exact=True)
+
+        return (lambda: addp.allreduce_(x, average=False)), (lambda: self.comm.Allreduce(send, recv)), check
+
+    def allgather(self, count: int):
+        x = self._tensor(_pattern(self.rank, count))
+        send, recv = np.ones(count, self.np_dtype), np.empty(count * self.n, self.np_dtype)
+
+        def check():
+            expected = np.concatenate([_pattern(j, count) for j in range(self.n)])
+            return self._wrong(addp.allgather(x), expected, exact=True)
+
+        return (lambda: addp.allgather(x)), (lambda: self.comm.Allgather(send, recv)), check
+
+    def broadcast(self, count: int):
+        x = self._tensor(_pattern(self.rank, count))
+        buf = np.ones(count, self.np_dtype)
+
+        def check():
+            x.copy_(self._tensor(_pattern(self.rank, count)))
+            return self._wrong(addp.broadcast_(x, 0), _pattern(0, count), exact=True)
+
+        return (lambda: addp.broadcast_(x, 0)), (lambda: self.comm.Bcast(buf, root=0)), check
+
+    def win_put(self, count: int):
+        MPI = self.MPI
+        x = self._tensor(_pattern(self.rank, count))
+        name = f"asyncddp.bench.win_put.{count}"
+        addp.win_create(x, name)
+        nbytes = count * self.itemsize
+        # Raw baseline: a window with one slot per in-neighbour. Exp-2 is shift-symmetric: the
+        # writers of every target are r - 2^k, so slot k is this rank's alone on target r + 2^k.
+        raw_win = MPI.Win.Allocate(nbytes * max(1, len(self.in_ranks)), 1, comm=self.comm)
+        payload = np.ones(count, self.np_dtype)
+        targets = [((self.rank + d) % self.n, k) for k, d in enumerate(_offsets(self.n))]
+
+        def raw():
+            for target, slot in targets:
+                raw_win.Lock(target, MPI.LOCK_SHARED)
+                raw_win.Put([payload.view(np.uint8), MPI.BYTE], target, (slot * nbytes, nbytes, MPI.BYTE))
+                raw_win.Unlock(target)
+
+        def check():
+            x.copy_(self._tensor(_pattern(self.rank, count)))
+            self.comm.Barrier()
+            addp.win_put(x, name)
+            self.comm.Barrier()  # every put has completed (Unlock) before anyone reads
+            got = addp.win_update(name, clone=True)
+            wrong = self._wrong(got, self._neighbour_average(count), exact=False)
+            addp.win_free(name)
+            raw_win.Free()
+            return wrong
+
+        return (lambda: addp.win_put(x, name)), raw, check
+
+    def row(self, op: str, size: int) -> CommRow:
+        per_rank = size // self.n if op == "allgather" else size
+        count = max(1, per_rank // self.itemsize)
+        ours, raw, check = getattr(self, op)(count)
+        ours_s, raw_s = self._time(ours), self._time(raw)
+        wrong = check()
+        size_bytes = count * self.itemsize * (self.n if op == "allgather" else 1)
+        factor = bus_factor(op, self.n, self.degree)
+        algbw = size_bytes / ours_s / 1e9
+        return CommRow(op=op, size_bytes=size_bytes, count=count, dtype=self.options.dtype,
+                       time_us=round(ours_s * 1e6, 3), algbw_gbs=round(algbw, 6),
+                       busbw_gbs=round(algbw * factor, 6), num_wrong=wrong,
+                       raw_time_us=round(raw_s * 1e6, 3),
+                       raw_busbw_gbs=round(size_bytes / raw_s / 1e9 * factor, 6),
+                       ratio=round(ours_s / raw_s, 3))
+
+
+def run(options: CommBenchOptions) -> CommBenchResult:
+    """Every row of the benchmark; call on every rank after ``asyncddp.init()``."""
+    from mpi4py import MPI
+
+    if addp.size() < 2:
+        raise BenchError("bench comm needs at least 2 ranks (-np 2 or more)")
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda: torch sees no CUDA device on this host; use --device cpu")
+    if options.device == "cuda":
+        torch.cuda.set_device(addp.local_rank() % torch.cuda.device_count())
+    bench = _Bench(options)
+    rows, total = [], len(options.ops) * len(options.sizes)
+    for op in options.ops:
+        for size in options.sizes:
+            rows.append(bench.row(op, size))
+            if options.progress and bench.rank == 0:
+                print(PROGRESS_TAG, json.dumps({"done": len(rows), "total": total, "op": op, "size": size}),
+                      flush=True)
+    bench.comm.Free()
+    return CommBenchResult(num_ranks=bench.n, device=options.device, dtype=options.dtype,
+                           iters=options.iters, warmup=options.warmup, rows=tuple(rows),
+                           host=socket.gethostname(), mpi_library=MPI.Get_library_version().splitlines()[0].strip())
+
+
+def _write_result(result: CommBenchResult, path: str) -> None:
+    partial = path + ".part"
+    try:
+        with open(partial, "w") as handle:
+            json.dump(result.to_dict(), handle)
+        os.replace(partial, path)  # the parent never reads a half-written file
+    except OSError:
+        pass  # rank 0 on another host has no such directory: the RESULT_TAG line carries it
+
+
+def main(argv: list[str]) -> int:
+    """``OPTIONS_JSON RESULT_PATH``: run the benchmark; rank 0 writes the result to RESULT_PATH."""
+    options = CommBenchOptions.from_dict(json.loads(argv[0]))
+    torch.set_num_threads(1)
+    addp.init()
+    try:
+        result = run(options)
+        if addp.rank() == 0:
+            _write_result(result, argv[1])
+            print(RESULT_TAG, json.dumps(result.to_dict()), flush=True)
+    finally:
+        addp.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,162 @@
+"""Typed results of ``asyncddp bench comm``: options in, rows and a summary out.
+
+``CommBenchOptions`` is what the CLI parses and the ranks receive (as JSON); ``CommRow`` is one
+(op, size) line of the nccl-tests-style table, with the raw-mpi4py baseline for the same bytes;
+``CommBenchResult`` is the whole run. All frozen, all with ``to_dict()`` (what ``--json`` prints).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from asyncddp.errors import AsyncDDPError, ConfigError
+
+__all__ = ["BenchError", "BandwidthBelowBound", "OPS", "DTYPES", "CommBenchOptions", "CommRow", "CommBenchResult",
+           "parse_size", "size_steps", "parse_ops", "bus_factor"]
+
+# The ops ``bench comm`` knows, in table order.
+OPS = ("neighbor_allreduce", "neighbor_allreduce_one_peer", "allreduce", "allgather", "broadcast", "win_put")
+DTYPES = ("float32", "float64")  # MPI reduces these natively on both sides (ours and raw numpy)
+
+
+class BenchError(AsyncDDPError):
+    """A benchmark could not run, or produced wrong values."""
+
+
+class BandwidthBelowBound(BenchError):
+    """The benchmark ran but its average bus bandwidth is below ``--min-busbw``."""
+
+    exit_code = 1
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)[bB]?\s*$")
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str, flag: str) -> int:
+    """Bytes from ``1024``, ``1K``, ``64M`` or ``1G`` (binary units); ConfigError names ``flag``."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ConfigError(f"{flag} {text!r}: give a byte count like 1024, 1K, 64M or 1G")
+    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value < 1:
+        raise ConfigError(f"{flag} {text!r}: the size must be at least 1 byte")
+    return value
+
+
+def size_steps(min_bytes: int, max_bytes: int, step_factor: int) -> tuple[int, ...]:
+    """min, min·f, min·f², ... up to max (nccl-tests' ``-b -e -f``)."""
+    if min_bytes > max_bytes:
+        raise ConfigError(f"--min-bytes {min_bytes} is larger than --max-bytes {max_bytes}; swap them")
+    if step_factor < 2:
+        raise ConfigError(f"--step-factor {step_factor}: give an integer of at least 2")
+    sizes, size = [], min_bytes
+    while size <= max_bytes:
+        sizes.append(size)
+        size *= step_factor
+    return tuple(sizes)
+
+
+def parse_ops(items: list[str] | None) -> tuple[str, ...]:
+    """The ``--ops`` subset (comma-separated or repeated), in table order; all when empty."""
+    names = [part.strip() for item in items or () for part in item.split(",") if part.strip()]
+    unknown = [name for name in names if name not in OPS]
+    if unknown:
+        raise ConfigError(f"--ops {unknown[0]!r} is not a benchmarked op; choose from {', '.join(OPS)}")
+    return tuple(op for op in OPS if op in names) if names else OPS
+
+
+def bus_factor(op: str, num_ranks: int, degree: int) -> float:
+    """busbw / algbw, nccl-tests' convention extended to neighbour ops.
+
+    allreduce 2(n-1)/n and allgather (n-1)/n as in nccl-tests; broadcast and one-peer 1 (each rank
+    sends and receives S once). Static Exp-2 ``neighbor_allreduce`` and ``win_put``: ``degree``
+    (the out-degree, ceil(log2 n)) because every rank sends S to each of its out-neighbours, so
+    busbw is the bytes each rank puts on the wire per second.
+    """
+    n = num_ranks
+    if op == "allreduce":
+        return 2 * (n - 1) / n
+    if op == "allgather":
+        return (n - 1) / n
+    if op in ("neighbor_allreduce", "win_put"):
+        return float(degree)
+    return 1.0
+
+
+@dataclass(frozen=True)
+class CommBenchOptions:
+    num_ranks: int = 2
+    sizes: tuple[int, ...] = ()
+    iters: int = 20
+    warmup: int = 5
+    dtype: str = "float32"
+    ops: tuple[str, ...] = OPS
+    device: str = "cpu"
+    progress: bool = True  # rank 0 prints one progress line per finished row
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["sizes"], data["ops"] = list(self.sizes), list(self.ops)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CommBenchOptions":
+        return cls(**{**data, "sizes": tuple(data["sizes"]), "ops": tuple(data["ops"])})
+
+
+@dataclass(frozen=True)
+class CommRow:
+    """One op at one size. Times are the slowest rank's mean per iteration."""
+
+    op: str
+    size_bytes: int  # nccl-tests' "size": for allgather the gathered total, else one buffer
+    count: int  # elements per rank's buffer
+    dtype: str
+    time_us: float
+    algbw_gbs: float
+    busbw_gbs: float
+    num_wrong: int  # elements differing from the independently computed expected value, all ranks
+    raw_time_us: float  # raw mpi4py moving the same bytes to the same peers
+    raw_busbw_gbs: float
+    ratio: float  # time_us / raw_time_us: 1.10 means ours takes 10% longer than raw mpi4py
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CommBenchResult:
+    num_ranks: int
+    device: str
+    dtype: str
+    iters: int
+    warmup: int
+    rows: tuple[CommRow, ...] = field(default_factory=tuple)
+    host: str = ""
+    mpi_library: str = ""
+    notes: tuple[str, ...] = ()  # how the launch was adjusted (e.g. oversubscribed ranks yield)
+
+    @property
+    def avg_busbw_gbs(self) -> float:
+        return sum(row.busbw_gbs for row in self.rows) / len(self.rows) if self.rows else 0.0
+
+    @property
+    def num_wrong(self) -> int:
+        return sum(row.num_wrong for row in self.rows)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["rows"] = [row.to_dict() for row in self.rows]
+        data["notes"] = list(self.notes)
+        data["avg_busbw_gbs"] = self.avg_busbw_gbs
+        data["num_wrong"] = self.num_wrong
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CommBenchResult":
+        rows = tuple(CommRow(**row) for row in data["rows"])
+        keep = {k: v for k, v in data.items() if k not in ("rows", "avg_busbw_gbs", "num_wrong")}
+        keep["notes"] = tuple(keep.get("notes", ()))
+        return cls(**keep, rows=rows)

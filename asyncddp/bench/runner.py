@@ -1,0 +1,152 @@
+"""Launch a benchmark's per-rank body through ``asyncddp run``'s code path and collect its result.
+
+The ranks run ``python -m mpi4py -m asyncddp.bench.comm OPTIONS_JSON RESULT_PATH``, planned by
+``asyncddp.launch.build_plan`` from the same ``RunOptions``/``merge_run_config`` as ``asyncddp run``
+(so ``--hostfile/-H/--config`` mean the same) and executed by ``asyncddp.job.run_plan``. Rank 0's
+stdout is parsed line by line: progress lines feed ``on_progress``, and its result arrives both
+as a file (local rank 0) and as one tagged line (rank 0 on another host). A failed job becomes a
+``BenchError`` naming the rank and the error it printed.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from asyncddp.bench.results import BenchError, CommBenchOptions, CommBenchResult
+from asyncddp.errors import LaunchError
+
+__all__ = ["LaunchOptions", "run_comm_bench", "mpi_install"]
+
+PROGRESS_TAG = "ASYNCDDP_BENCH_PROGRESS"  # the same strings as asyncddp.bench.comm (which imports torch)
+RESULT_TAG = "ASYNCDDP_BENCH_RESULT"
+MPIRUN_ENV = "ASYNCDDP_MPIRUN"
+YIELD_ENV = "OMPI_MCA_mpi_yield_when_idle"
+_RANK_LINE = re.compile(r"^\[(\d+)\] (.*)$")
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """Where the ranks run: the ``asyncddp run`` flags a benchmark accepts."""
+
+    hostfile: str | None = None
+    host_list: str | None = None
+    config: str | None = None
+    env: tuple[str, ...] = ()
+    mpi_args: str | None = None
+    oversubscribe: bool = False
+    timeout: float | None = None
+
+
+def mpi_install():
+    """The mpirun ``asyncddp run`` would use (``ASYNCDDP_MPIRUN`` first), with its flavour."""
+    from asyncddp.job import mpi_version_text
+    from asyncddp.launch import MpiInstall, find_mpirun, parse_mpi_version, venv_prefix
+
+    mpirun = os.environ.get(MPIRUN_ENV) or find_mpirun()
+    if not (os.path.isfile(mpirun) and os.access(mpirun, os.X_OK)):
+        raise LaunchError(f"{MPIRUN_ENV}={mpirun} is not an executable file; fix or unset it")
+    return MpiInstall(mpirun, parse_mpi_version(mpi_version_text(mpirun)), venv_prefix(mpirun))
+
+
+class _Lines:
+    """A file-like sink for ``run_plan``: splits ``[rank] text`` lines, keeps a tail for errors."""
+
+    def __init__(self, on_progress: Callable[[dict], None] | None) -> None:
+        self.on_progress = on_progress
+        self.pending = ""
+        self.result: dict | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=200)
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self._line(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def _line(self, line: str) -> None:
+        match = _RANK_LINE.match(line)
+        rank, text = (int(match.group(1)), match.group(2)) if match else (None, line)
+        if rank == 0 and text.startswith(PROGRESS_TAG + " "):
+            if self.on_progress is not None:
+                self.on_progress(json.loads(text[len(PROGRESS_TAG) + 1:]))
+        elif rank == 0 and text.startswith(RESULT_TAG + " "):
+            self.result = json.loads(text[len(RESULT_TAG) + 1:])
+        else:
+            self.tail.append(line)
+
+    def rank_error(self) -> str | None:
+        """The last ``SomeError: message`` line a rank printed (the end of its traceback)."""
+        for line in reversed(self.tail):
+            match = _RANK_LINE.match(line)
+            found = _ERROR_LINE.match(match.group(2) if match else "")
+            if found:
+                return f"{found.group(1)}: {found.group(2)}"
+        return None
+
+
+def _plan(module: str, args: tuple[str, ...], num_ranks: int, launch: LaunchOptions, private_dir: str):
+    from asyncddp.config import RunOptions, load_config, merge_run_config
+    from asyncddp.launch import build_plan
+
+    options = RunOptions(command=("-m", module, *args), num_ranks=num_ranks, hostfile=launch.hostfile,
+                         host_list=launch.host_list, config=launch.config, env=launch.env,
+                         mpi_args=launch.mpi_args, timeout=launch.timeout, oversubscribe=launch.oversubscribe)
+    cluster = load_config(launch.config) if launch.config else None
+    run_config = merge_run_config(options, cluster)
+    return build_plan(run_config, mpi_install(), python=sys.executable, euid=os.geteuid(),
+                      private_dir=private_dir, check_dir=os.getcwd()), run_config.timeout
+
+
+def _yield_when_oversubscribed(num_ranks: int, launch: LaunchOptions) -> tuple[LaunchOptions, tuple[str, ...]]:
+    """More local ranks than cores: make Open MPI's idle ranks yield the CPU.
+
+    Open MPI busy-polls while a rank waits; with more ranks than cores the waiting ranks then
+    steal the time slices of the ones that have work, and a 1 KB allreduce takes tens of ms
+    instead of tens of us. Only for the default local host, and never over the user's own value.
+    """
+    cores = os.cpu_count() or 1
+    if launch.hostfile or launch.host_list or launch.config or num_ranks <= cores:
+        return launch, ()
+    if YIELD_ENV in os.environ or any(item.split("=")[0] == YIELD_ENV for item in launch.env):
+        return launch, ()
+    note = f"{num_ranks} ranks on {cores} cores: oversubscribed, launched with {YIELD_ENV}=1"
+    return replace(launch, env=(*launch.env, f"{YIELD_ENV}=1")), (note,)
+
+
+def run_comm_bench(options: CommBenchOptions, launch: LaunchOptions = LaunchOptions(),
+                   on_progress: Callable[[dict], None] | None = None) -> CommBenchResult:
+    """Run ``asyncddp.bench.comm`` on ``options.num_ranks`` ranks and return rank 0's result."""
+    from asyncddp.job import run_plan
+
+    launch, notes = _yield_when_oversubscribed(options.num_ranks, launch)
+    with tempfile.TemporaryDirectory(prefix="asyncddp-bench-") as workdir:
+        result_path = str(Path(workdir) / "result.json")
+        plan, timeout = _plan("asyncddp.bench.comm", (json.dumps(options.to_dict()), result_path),
+                              options.num_ranks, launch, workdir)
+        out, err = _Lines(on_progress), _Lines(None)
+        job = run_plan(plan, timeout=timeout, out=out, err=err)
+        if job.exit_code != 0:
+            summary = (job.summary or f"job exited with code {job.exit_code}").removeprefix("asyncddp: ")
+            cause = err.rank_error() or out.rank_error()
+            raise BenchError(f"bench comm failed: {summary}" + (f": {cause}" if cause else ""))
+        data = out.result
+        if os.path.isfile(result_path):
+            data = json.loads(Path(result_path).read_text())
+        if data is None:
+            last = out.tail[-1] if out.tail else "(no output)"
+            raise BenchError(f"bench comm: the job exited 0 but rank 0 reported no result; its last line: {last}")
+    result = CommBenchResult.from_dict(data)
+    return replace(result, notes=(*result.notes, *notes))

@@ -1,0 +1,122 @@
+"""Pure parts of ``asyncddp bench``: option parsing, bus-bandwidth factors, rendering, line parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from asyncddp.bench import render
+from asyncddp.bench.results import (OPS, CommBenchResult, CommRow, bus_factor, parse_ops, parse_size,
+                                    size_steps)
+from asyncddp.bench.runner import _Lines
+from asyncddp.errors import ConfigError
+
+
+@pytest.mark.parametrize("text,expected", [("1024", 1024), ("1K", 1024), ("1k", 1024), ("64M", 64 * 2**20),
+                                           ("1G", 2**30), ("2KB", 2048), ("1.5K", 1536)])
+def test_parse_size_accepts_suffixes(text, expected):
+    assert parse_size(text, "--min-bytes") == expected
+
+
+@pytest.mark.parametrize("text", ["", "1X", "K", "-4", "0", "1KK"])
+def test_parse_size_rejects_garbage_naming_the_flag(text):
+    with pytest.raises(ConfigError, match="--max-bytes"):
+        parse_size(text, "--max-bytes")
+
+
+def test_size_steps_follow_nccl_tests_b_e_f():
+    assert size_steps(1024, 16 * 2**20, 4) == (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
+    assert size_steps(1024, 1024, 2) == (1024,)
+    with pytest.raises(ConfigError, match="swap"):
+        size_steps(4096, 1024, 2)
+    with pytest.raises(ConfigError, match="--step-factor"):
+        size_steps(1024, 4096, 1)
+
+
+def test_parse_ops_keeps_table_order_and_rejects_unknown():
+    assert parse_ops(None) == OPS
+    assert parse_ops(["win_put,allreduce", "broadcast"]) == ("allreduce", "broadcast", "win_put")
+    with pytest.raises(ConfigError, match="'alltoall' is not a benchmarked op"):
+        parse_ops(["allreduce,alltoall"])
+
+
+def test_bus_factors():
+    assert bus_factor("allreduce", 4, 2) == 1.5
+    assert bus_factor("allgather", 4, 2) == 0.75
+    assert bus_factor("broadcast", 8, 3) == 1.0
+    assert bus_factor("neighbor_allreduce_one_peer", 8, 3) == 1.0
+    assert bus_factor("neighbor_allreduce", 8, 3) == 3.0
+    assert bus_factor("win_put", 5, 3) == 3.0
+
+
+def _result(wrong: int = 0) -> CommBenchResult:
+    rows = (CommRow("allreduce", 4096, 1024, "float32", 20.0, 0.2048, 0.3072, wrong, 10.0, 0.6144, 2.0),
+            CommRow("neighbor_allreduce_one_peer", 4096, 1024, "float32", 10.0, 0.4096, 0.4096, 0, 8.0, 0.512, 1.25))
+    return CommBenchResult(num_ranks=4, device="cpu", dtype="float32", iters=2, warmup=1, rows=rows,
+                           host="box", mpi_library="Open MPI v5.0.11, package: x")
+
+
+def test_result_round_trips_through_json_dict():
+    result = _result()
+    data = result.to_dict()
+    assert data["avg_busbw_gbs"] == pytest.approx((0.3072 + 0.4096) / 2)
+    assert data["num_wrong"] == 0
+    assert CommBenchResult.from_dict(data) == result
+
+
+def test_text_has_nccl_tests_layout_and_footer():
+    text = render.comm_text(_result(wrong=3))
+    lines = text.splitlines()
+    assert lines[1] == "# Open MPI v5.0.11 on box"
+    assert lines[2].split() == ["#", "op", "size(B)", "count", "type", "time(us)", "algbw", "busbw", "#wrong",
+                                "raw(us)", "raw_busbw", "ours/raw"]
+    assert lines[3].split() == ["allreduce", "4096", "1024", "float32", "20.0", "0.205", "0.307", "3", "10.0",
+                                "0.614", "2.00"]
+    assert lines[4].split()[0] == "nbr_ar_1peer"
+    assert "# Out of bounds values : 3 FAILED" in lines
+    assert "# Avg bus bandwidth    : 0.3584 GB/s" in lines
+
+
+def test_plot_writes_a_png(tmp_path):
+    path = tmp_path / "bw.png"
+    render.comm_plot(_result(), str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_output_lines_feed_progress_result_and_errors():
+    events = []
+    sink = _Lines(events.append)
+    sink.write('[0] ASYNCDDP_BENCH_PROGRESS {"done": 1, "total": 2, "op": "allreduce", "size": 1024}\n[1] no')
+    sink.write('ise\n[0] ASYNCDDP_BENCH_RESULT {"rows": []}\n')
+    sink.write("[1] asyncddp.bench.results.BenchError: --device cuda: no GPU\n[1] trailing\n")
+    assert events == [{"done": 1, "total": 2, "op": "allreduce", "size": 1024}]
+    assert sink.result == {"rows": []}
+    assert list(sink.tail)[0] == "[1] noise"
+    assert sink.rank_error() == "BenchError: --device cuda: no GPU"
+
+
+def test_oversubscribed_local_ranks_are_told_to_yield(monkeypatch):
+    from asyncddp.bench.runner import YIELD_ENV, LaunchOptions, _yield_when_oversubscribed
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.delenv(YIELD_ENV, raising=False)
+    launch, notes = _yield_when_oversubscribed(4, LaunchOptions(env=("A=1",)))
+    assert launch.env == ("A=1", f"{YIELD_ENV}=1")
+    assert notes == (f"4 ranks on 2 cores: oversubscribed, launched with {YIELD_ENV}=1",)
+    for num_ranks, options in [(2, LaunchOptions()), (4, LaunchOptions(host_list="a:4")),
+                               (4, LaunchOptions(env=(f"{YIELD_ENV}=0",)))]:
+        assert _yield_when_oversubscribed(num_ranks, options) == (options, ())
+    monkeypatch.setenv(YIELD_ENV, "0")
+    assert _yield_when_oversubscribed(4, LaunchOptions()) == (LaunchOptions(), ())
+
+
+def test_rich_table_shows_every_row_footer_and_notes():
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    console = Console(record=True, width=140)
+    console.print(render.comm_table(replace(_result(), notes=("4 ranks on 2 cores: oversubscribed",))))
+    text = console.export_text()
+    assert "nbr_ar_1peer" in text and "allreduce" in text and "ours/raw" in text
+    assert "# Avg bus bandwidth    : 0.3584 GB/s" in text
+    assert "# note: 4 ranks on 2 cores: oversubscribed" in text
