@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from asyncddp.cli import version
-from asyncddp.cli import doctor
-from asyncddp.cli import topology
-from asyncddp.cli import run
+from asyncddp.cli import bench, doctor, run, topology, version
 
 # Add a command by writing asyncddp/cli/<name>.py with register(app) and listing it here.
-MODULES = (version, doctor, topology, run,)
+# The order is the order of `asyncddp --help`.
+MODULES = (run, doctor, topology, bench, version)
