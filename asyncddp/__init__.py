@@ -91,6 +91,13 @@ _EXPORTS: dict[str, str] = {
         "win_associated_p", "turn_on_win_ops_with_associated_p",
         "turn_off_win_ops_with_associated_p",
     )},  # fmt: skip
+    # --- distributed optimizers and replica agreement (issue 5) ---
+    **{name: "asyncddp.optim" for name in (
+        "DistributedNeighborAllreduceOptimizer", "DistributedHierarchicalNeighborAllreduceOptimizer",
+        "DistributedAllreduceOptimizer", "DistributedGradientAllreduceOptimizer",
+        "DistributedDeAROptimizer", "DistributedWinPutOptimizer", "broadcast_parameters",
+        "allreduce_parameters", "broadcast_optimizer_state",
+    )},  # fmt: skip
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,0 +1,242 @@
+"""Decentralized SGD: neighbour averaging of parameters, adapt-then-combine or adapt-with-combine.
+
+``DistributedNeighborAllreduceOptimizer`` keeps one replica per rank and mixes replicas with the
+neighbours after local updates (W is the mixing matrix of the topology or of the current step):
+
+* ATC (``atc=True``, default): ``w+ = W (w - lr*g(w))`` — ``step()`` runs the user's update,
+  then averages the new parameters with the neighbours.
+* AWC (``atc=False``): ``w+ = W w - lr*g(w)`` — a post-accumulate-grad hook starts the neighbour
+  exchange of each parameter as soon as its gradient is ready (the parameter itself does not
+  change until ``step()``), so communication overlaps the rest of backward; ``step()`` waits,
+  writes the combined value and applies the local gradient.
+
+Communication is chosen by the settable ``communication_type`` (``neighbor_allreduce``,
+``hierarchical_neighbor_allreduce``, ``allreduce`` or ``empty``) and weighted by the settable
+BlueFog attributes ``self_weight``/``src_weights``/``dst_weights`` (or the older
+``send_neighbors``/``neighbor_weights`` pair; ``src_machine_weights``/``dst_machine_weights`` for
+the hierarchical type). ``schedule=`` takes any dynamic schedule of ``asyncddp.topology`` — a
+factory ``f(size, rank)`` or an iterator of ``NeighborStep`` — and the optimizer draws one step
+per communication round, setting those attributes itself.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from asyncddp.comm.collectives import allreduce_nonblocking
+from asyncddp.comm.context import rank, size
+from asyncddp.comm.handles import synchronize
+from asyncddp.comm.hierarchical import hierarchical_neighbor_allreduce_nonblocking
+from asyncddp.comm.neighbor import neighbor_allreduce_nonblocking
+from asyncddp.errors import AsyncDDPError
+from asyncddp.optim.base import (
+    DistributedOptimizer,
+    check_model,
+    check_optimizer,
+    inner_step,
+    named_trainable,
+    wrap,
+)
+from asyncddp.optim.gradient import _check_k
+
+__all__ = [
+    "COMMUNICATION_TYPES",
+    "DistributedNeighborAllreduceOptimizer",
+    "DistributedHierarchicalNeighborAllreduceOptimizer",
+    "DistributedAllreduceOptimizer",
+]
+
+COMMUNICATION_TYPES = (
+    "neighbor_allreduce", "hierarchical_neighbor_allreduce", "allreduce", "empty",
+)  # fmt: skip
+
+
+def _check_type(value) -> str:
+    # BlueFog passes a CommunicationType enum member; its name is ours.
+    if isinstance(value, enum.Enum):
+        value = value.name
+    if value not in COMMUNICATION_TYPES:
+        raise AsyncDDPError(
+            f"communication_type={value!r} is not one of {', '.join(COMMUNICATION_TYPES)}"
+        )
+    return value
+
+
+def _as_schedule(schedule):
+    if schedule is None or hasattr(schedule, "__next__"):
+        return schedule
+    if callable(schedule):
+        made = schedule(size(), rank=rank())
+        if hasattr(made, "__next__"):
+            return made
+    raise AsyncDDPError(
+        f"schedule={schedule!r} is neither an iterator of NeighborStep nor a factory f(size, rank) "
+        "returning one; pass e.g. schedule=addp.one_peer_exponential_two"
+    )
+
+
+class _NeighborAveraging(DistributedOptimizer):
+    """Mixin: see the module docstring."""
+
+    def _addp_setup(self, model, communication_type, num_steps_per_communication, schedule, atc):
+        self._addp_named = named_trainable(model, self)
+        self.communication_type = _check_type(communication_type)
+        self.num_steps_per_communication = num_steps_per_communication
+        self.schedule = _as_schedule(schedule)
+        self.atc = bool(atc)
+        self.self_weight = None
+        self.src_weights = None
+        self.dst_weights = None
+        self.send_neighbors = None  # the seed's idiom: dst ranks (list or {rank: weight})
+        self.neighbor_weights = None  # ... with {src rank: weight}
+        self.src_machine_weights = None
+        self.dst_machine_weights = None
+        self.enable_topo_check = True
+        self._addp_step_count = 0
+        self._addp_handles: dict = {}
+        self._addp_round = None  # (communication_type, kwargs) fixed for the current round
+        self._addp_hook_handles = []
+        if not self.atc:
+            for name, p in self._addp_named:
+                self._addp_hook_handles.append(
+                    p.register_post_accumulate_grad_hook(self._addp_hook(name))
+                )
+
+    # -- one communication round --
+    def _addp_communicates(self) -> bool:
+        return (self._addp_step_count + 1) % self.num_steps_per_communication == 0
+
+    def _addp_begin_round(self):
+        """Fix type and weights for this round (drawing the schedule's next step)."""
+        if self._addp_round is not None:
+            return self._addp_round
+        kind = _check_type(self.communication_type)
+        if self.schedule is not None:
+            if kind != "neighbor_allreduce":
+                raise AsyncDDPError(
+                    f"schedule= drives neighbor_allreduce, but communication_type is {kind!r}"
+                )
+            step = next(self.schedule)
+            if getattr(step, "has_aux", False):
+                raise AsyncDDPError(
+                    "this schedule keeps an auxiliary buffer per rank (CECA); the optimizer runs "
+                    "plain steps only: use one_peer_exponential_two or equi_dyn_schedule"
+                )
+            self.self_weight = step.self_weight
+            self.src_weights = dict(step.src_weights)
+            self.dst_weights = dict(step.dst_weights)
+        self._addp_round = (kind, self._addp_kwargs(kind))
+        return self._addp_round
+
+    def _addp_kwargs(self, kind: str) -> dict:
+        if kind == "hierarchical_neighbor_allreduce":
+            kw = {"enable_topo_check": self.enable_topo_check}
+            if self.self_weight is not None or self.src_machine_weights is not None:
+                kw.update(self_weight=self.self_weight, src_machine_weights=self.src_machine_weights)
+            if self.dst_machine_weights is not None:
+                kw["dst_machine_weights"] = self.dst_machine_weights
+            return kw
+        if kind != "neighbor_allreduce":
+            return {}
+        src, dst = self.src_weights, self.dst_weights
+        if self.send_neighbors is not None:
+            src, dst = self.neighbor_weights, self.send_neighbors
+        kw = {"enable_topo_check": self.enable_topo_check}
+        if self.self_weight is not None or src is not None:
+            kw.update(self_weight=self.self_weight, src_weights=src)
+        if dst is not None:
+            kw["dst_weights"] = dst
+        return kw
+
+    def _addp_launch(self, name, p):
+        kind, kw = self._addp_begin_round()
+        x = p.detach()
+        if kind == "neighbor_allreduce":
+            handle = neighbor_allreduce_nonblocking(x, name=f"nar.{name}", **kw)
+        elif kind == "hierarchical_neighbor_allreduce":
+            handle = hierarchical_neighbor_allreduce_nonblocking(x, name=f"hnar.{name}", **kw)
+        elif kind == "allreduce":
+            handle = allreduce_nonblocking(x, average=True, name=f"par.{name}")
+        else:
+            handle = None
+        self._addp_handles[id(p)] = (p, handle)
+
+    def _addp_hook(self, name):
+        def hook(p):
+            if self._addp_communicates() and id(p) not in self._addp_handles:
+                self._addp_launch(name, p)
+
+        return hook
+
+    def _addp_finish_round(self) -> None:
+        """Launch what no hook launched (same order everywhere), wait, write combined values."""
+        self._addp_begin_round()
+        for name, p in self._addp_named:
+            if id(p) not in self._addp_handles:
+                self._addp_launch(name, p)
+        for p, handle in self._addp_handles.values():
+            if handle is not None:
+                p.data.copy_(synchronize(handle))
+        self._addp_handles.clear()
+        self._addp_round = None
+
+    def step(self, closure=None):
+        communicates = self._addp_communicates()
+        if self.atc:
+            loss = inner_step(self, closure)
+            if communicates:
+                self._addp_finish_round()
+        else:
+            if communicates:
+                self._addp_finish_round()
+            loss = inner_step(self, closure)
+        self._addp_step_count += 1
+        return loss
+
+    def remove_hooks(self) -> None:
+        """Detach the AWC gradient hooks."""
+        for handle in self._addp_hook_handles:
+            handle.remove()
+        self._addp_hook_handles = []
+
+
+def DistributedNeighborAllreduceOptimizer(
+    optimizer, model, communication_type="neighbor_allreduce", num_steps_per_communication=1,
+    schedule=None, atc=True,
+):  # fmt: skip
+    """Wrap ``optimizer`` for decentralized training by neighbour averaging.
+
+    Args:
+        optimizer: a torch optimizer over ``model``'s parameters (stays an instance of its class).
+        model: the module being trained.
+        communication_type: ``neighbor_allreduce`` (default), ``hierarchical_neighbor_allreduce``,
+            ``allreduce`` or ``empty`` (local steps only); settable later as an attribute.
+        num_steps_per_communication: local steps per communication round.
+        schedule: a dynamic topology (factory ``f(size, rank)`` or iterator of ``NeighborStep``).
+        atc: adapt-then-combine (True) or adapt-with-combine, overlapping backward (False).
+    """
+    who = "DistributedNeighborAllreduceOptimizer"
+    check_optimizer(optimizer, who)
+    check_model(model, who)
+    _check_k(num_steps_per_communication, who)
+    wrapped = wrap(optimizer, _NeighborAveraging, who)
+    wrapped._addp_setup(model, communication_type, num_steps_per_communication, schedule, atc)
+    return wrapped
+
+
+def DistributedHierarchicalNeighborAllreduceOptimizer(
+    optimizer, model, num_steps_per_communication=1, atc=True
+):
+    """Machine-local average, then neighbour averaging between machines (see
+    ``hierarchical_neighbor_allreduce``); weights via ``self_weight``, ``src_machine_weights``,
+    ``dst_machine_weights``."""
+    return DistributedNeighborAllreduceOptimizer(
+        optimizer, model, "hierarchical_neighbor_allreduce", num_steps_per_communication, None, atc
+    )
+
+
+def DistributedAllreduceOptimizer(optimizer, model, num_steps_per_communication=1, atc=True):
+    """Parameter averaging over all ranks after (ATC) or with (AWC) each local step."""
+    return DistributedNeighborAllreduceOptimizer(
+        optimizer, model, "allreduce", num_steps_per_communication, None, atc
+    )

@@ -1,0 +1,110 @@
+"""Asynchronous decentralized SGD over one-sided windows: nobody waits for anybody.
+
+``DistributedWinPutOptimizer`` creates one window per parameter dtype holding all trainable
+parameters of that dtype back to back (collective, at construction; one window rather than one
+per parameter because creating a window costs a collective allocation). Each ``step()`` runs
+the user's update, then every ``num_steps_per_communication`` steps puts the new parameters
+into the out-neighbours' window buffers (passive target: the neighbour takes no part) and
+replaces them by the average of this rank's value and whatever the
+in-neighbours last deposited (``win_update``; a neighbour that has not put since is counted with
+its previous value). Ranks may therefore run at different speeds and take different numbers of
+steps — there is no collective inside ``step()``. ``free()`` releases the windows and IS
+collective: every rank calls it once, after its own training loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from asyncddp.comm.windows import win_create, win_free, win_put, win_update
+from asyncddp.errors import AsyncDDPError
+from asyncddp.optim.base import (
+    DistributedOptimizer,
+    check_model,
+    check_optimizer,
+    inner_step,
+    named_trainable,
+    wrap,
+)
+from asyncddp.optim.gradient import _check_k
+
+__all__ = ["DistributedWinPutOptimizer"]
+
+_instances = itertools.count()
+
+
+class _WinPut(DistributedOptimizer):
+    """Mixin: see the module docstring."""
+
+    def _addp_setup(self, model, num_steps_per_communication, window_prefix) -> None:
+        self._addp_named = named_trainable(model, self)
+        self.num_steps_per_communication = num_steps_per_communication
+        self.self_weight = None  # with neighbor_weights: win_update's weights (default uniform)
+        self.neighbor_weights = None
+        self.dst_weights = None  # None: put to every out-neighbour with weight 1
+        self.require_mutex = False
+        self._addp_step_count = 0
+        # Same counter on every rank as long as every rank builds its optimizers in the same order.
+        prefix = window_prefix if window_prefix is not None else f"winput{next(_instances)}"
+        self.window_prefix = prefix
+        self._addp_windows = []  # (window name, flat buffer, [params])
+        by_dtype: dict = {}
+        for _, p in self._addp_named:
+            by_dtype.setdefault((p.dtype, p.device), []).append(p)
+        for k, params in enumerate(by_dtype.values()):
+            window = f"{prefix}.{k}"
+            flat = torch.cat([p.detach().reshape(-1) for p in params])
+            win_create(flat, window)
+            self._addp_windows.append((window, flat, params))
+
+    def step(self, closure=None):
+        if not self._addp_windows:
+            raise AsyncDDPError("DistributedWinPutOptimizer.step after free(): the windows are gone")
+        loss = inner_step(self, closure)
+        self._addp_step_count += 1
+        if self._addp_step_count % self.num_steps_per_communication == 0:
+            for window, flat, params in self._addp_windows:
+                torch.cat([p.detach().reshape(-1) for p in params], out=flat)
+                win_put(flat, window, dst_weights=self.dst_weights, require_mutex=self.require_mutex)
+                # flat <- self_weight * flat + sum_j w_j * (what in-neighbour j put last)
+                win_update(window, self_weight=self.self_weight,
+                           neighbor_weights=self.neighbor_weights,
+                           require_mutex=self.require_mutex)  # fmt: skip
+                offset = 0
+                for p in params:
+                    p.data.copy_(flat[offset : offset + p.numel()].view_as(p))
+                    offset += p.numel()
+        return loss
+
+    @property
+    def num_steps(self) -> int:
+        """Local steps taken so far on this rank."""
+        return self._addp_step_count
+
+    def free(self) -> None:
+        """Release the windows (collective: every rank, once, after its training loop)."""
+        for window, _, _ in self._addp_windows:
+            win_free(window)
+        self._addp_windows = []
+
+
+def DistributedWinPutOptimizer(optimizer, model, num_steps_per_communication=1, window_prefix=None):
+    """Wrap ``optimizer`` for asynchronous neighbour averaging through windows.
+
+    Args:
+        optimizer: a torch optimizer over ``model``'s parameters.
+        model: the module being trained.
+        num_steps_per_communication: local steps between puts.
+        window_prefix: window name prefix (default ``winputN``, N counting optimizers built).
+    """
+    who = "DistributedWinPutOptimizer"
+    check_optimizer(optimizer, who)
+    check_model(model, who)
+    _check_k(num_steps_per_communication, who)
+    if window_prefix is not None and (not isinstance(window_prefix, str) or not window_prefix):
+        raise AsyncDDPError(f"{who}: window_prefix must be a non-empty string, got {window_prefix!r}")
+    wrapped = wrap(optimizer, _WinPut, who)
+    wrapped._addp_setup(model, num_steps_per_communication, window_prefix)
+    return wrapped
