@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from asyncddp.comm.buffers import check_dtype, numpy_view
+from asyncddp.comm.buffers import numpy_view
 from asyncddp.comm.engine import Op, get_engine
-from asyncddp.comm.neighbor import make_plan, run_neighbor_allreduce
-from asyncddp.errors import CommError
+from asyncddp.comm.neighbor import check_averagable, make_plan, run_neighbor_allreduce
 
 __all__ = [
     "hierarchical_neighbor_allreduce",
@@ -54,13 +53,7 @@ def _run(engine, batch: list[Op]) -> list:
 
 def _submit(tensor, self_weight, src_machine_weights, dst_machine_weights, name, check, inplace,
             blocking=False):  # fmt: skip
-    if not isinstance(tensor, torch.Tensor):
-        raise CommError(
-            f"hierarchical_neighbor_allreduce expects a torch.Tensor, got {type(tensor).__name__}"
-        )
-    check_dtype(tensor, "hierarchical_neighbor_allreduce")
-    if tensor.dtype == torch.bool:
-        raise CommError("hierarchical_neighbor_allreduce cannot average bool tensors")
+    check_averagable(tensor, "hierarchical_neighbor_allreduce")
     engine = get_engine()
     ctx = engine.ctx
     plan = make_plan(

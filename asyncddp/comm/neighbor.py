@@ -233,12 +233,17 @@ def _run_batch(engine, batch: list[Op]) -> list:
     return out
 
 
-def _submit(tensor, self_weight, src_weights, dst_weights, name, enable_topo_check, inplace, blocking=False):
+def check_averagable(tensor, op: str) -> None:
+    """The tensor checks every averaging op makes before anything is sent."""
     if not isinstance(tensor, torch.Tensor):
-        raise CommError(f"neighbor_allreduce expects a torch.Tensor, got {type(tensor).__name__}")
-    check_dtype(tensor, "neighbor_allreduce")
+        raise CommError(f"{op} expects a torch.Tensor, got {type(tensor).__name__}")
+    check_dtype(tensor, op)
     if tensor.dtype == torch.bool:
-        raise CommError("neighbor_allreduce cannot average bool tensors; convert to a number type")
+        raise CommError(f"{op} cannot average bool tensors; convert to a number type")
+
+
+def _submit(tensor, self_weight, src_weights, dst_weights, name, enable_topo_check, inplace, blocking=False):
+    check_averagable(tensor, "neighbor_allreduce")
     engine = get_engine()
     ctx = engine.ctx
     plan = make_plan(
