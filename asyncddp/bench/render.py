@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from asyncddp.bench.results import CommBenchResult
 
-__all__ = ["COLUMNS", "comm_table", "comm_text", "comm_plot", "footer_lines"]
+__all__ = ["COLUMNS", "comm_table", "comm_text", "comm_plot", "footer_lines", "model_table", "model_plot",
+           "straggler_table"]
 
 # (header, row attribute, format) in table order; the same in the rich table and the text.
 COLUMNS = (
@@ -108,3 +109,110 @@ def comm_plot(result: CommBenchResult, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ---- bench MODEL / straggler -------------------------------------------------------------------
+MODEL_HEADERS = ("method", "np", "img/s", "img/s/rank", "iter(ms)", "eff vs np1", "eff vs local", "comm %",
+                 "vs ddp")
+MODEL_NOTE = ("eff vs np1 = img/s / (np x img/s at np=1, same method); eff vs local = img/s / local's img/s at "
+              "this np; comm % = 1 - compute-only step time / step time (exposed communication); "
+              "vs ddp = img/s / ddp's img/s at this np")
+
+
+def _ratio(value, percent: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if percent else f"{value:.2f}x"
+
+
+def model_rows(result) -> list[list[str]]:
+    """The table cells, one list per run (the same in the rich table and the docs)."""
+    rows = []
+    for run in result.runs:
+        if not run.ok:
+            rows.append([run.method, str(run.num_ranks), "failed", run.error or "", "", "", "", "", ""])
+            continue
+        d = result.derived(run)
+        rows.append([run.method, str(run.num_ranks), f"{run.img_s_total:.1f}", f"{run.img_s_per_rank:.1f}",
+                     f"{run.iter_ms:.1f}", _ratio(d["efficiency_vs_np1"], True),
+                     _ratio(d["efficiency_vs_local"], True), f"{100 * run.comm_share:.1f}%",
+                     _ratio(d["speed_vs_ddp"])])
+    return rows
+
+
+def _model_title(result) -> str:
+    return (f"asyncddp bench {result.model}: {result.num_parameters / 1e6:.2f}M parameters, {result.device}, "
+            f"batch {result.batch_size}/rank, {result.image_size}px, {result.iters} iters after {result.warmup} warm-up")
+
+
+def model_table(result):
+    """A rich ``Table`` of every (method, np) run; failed runs show their error."""
+    from rich import box
+    from rich.table import Table
+
+    notes = sorted({f"# note: {note}" for run in result.runs for note in run.notes})
+    notes += [f"# {run.method} -np {run.num_ranks}: {run.error}" for run in result.runs if not run.ok]
+    table = Table(title=_model_title(result), caption="\n".join([f"# {MODEL_NOTE}", *notes]), caption_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for index, header in enumerate(MODEL_HEADERS):
+        table.add_column(header, justify="left" if index == 0 else "right")
+    previous = None
+    for run, cells in zip(result.runs, model_rows(result)):
+        if previous is not None and run.num_ranks != previous:
+            table.add_section()
+        previous = run.num_ranks
+        if not run.ok:
+            cells = [cells[0], cells[1], "[bold red]failed[/]", "(see below)", *cells[4:]]
+        table.add_row(*cells)
+    return table
+
+
+def model_plot(result, path: str) -> None:
+    """Throughput (left) and efficiency vs np=1 (right) per method against np, in ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    methods = list(dict.fromkeys(run.method for run in result.runs))
+    for index, method in enumerate(methods):
+        runs = [run for run in result.runs if run.method == method and run.ok]
+        if not runs:
+            continue
+        nps = [run.num_ranks for run in runs]
+        left.plot(nps, [run.img_s_total for run in runs], "-o", color=f"C{index}", label=method, markersize=4)
+        effs = [(run.num_ranks, result.derived(run)["efficiency_vs_np1"]) for run in runs]
+        effs = [(n, 100 * e) for n, e in effs if e is not None]
+        if effs:
+            right.plot(*zip(*effs), "-o", color=f"C{index}", label=method, markersize=4)
+    for ax, label in ((left, "images/s (all ranks)"), (right, "scaling efficiency vs np=1 (%)")):
+        ax.set_xlabel("ranks (np)")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    left.legend(fontsize=7)
+    fig.suptitle(_model_title(result), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def straggler_table(result):
+    """Sync vs async rows: fast ranks' img/s, the slow rank's, consensus error; speedup in the caption."""
+    from rich import box
+    from rich.table import Table
+
+    o = result.options
+    table = Table(title=(f"asyncddp bench straggler: {o.num_ranks} ranks, rank {o.slow_rank} {o.slow_factor:g}x slower, "
+                         f"{o.model} batch {o.batch_size}/rank, {o.iters} iters"),
+                  caption="\n".join([f"# async / sync fast-rank throughput: {result.speedup:.2f}x",
+                                      "# consensus error = max_i |x_i - mean x| / |mean x| after the last step",
+                                      *(f"# note: {note}" for note in result.notes)]),
+                  caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for index, header in enumerate(("averaging", "fast ranks img/s", "slow rank img/s", "consensus error")):
+        table.add_column(header, justify="left" if index == 0 else "right")
+    table.add_row("sync neighbor-exp2", f"{result.sync_fast_img_s:.1f}", f"{result.sync_slow_img_s:.1f}",
+                  f"{result.sync_consensus_error:.2e}")
+    table.add_row("async win-put", f"{result.async_fast_img_s:.1f}", f"{result.async_slow_img_s:.1f}",
+                  f"{result.async_consensus_error:.2e}")
+    return table

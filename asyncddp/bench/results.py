@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from asyncddp.errors import AsyncDDPError, ConfigError
 
 __all__ = ["BenchError", "BandwidthBelowBound", "OPS", "DTYPES", "CommBenchOptions", "CommRow", "CommBenchResult",
-           "parse_size", "size_steps", "parse_ops", "bus_factor"]
+           "parse_size", "size_steps", "parse_ops", "bus_factor", "MODELS", "METHODS", "ModelBenchOptions", "ModelRun",
+           "ModelBenchResult", "StragglerOptions", "StragglerResult", "parse_methods", "parse_num_ranks"]
 
 # The ops ``bench comm`` knows, in table order.
 OPS = ("neighbor_allreduce", "neighbor_allreduce_one_peer", "allreduce", "allgather", "broadcast", "win_put")
@@ -160,3 +161,171 @@ class CommBenchResult:
         keep = {k: v for k, v in data.items() if k not in ("rows", "avg_busbw_gbs", "num_wrong")}
         keep["notes"] = tuple(keep.get("notes", ()))
         return cls(**keep, rows=rows)
+
+
+# ---- bench MODEL -------------------------------------------------------------------------------
+MODELS = ("resnet18", "resnet50", "vgg16", "mobilenet_v3", "transformer", "mlp")
+# Table order: the compute-only ceiling, the peer a user would pick instead, then ours.
+METHODS = ("local", "ddp", "allreduce", "dear", "neighbor-exp2", "neighbor-one-peer", "hierarchical", "win-put")
+
+
+def parse_methods(items: list[str] | None) -> tuple[str, ...]:
+    """The ``--methods`` subset (comma-separated or repeated), in table order; all when empty."""
+    names = [part.strip() for item in items or () for part in item.split(",") if part.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise ConfigError(f"--methods {unknown[0]!r} is not a method; choose from {', '.join(METHODS)}")
+    return tuple(m for m in METHODS if m in names) if names else METHODS
+
+
+def parse_num_ranks(text: str) -> tuple[int, ...]:
+    """``--np 1,2,4`` as sorted distinct positive rank counts."""
+    try:
+        counts = sorted({int(part) for part in str(text).split(",") if part.strip()})
+    except ValueError:
+        counts = []
+    if not counts or counts[0] < 1:
+        raise ConfigError(f"--np {text!r}: give positive rank counts separated by commas, e.g. 1,2,4")
+    return tuple(counts)
+
+
+@dataclass(frozen=True)
+class ModelBenchOptions:
+    """One (method, np) run's settings; the parent sends it to the ranks as JSON."""
+
+    model: str = "resnet50"
+    method: str = "local"
+    num_ranks: int = 1
+    batch_size: int = 32
+    image_size: int = 224
+    warmup: int = 2
+    iters: int = 10
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One (method, np) launch. Times are means over ranks of each rank's mean timed iteration.
+
+    ``compute_ms`` is the same rank's mean iteration of plain forward/backward/SGD on the same model
+    and batch, timed in the same job just before the wrapper is installed; ``comm_share`` =
+    max(0, 1 − compute/iteration): the share of an iteration spent on communication that was not
+    hidden behind computation (0 for ``local`` up to timing noise).
+    """
+
+    method: str
+    num_ranks: int
+    img_s_total: float = 0.0
+    img_s_per_rank: float = 0.0
+    iter_ms: float = 0.0
+    compute_ms: float = 0.0
+    comm_share: float = 0.0
+    iter_ms_per_rank: tuple[float, ...] = ()
+    error: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["iter_ms_per_rank"], data["notes"] = list(self.iter_ms_per_rank), list(self.notes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelRun":
+        return cls(**{**data, "iter_ms_per_rank": tuple(data.get("iter_ms_per_rank", ())),
+                      "notes": tuple(data.get("notes", ()))})
+
+
+@dataclass(frozen=True)
+class ModelBenchResult:
+    model: str
+    device: str
+    batch_size: int
+    image_size: int
+    warmup: int
+    iters: int
+    num_parameters: int = 0
+    runs: tuple[ModelRun, ...] = ()
+    host: str = ""
+
+    def find(self, method: str, num_ranks: int) -> ModelRun | None:
+        return next((r for r in self.runs if r.method == method and r.num_ranks == num_ranks and r.ok), None)
+
+    def derived(self, run: ModelRun) -> dict:
+        """Scaling efficiency vs the same method at np=1 and vs ``local`` at this np; speed vs ``ddp``."""
+        def ratio(other: ModelRun | None, scale: float = 1.0):
+            if not run.ok or other is None or other.img_s_total <= 0:
+                return None
+            return run.img_s_total / (other.img_s_total * scale)
+
+        base = self.find(run.method, 1)
+        return {"efficiency_vs_np1": ratio(base, run.num_ranks / base.num_ranks) if base else None,
+                "efficiency_vs_local": ratio(self.find("local", run.num_ranks)),
+                "speed_vs_ddp": ratio(self.find("ddp", run.num_ranks))}
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["runs"] = [{**run.to_dict(), **self.derived(run)} for run in self.runs]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelBenchResult":
+        derived = ("efficiency_vs_np1", "efficiency_vs_local", "speed_vs_ddp")
+        runs = tuple(ModelRun.from_dict({k: v for k, v in run.items() if k not in derived}) for run in data["runs"])
+        return cls(**{**data, "runs": runs})
+
+
+# ---- bench straggler ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StragglerOptions:
+    num_ranks: int = 4
+    slow_rank: int = 1
+    slow_factor: float = 2.0
+    model: str = "mlp"
+    batch_size: int = 32
+    image_size: int = 32
+    iters: int = 30
+    warmup: int = 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StragglerResult:
+    """Fast ranks' img/s under synchronous neighbour averaging and asynchronous win-put.
+
+    ``*_consensus_error`` is max over ranks of ‖x_i − x̄‖ / ‖x̄‖ over all parameters after the last
+    step (x̄ the average over ranks); a window-put run is measured after every rank has finished.
+    """
+
+    options: StragglerOptions
+    sync_fast_img_s: float
+    async_fast_img_s: float
+    sync_slow_img_s: float
+    async_slow_img_s: float
+    sync_consensus_error: float
+    async_consensus_error: float
+    notes: tuple[str, ...] = ()
+
+    @property
+    def speedup(self) -> float:
+        return self.async_fast_img_s / self.sync_fast_img_s if self.sync_fast_img_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["notes"] = list(self.notes)
+        data["speedup"] = self.speedup
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StragglerResult":
+        keep = {k: v for k, v in data.items() if k != "speedup"}
+        return cls(**{**keep, "options": StragglerOptions(**data["options"]),
+                      "notes": tuple(data.get("notes", ()))})

@@ -1,6 +1,7 @@
 """Launch a benchmark's per-rank body through ``asyncddp run``'s code path and collect its result.
 
-The ranks run ``python -m mpi4py -m asyncddp.bench.comm OPTIONS_JSON RESULT_PATH``, planned by
+The ranks run ``python -m mpi4py -m asyncddp.bench.<body> OPTIONS_JSON RESULT_PATH`` (``comm``,
+``training`` once per (method, np), ``straggler``), planned by
 ``asyncddp.launch.build_plan`` from the same ``RunOptions``/``merge_run_config`` as ``asyncddp run``
 (so ``--hostfile/-H/--config`` mean the same) and executed by ``asyncddp.job.run_plan``. Rank 0's
 stdout is parsed line by line: progress lines feed ``on_progress``, and its result arrives both
@@ -20,10 +21,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from asyncddp.bench.results import BenchError, CommBenchOptions, CommBenchResult
+from asyncddp.bench.results import (BenchError, CommBenchOptions, CommBenchResult, ModelBenchOptions,
+                                    ModelBenchResult, ModelRun, StragglerOptions, StragglerResult)
 from asyncddp.errors import LaunchError
 
-__all__ = ["LaunchOptions", "run_comm_bench", "mpi_install"]
+__all__ = ["LaunchOptions", "run_comm_bench", "run_model_bench", "run_straggler_bench", "mpi_install"]
 
 PROGRESS_TAG = "ASYNCDDP_BENCH_PROGRESS"  # the same strings as asyncddp.bench.comm (which imports torch)
 RESULT_TAG = "ASYNCDDP_BENCH_RESULT"
@@ -126,27 +128,71 @@ def _yield_when_oversubscribed(num_ranks: int, launch: LaunchOptions) -> tuple[L
     return replace(launch, env=(*launch.env, f"{YIELD_ENV}=1")), (note,)
 
 
-def run_comm_bench(options: CommBenchOptions, launch: LaunchOptions = LaunchOptions(),
-                   on_progress: Callable[[dict], None] | None = None) -> CommBenchResult:
-    """Run ``asyncddp.bench.comm`` on ``options.num_ranks`` ranks and return rank 0's result."""
+def _run_ranks(module: str, payload: dict, num_ranks: int, launch: LaunchOptions, what: str,
+               on_progress: Callable[[dict], None] | None = None) -> tuple[dict, tuple[str, ...]]:
+    """Launch ``module OPTIONS_JSON RESULT_PATH`` on ``num_ranks`` ranks; rank 0's JSON and launch notes."""
     from asyncddp.job import run_plan
 
-    launch, notes = _yield_when_oversubscribed(options.num_ranks, launch)
+    launch, notes = _yield_when_oversubscribed(num_ranks, launch)
     with tempfile.TemporaryDirectory(prefix="asyncddp-bench-") as workdir:
         result_path = str(Path(workdir) / "result.json")
-        plan, timeout = _plan("asyncddp.bench.comm", (json.dumps(options.to_dict()), result_path),
-                              options.num_ranks, launch, workdir)
+        plan, timeout = _plan(module, (json.dumps(payload), result_path), num_ranks, launch, workdir)
         out, err = _Lines(on_progress), _Lines(None)
         job = run_plan(plan, timeout=timeout, out=out, err=err)
         if job.exit_code != 0:
             summary = (job.summary or f"job exited with code {job.exit_code}").removeprefix("asyncddp: ")
             cause = err.rank_error() or out.rank_error()
-            raise BenchError(f"bench comm failed: {summary}" + (f": {cause}" if cause else ""))
+            raise BenchError(f"{what} failed: {summary}" + (f": {cause}" if cause else ""))
         data = out.result
         if os.path.isfile(result_path):
             data = json.loads(Path(result_path).read_text())
         if data is None:
             last = out.tail[-1] if out.tail else "(no output)"
-            raise BenchError(f"bench comm: the job exited 0 but rank 0 reported no result; its last line: {last}")
+            raise BenchError(f"{what}: the job exited 0 but rank 0 reported no result; its last line: {last}")
+    return data, notes
+
+
+def run_comm_bench(options: CommBenchOptions, launch: LaunchOptions = LaunchOptions(),
+                   on_progress: Callable[[dict], None] | None = None) -> CommBenchResult:
+    """Run ``asyncddp.bench.comm`` on ``options.num_ranks`` ranks and return rank 0's result."""
+    data, notes = _run_ranks("asyncddp.bench.comm", options.to_dict(), options.num_ranks, launch, "bench comm",
+                             on_progress)
     result = CommBenchResult.from_dict(data)
+    return replace(result, notes=(*result.notes, *notes))
+
+
+def run_model_bench(base: ModelBenchOptions, methods: tuple[str, ...], rank_counts: tuple[int, ...],
+                    launch: LaunchOptions = LaunchOptions(),
+                    on_progress: Callable[[dict], None] | None = None) -> ModelBenchResult:
+    """One launch of ``asyncddp.bench.training`` per (np, method); a failed launch is a row with its error.
+
+    ``on_progress`` gets ``{"done", "total", "method", "num_ranks", "starting"}`` before and after each run.
+    """
+    runs, params, host = [], 0, ""
+    pairs = [(n, m) for n in rank_counts for m in methods]
+    for done, (num_ranks, method) in enumerate(pairs):
+        event = {"done": done, "total": len(pairs), "method": method, "num_ranks": num_ranks}
+        if on_progress:
+            on_progress({**event, "starting": True})
+        options = replace(base, method=method, num_ranks=num_ranks)
+        try:
+            data, notes = _run_ranks("asyncddp.bench.training", options.to_dict(), num_ranks, launch,
+                                     f"bench {base.model} {method} -np {num_ranks}")
+            run = ModelRun.from_dict(data["run"])
+            runs.append(replace(run, notes=(*run.notes, *notes)))
+            params, host = data["num_parameters"], data["host"]
+        except BenchError as error:
+            runs.append(ModelRun(method=method, num_ranks=num_ranks, error=str(error)))
+        if on_progress:
+            on_progress({**event, "done": done + 1, "starting": False})
+    return ModelBenchResult(model=base.model, device=base.device, batch_size=base.batch_size,
+                            image_size=base.image_size, warmup=base.warmup, iters=base.iters,
+                            num_parameters=params, runs=tuple(runs), host=host)
+
+
+def run_straggler_bench(options: StragglerOptions, launch: LaunchOptions = LaunchOptions()) -> StragglerResult:
+    """Run ``asyncddp.bench.straggler`` once; errors propagate as ``BenchError``."""
+    data, notes = _run_ranks("asyncddp.bench.straggler", options.to_dict(), options.num_ranks, launch,
+                             "bench straggler")
+    result = StragglerResult.from_dict(data)
     return replace(result, notes=(*result.notes, *notes))

@@ -1,4 +1,4 @@
-"""``asyncddp bench``: benchmark sub-commands; ``comm`` today, model benchmarks to come.
+"""``asyncddp bench``: benchmark sub-commands ``comm``, one per model (``resnet50``, ...), ``straggler``.
 
 Each sub-command parses its flags into an options dataclass, calls one runner function in
 ``asyncddp.bench`` (which launches the ranks through ``asyncddp run``'s code path), and renders the
@@ -16,7 +16,8 @@ import typer
 
 from asyncddp.errors import ConfigError
 
-bench_app = typer.Typer(help="Benchmarks: communication ops in nccl-tests form (comm).",
+bench_app = typer.Typer(help="Benchmarks: communication ops in nccl-tests form (comm), training throughput per "
+                        "method (resnet18, resnet50, vgg16, mobilenet_v3, transformer, mlp), a slow rank (straggler).",
                         no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 
 
@@ -136,3 +137,127 @@ def comm_command(
     if min_busbw is not None and result.avg_busbw_gbs < min_busbw:
         raise BandwidthBelowBound(f"bench comm: average busbw {result.avg_busbw_gbs:.4f} GB/s is below "
                                   f"--min-busbw {min_busbw:g}")
+
+
+def _print_table(table) -> None:
+    from rich.console import Console
+
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
+
+
+def _model_command(model: str):
+    def command(
+        num_ranks: str = typer.Option("1,2", "-np", "--np", "-n", help="Rank counts, comma-separated, e.g. 1,2,4."),
+        methods: list[str] = typer.Option(None, "--methods", help="Subset, comma-separated or repeated (local, ddp, "
+                                          "allreduce, dear, neighbor-exp2, neighbor-one-peer, hierarchical, win-put)."),
+        batch_size: int = typer.Option(32, "--batch-size", help="Images per rank per step."),
+        image_size: int = typer.Option(224, "--image-size", help="Synthetic image side in pixels (at least 32)."),
+        warmup: int = typer.Option(2, "--warmup", help="Untimed steps before timing."),
+        iters: int = typer.Option(10, "--iters", help="Timed steps per run."),
+        device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+        hostfile: str = typer.Option(None, "--hostfile", help="Open MPI hostfile, as for asyncddp run."),
+        hosts: str = typer.Option(None, "-H", "--host", help="Hosts, e.g. a:4,b:4."),
+        config: str = typer.Option(None, "--config", help="YAML cluster config, as for asyncddp run."),
+        env: list[str] = typer.Option(None, "-x", help="Forward NAME or set NAME=value on the ranks; repeatable."),
+        mpi_args: str = typer.Option(None, "--mpi-args", help="Extra mpirun arguments, one quoted string."),
+        oversubscribe: bool = typer.Option(False, "--oversubscribe", help="Allow more ranks than slots."),
+        timeout: float = typer.Option(None, "--timeout", help="Kill each run after this many seconds."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        plot: str = typer.Option(None, "--plot", help="Write throughput and efficiency vs np per method to this PNG."),
+    ) -> None:
+        from asyncddp.bench import render
+        from asyncddp.bench.results import ModelBenchOptions, parse_methods, parse_num_ranks
+
+        rank_counts, chosen = parse_num_ranks(num_ranks), parse_methods(methods)
+        if batch_size < 1 or image_size < 32 or iters < 1 or warmup < 0:
+            raise ConfigError(f"--batch-size {batch_size} --image-size {image_size} --iters {iters} --warmup "
+                              f"{warmup}: need batch >= 1, image size >= 32, iters >= 1, warmup >= 0")
+        if device not in ("cpu", "cuda"):
+            raise ConfigError(f"--device {device}: choose cpu or cuda")
+        if model == "mobilenet_v3":
+            from asyncddp.bench.models import _torchvision
+
+            if _torchvision(model) is None:
+                raise ConfigError("bench mobilenet_v3 needs torchvision, which is not installed (and not an asyncddp "
+                                  "dependency: its wheels pin a torch build); pip install the torchvision matching "
+                                  "your torch, or pick resnet18/resnet50/vgg16/transformer/mlp")
+        launch = _launch_options(hostfile, hosts, config, env, mpi_args, oversubscribe, timeout)
+        _check_plot_path(plot)
+        base = ModelBenchOptions(model=model, batch_size=batch_size, image_size=image_size, warmup=warmup,
+                                 iters=iters, device=device)
+        result = _run_models_with_progress(base, chosen, rank_counts, launch, quiet=as_json)
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), indent=2))
+        else:
+            _print_table(render.model_table(result))
+        if plot:
+            render.model_plot(result, plot)
+            print(f"plot written to {plot}", file=sys.stderr)
+
+    command.__doc__ = (f"Training throughput of {model} on synthetic ImageNet-shaped data, every method side by "
+                       "side, one launch per (method, np).")
+    return command
+
+
+def _run_models_with_progress(base, methods, rank_counts, launch, quiet: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from asyncddp.bench.runner import run_model_bench
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True, disable=quiet) as progress:
+        task = progress.add_task(f"bench {base.model}", total=len(methods) * len(rank_counts))
+
+        def on_progress(event: dict) -> None:
+            progress.update(task, completed=event["done"],
+                            description=f"bench {base.model}: {event['method']} -np {event['num_ranks']}")
+
+        return run_model_bench(base, methods, rank_counts, launch, on_progress)
+
+
+for _model in ("resnet18", "resnet50", "vgg16", "mobilenet_v3", "transformer", "mlp"):
+    bench_app.command(_model)(_model_command(_model))
+
+
+@bench_app.command("straggler")
+def straggler_command(
+    num_ranks: int = typer.Option(4, "-np", "--np", "-n", help="Number of ranks (at least 2)."),
+    slow_rank: int = typer.Option(1, "--slow-rank", help="The rank made slower."),
+    slow_factor: float = typer.Option(2.0, "--slow-factor", help="How many times slower (sleeps (f-1) x compute)."),
+    model: str = typer.Option("mlp", "--model", help="Model trained (as for bench MODEL)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per rank per step."),
+    image_size: int = typer.Option(32, "--image-size", help="Synthetic image side in pixels."),
+    iters: int = typer.Option(30, "--iters", help="Timed steps per rank and phase."),
+    warmup: int = typer.Option(3, "--warmup", help="Untimed steps before timing."),
+    hostfile: str = typer.Option(None, "--hostfile", help="Open MPI hostfile, as for asyncddp run."),
+    hosts: str = typer.Option(None, "-H", "--host", help="Hosts, e.g. a:4,b:4."),
+    config: str = typer.Option(None, "--config", help="YAML cluster config, as for asyncddp run."),
+    env: list[str] = typer.Option(None, "-x", help="Forward NAME or set NAME=value on the ranks; repeatable."),
+    mpi_args: str = typer.Option(None, "--mpi-args", help="Extra mpirun arguments, one quoted string."),
+    oversubscribe: bool = typer.Option(False, "--oversubscribe", help="Allow more ranks than slots."),
+    timeout: float = typer.Option(None, "--timeout", help="Kill the benchmark after this many seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """One slow rank: fast ranks' throughput with synchronous neighbour averaging vs asynchronous win-put."""
+    from asyncddp.bench import render
+    from asyncddp.bench.results import MODELS, StragglerOptions
+    from asyncddp.bench.runner import run_straggler_bench
+
+    if num_ranks < 2 or not 0 <= slow_rank < num_ranks:
+        raise ConfigError(f"-np {num_ranks} --slow-rank {slow_rank}: need at least 2 ranks and 0 <= slow rank < np")
+    if slow_factor < 1:
+        raise ConfigError(f"--slow-factor {slow_factor:g}: give a factor of at least 1")
+    if model not in MODELS or model == "mobilenet_v3":
+        raise ConfigError(f"--model {model}: choose resnet18, resnet50, vgg16, transformer or mlp")
+    if batch_size < 1 or image_size < 32 or iters < 1 or warmup < 0:
+        raise ConfigError(f"--batch-size {batch_size} --image-size {image_size} --iters {iters} --warmup {warmup}: "
+                          "need batch >= 1, image size >= 32, iters >= 1, warmup >= 0")
+    options = StragglerOptions(num_ranks=num_ranks, slow_rank=slow_rank, slow_factor=slow_factor, model=model,
+                               batch_size=batch_size, image_size=image_size, iters=iters, warmup=warmup)
+    launch = _launch_options(hostfile, hosts, config, env, mpi_args, oversubscribe, timeout)
+    result = run_straggler_bench(options, launch)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_table(render.straggler_table(result))

@@ -1,0 +1,158 @@
+"""The per-rank body of ``asyncddp bench MODEL``: one (method, np) run, launched by the runner.
+
+Run as ``python -m mpi4py -m asyncddp.bench.training OPTIONS_JSON RESULT_PATH``. Every rank builds
+the same model (seed 0), a synthetic batch of random ImageNet-shaped images and labels (seeded by
+rank), and first times plain forward/backward/SGD steps (the compute-only reference of
+``ModelRun.compute_ms``); then installs the method's wrapper and times the same steps again.
+Rank 0 gathers every rank's mean iteration times and writes a ``ModelRun``. One torch thread per
+rank: ranks share the cores, and np=1 must not get all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import asyncddp.comm as addp
+from asyncddp.bench.models import NUM_CLASSES, build_model
+from asyncddp.bench.results import BenchError, ModelBenchOptions, ModelRun
+
+RESULT_TAG = "ASYNCDDP_BENCH_RESULT"
+
+
+def _device(options: ModelBenchOptions) -> tuple[torch.device, list[str]]:
+    if options.device == "cpu":
+        return torch.device("cpu"), []
+    if not torch.cuda.is_available():
+        raise BenchError("--device cuda: no CUDA GPU visible on this rank")
+    count = torch.cuda.device_count()
+    notes = []
+    if addp.local_size() > count:
+        notes.append(f"{addp.local_size()} ranks per host share {count} GPU(s) (host staging; ddp on gloo)")
+    return torch.device(f"cuda:{addp.local_rank() % count}"), notes
+
+
+def _ddp(model, device: torch.device, shared_gpu: bool):
+    """torch DDP: rank 0 picks a free TCP port and broadcasts (address, port) over MPI."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    comm = addp.get_context().comm
+    hosts = comm.allgather(socket.gethostname())
+    address = None
+    if comm.Get_rank() == 0:
+        with socket.socket() as sock:  # closed before gloo binds it: a small race, as torchrun's
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        local = len(set(hosts)) == 1
+        address = ("127.0.0.1" if local else socket.gethostbyname(socket.gethostname()), port)
+    address, port = comm.bcast(address, root=0)
+    backend = "nccl" if device.type == "cuda" and not shared_gpu else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=comm.Get_rank(),
+                            world_size=comm.Get_size())
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def _wrap(method: str, optimizer, model):
+    import asyncddp.optim as optim
+    from asyncddp.topology.schedules import one_peer_exponential_two
+
+    if method == "allreduce":
+        return optim.DistributedGradientAllreduceOptimizer(optimizer, model)
+    if method == "dear":
+        return optim.DistributedDeAROptimizer(optimizer, model)
+    if method == "neighbor-exp2":
+        return optim.DistributedNeighborAllreduceOptimizer(optimizer, model)
+    if method == "neighbor-one-peer":
+        return optim.DistributedNeighborAllreduceOptimizer(optimizer, model, schedule=one_peer_exponential_two)
+    if method == "hierarchical":
+        return optim.DistributedHierarchicalNeighborAllreduceOptimizer(optimizer, model)
+    if method == "win-put":
+        return optim.DistributedWinPutOptimizer(optimizer, model)
+    raise BenchError(f"unknown method {method!r}")
+
+
+def _timed_steps(model, optimizer, images, labels, warmup: int, iters: int, device) -> list[float]:
+    """Seconds per timed iteration (zero_grad, forward, backward, step), after ``warmup`` untimed ones."""
+    times = []
+    for index in range(warmup + iters):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def run(options: ModelBenchOptions) -> ModelRun | None:
+    """This rank's part of the run; rank 0 returns the gathered ``ModelRun``, the others None."""
+    device, notes = _device(options)
+    torch.manual_seed(0)  # the same initial weights on every rank, as after a broadcast
+    model = build_model(options.model, options.image_size).to(device)
+    g = torch.Generator().manual_seed(1 + addp.rank())
+    images = torch.randn(options.batch_size, 3, options.image_size, options.image_size, generator=g).to(device)
+    labels = torch.randint(0, NUM_CLASSES, (options.batch_size,), generator=g).to(device)
+    sgd = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    compute = _timed_steps(model, sgd, images, labels, options.warmup, options.iters, device)
+    comm = addp.get_context().comm
+    comm.Barrier()
+    trained, optimizer = model, sgd
+    if options.method == "ddp":
+        trained = _ddp(model, device, shared_gpu=bool(notes))
+        optimizer = torch.optim.SGD(trained.parameters(), lr=1e-3, momentum=0.9)
+    elif options.method != "local":
+        optimizer = _wrap(options.method, sgd, model)
+    comm.Barrier()
+    times = _timed_steps(trained, optimizer, images, labels, options.warmup, options.iters, device)
+    if hasattr(optimizer, "flush"):
+        optimizer.flush()
+    if hasattr(optimizer, "free"):
+        optimizer.free()
+    if options.method == "ddp":
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    mine = (sum(times) / len(times), sum(compute) / len(compute))
+    gathered = comm.gather(mine, root=0)
+    if comm.Get_rank() != 0:
+        return None
+    iter_s = [t for t, _ in gathered]
+    mean_iter = sum(iter_s) / len(iter_s)
+    mean_compute = sum(c for _, c in gathered) / len(gathered)
+    per_rank = [options.batch_size / t for t in iter_s]
+    shares = [max(0.0, 1.0 - c / t) for t, c in gathered]
+    return ModelRun(method=options.method, num_ranks=comm.Get_size(), img_s_total=sum(per_rank),
+                    img_s_per_rank=sum(per_rank) / len(per_rank), iter_ms=1e3 * mean_iter,
+                    compute_ms=1e3 * mean_compute, comm_share=sum(shares) / len(shares),
+                    iter_ms_per_rank=tuple(1e3 * t for t in iter_s), notes=tuple(notes))
+
+
+def main(argv: list[str]) -> int:
+    """``OPTIONS_JSON RESULT_PATH``: run; rank 0 writes ``{"run": ..., "num_parameters": ...}``."""
+    options = ModelBenchOptions(**json.loads(argv[0]))
+    torch.set_num_threads(1)
+    addp.init()
+    try:
+        result = run(options)
+        if result is not None:
+            params = sum(p.numel() for p in build_model(options.model, options.image_size).parameters())
+            data = {"run": result.to_dict(), "num_parameters": params, "host": socket.gethostname()}
+            with open(argv[1], "w") as handle:
+                json.dump(data, handle)
+            print(RESULT_TAG, json.dumps(data), flush=True)
+    finally:
+        addp.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,124 @@
+"""``asyncddp bench MODEL`` and ``asyncddp bench straggler``: small real runs under mpirun, and the pure parts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asyncddp.bench import render
+from asyncddp.bench.results import METHODS, ModelBenchResult, ModelRun, parse_methods, parse_num_ranks
+from asyncddp.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def asyncddp(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asyncddp", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, env=os.environ.copy())
+
+
+@pytest.mark.timeout(150)
+def test_small_model_bench_runs_every_chosen_method(tmp_path):
+    plot = tmp_path / "models.png"
+    proc = asyncddp("bench", "mlp", "--image-size", "32", "--batch-size", "4", "--np", "2", "--iters", "2",
+                    "--warmup", "1", "--methods", "local,ddp,win-put", "--json", "--plot", str(plot))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert (data["model"], data["device"], data["batch_size"], data["image_size"], data["iters"]) == ("mlp", "cpu", 4, 32, 2)
+    assert data["num_parameters"] == 3 * 64 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 1000 + 1000
+    assert [(run["method"], run["num_ranks"]) for run in data["runs"]] == [("local", 2), ("ddp", 2), ("win-put", 2)]
+    for run in data["runs"]:
+        assert run["error"] is None
+        assert run["img_s_total"] > 0 and run["iter_ms"] > 0 and run["compute_ms"] > 0
+        assert len(run["iter_ms_per_rank"]) == 2
+        assert run["img_s_total"] == pytest.approx(sum(4e3 / t for t in run["iter_ms_per_rank"]))
+        assert 0.0 <= run["comm_share"] < 1.0
+        assert run["efficiency_vs_np1"] is None  # no np=1 run asked for
+    local, ddp, _ = data["runs"]
+    assert local["efficiency_vs_local"] == 1.0 and ddp["speed_vs_ddp"] == 1.0
+    assert plot.stat().st_size > 10_000
+
+
+@pytest.mark.timeout(60)
+def test_straggler_bench_reports_both_phases():
+    proc = asyncddp("bench", "straggler", "-np", "2", "--iters", "4", "--warmup", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["options"]["slow_rank"] == 1 and data["options"]["slow_factor"] == 2.0
+    for key in ("sync_fast_img_s", "async_fast_img_s", "sync_slow_img_s", "async_slow_img_s"):
+        assert data[key] > 0
+    # Two ranks averaging with each other every step (ATC) hold the same weights afterwards.
+    assert data["sync_consensus_error"] < 1e-6
+    assert data["async_consensus_error"] >= 0
+    assert data["speedup"] == pytest.approx(data["async_fast_img_s"] / data["sync_fast_img_s"])
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_run_is_a_row_not_fatal():
+    proc = asyncddp("bench", "mlp", "--image-size", "32", "--np", "1", "--methods", "local", "--timeout", "0.5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (run,) = json.loads(proc.stdout)["runs"]
+    assert run["method"] == "local" and run["img_s_total"] == 0.0
+    assert "failed" in run["error"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "mlp", "--methods", "nope"], "--methods 'nope'"),
+    (["bench", "mlp", "--np", "0,2"], "--np '0,2'"),
+    (["bench", "mlp", "--image-size", "8"], "image size >= 32"),
+    (["bench", "mlp", "--device", "tpu"], "--device tpu"),
+    (["bench", "mlp", "--plot", "x.jpg"], "--plot x.jpg"),
+    (["bench", "straggler", "-np", "2", "--slow-rank", "2"], "--slow-rank 2"),
+    (["bench", "straggler", "--slow-factor", "0.5"], "--slow-factor 0.5"),
+])
+def test_bad_options_give_one_line_errors(args, message):
+    proc = asyncddp(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("asyncddp: error: ") and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_mobilenet_without_torchvision_says_so():
+    pytest.importorskip("torch")
+    try:
+        import torchvision  # noqa: F401
+        pytest.skip("torchvision is installed: mobilenet_v3 is available")
+    except ImportError:
+        pass
+    proc = asyncddp("bench", "mobilenet_v3")
+    assert proc.returncode == 2 and "needs torchvision" in proc.stderr
+
+
+def test_parsers():
+    assert parse_num_ranks("4,1,2,2") == (1, 2, 4)
+    assert parse_methods(None) == METHODS
+    assert parse_methods(["win-put,local", "ddp"]) == ("local", "ddp", "win-put")
+    with pytest.raises(ConfigError):
+        parse_num_ranks("a")
+
+
+def _result(*runs: ModelRun) -> ModelBenchResult:
+    return ModelBenchResult(model="mlp", device="cpu", batch_size=8, image_size=32, warmup=1, iters=2, runs=runs)
+
+
+def test_derived_ratios_and_rendering():
+    result = _result(ModelRun("local", 1, img_s_total=100.0), ModelRun("local", 2, img_s_total=180.0),
+                     ModelRun("ddp", 2, img_s_total=150.0), ModelRun("win-put", 2, img_s_total=160.0),
+                     ModelRun("dear", 2, error="bench failed: boom"))
+    data = result.to_dict()
+    by = {(run["method"], run["num_ranks"]): run for run in data["runs"]}
+    assert by[("local", 2)]["efficiency_vs_np1"] == pytest.approx(0.9)
+    assert by[("win-put", 2)]["efficiency_vs_local"] == pytest.approx(160 / 180)
+    assert by[("win-put", 2)]["speed_vs_ddp"] == pytest.approx(160 / 150)
+    assert by[("win-put", 2)]["efficiency_vs_np1"] is None
+    assert by[("dear", 2)]["speed_vs_ddp"] is None
+    assert ModelBenchResult.from_dict(json.loads(json.dumps(data))) == result
+    rows = render.model_rows(result)
+    assert rows[1][:3] == ["local", "2", "180.0"] and rows[1][5] == "90.0%"
+    assert rows[3][8] == "1.07x"
+    assert rows[4][2:4] == ["failed", "bench failed: boom"]
