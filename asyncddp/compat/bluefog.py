@@ -6,8 +6,8 @@ integer handles for nonblocking ops (``poll``/``synchronize``/``wait`` and ``win
 map them onto our handle objects), ``BLUEFOG_NODES_PER_MACHINE``, and BlueFog's error type:
 misuse raises ``ValueError`` (our ``CommError`` and ``NotInitializedError`` are re-raised as
 ``BlueFogError``, a ``ValueError`` that is also an ``AsyncDDPError``). Windows and timeline
-activities live in ``asyncddp.compat._bf_windows`` and are re-exported here. Optimizers are not
-part of this module yet.
+activities live in ``asyncddp.compat._bf_windows``, optimizers and ``broadcast_parameters`` & co.
+in ``asyncddp.compat._bf_optimizers``; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -336,3 +336,8 @@ from asyncddp.compat._bf_windows import *  # noqa: E402,F401,F403  (windows and 
 from asyncddp.compat._bf_windows import __all__ as _windows_all  # noqa: E402
 
 __all__ += list(_windows_all)
+
+from asyncddp.compat._bf_optimizers import *  # noqa: E402,F401,F403  (optimizers)
+from asyncddp.compat._bf_optimizers import __all__ as _optimizers_all  # noqa: E402
+
+__all__ += list(_optimizers_all)

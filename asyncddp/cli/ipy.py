@@ -1,0 +1,72 @@
+"""``asyncddp ipy start|stop|status``: the interactive (Jupyter / ipyparallel) cluster.
+
+Thin layer over ``asyncddp.interactive``: parse flags, call one function, print one line (or
+``--json``). ipyparallel is imported only when a sub-command runs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from asyncddp.errors import ConfigError
+
+ipy_app = typer.Typer(help="Interactive mode: an ipyparallel controller plus MPI engines (BlueFog's ibfrun).",
+                      no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
+
+_PROFILE = typer.Option("asyncddp", "--profile", help="ipyparallel profile name (directory $IPYTHONDIR/profile_NAME).")
+_JSON = typer.Option(False, "--json", help="Print the status as JSON.")
+
+
+def _show(status, as_json: bool, text: str) -> None:
+    typer.echo(json.dumps(status.to_dict(), indent=2) if as_json else text)
+
+
+@ipy_app.command("start")
+def start_command(
+    num_ranks: int = typer.Option(..., "-np", "--num-ranks", help="Number of engines (MPI ranks)."),
+    hostfile: str = typer.Option(None, "--hostfile", help="Open MPI hostfile (host slots=N)."),
+    hosts: str = typer.Option(None, "-H", "--host", help="Hosts, e.g. a:4,b:4."),
+    env: list[str] = typer.Option(None, "-x", help="Forward NAME or set NAME=value on every engine."),
+    profile: str = _PROFILE,
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for every engine to register."),
+    as_json: bool = _JSON,
+) -> None:
+    """Start the controller and -np engines; returns when all registered."""
+    from asyncddp import interactive
+
+    if num_ranks < 1:
+        raise ConfigError(f"-np {num_ranks}: give at least 1 engine")
+    if timeout <= 0:
+        raise ConfigError(f"--timeout {timeout}: give a positive number of seconds")
+    status = interactive.start(num_ranks, profile, hostfile=hostfile, host_list=hosts, env=tuple(env or ()),
+                               timeout=timeout)
+    _show(status, as_json, f"started {status.num_engines} engines (profile {profile}); in Python: "
+          f"ipyparallel.Client(profile={profile!r}), or %%px cells after "
+          f"rc = ipyparallel.Client(profile={profile!r}); rc[:].activate()")
+
+
+@ipy_app.command("stop")
+def stop_command(profile: str = _PROFILE, as_json: bool = _JSON) -> None:
+    """Stop the engines and the controller of the profile."""
+    from asyncddp import interactive
+
+    status = interactive.stop(profile)
+    _show(status, as_json, f"stopped the interactive cluster of profile {profile}")
+
+
+@ipy_app.command("status")
+def status_command(profile: str = _PROFILE, as_json: bool = _JSON) -> None:
+    """Say whether the profile's cluster runs, and with how many engines."""
+    from asyncddp import interactive
+
+    interactive.require_ipyparallel()
+    status = interactive.status(profile)
+    text = (f"running: {status.num_engines} engines (profile {profile}, controller pid {status.controller_pid})"
+            if status.running else f"not running (profile {profile})")
+    _show(status, as_json, text)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(ipy_app, name="ipy")

@@ -1,0 +1,263 @@
+"""Interactive mode (BlueFog's ``ibfrun``): an ipyparallel cluster whose engines are MPI ranks.
+
+``start`` runs an ipyparallel controller on this machine, then launches ``-np N`` engines
+(``python -m ipyparallel.engine``) with ``asyncddp run`` — the same plan builder and job runner as
+any training job, so ``--hostfile``/``-H`` mean the same. A notebook then connects with
+``ipyparallel.Client(profile=...)`` and every ``%%px`` cell runs on every rank; each engine calls
+``asyncddp.init()`` itself. The profile directory (``$IPYTHONDIR/profile_<name>``, default profile
+``asyncddp``) is created for the user; ``asyncddp_ipy.json`` in it records the two processes
+started, so that ``stop`` and ``status`` (another shell, later) find them. ``stop`` interrupts the
+runner (which stops every rank as on Ctrl-C), ends the controller, and finally ends any process
+still naming the profile directory on its command line — nothing of the cluster is left running.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from asyncddp.errors import AsyncDDPError, ConfigError, LaunchError
+
+__all__ = ["IpyStatus", "profile_dir", "require_ipyparallel", "start", "stop", "status"]
+
+STATE_FILE = "asyncddp_ipy.json"
+DEFAULT_PROFILE = "asyncddp"
+
+
+@dataclass(frozen=True)
+class IpyStatus:
+    """Where a cluster stands: its profile, the processes asyncddp started, whether they live."""
+
+    profile: str
+    profile_dir: str
+    running: bool
+    num_engines: int = 0
+    controller_pid: int | None = None
+    runner_pid: int | None = None
+    log: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def require_ipyparallel() -> None:
+    if importlib.util.find_spec("ipyparallel") is None:
+        raise ConfigError("interactive mode needs ipyparallel, which is not installed: "
+                          "pip install 'asyncddp[interactive]' (or pip install ipyparallel)")
+
+
+def profile_dir(profile: str = DEFAULT_PROFILE, ipython_dir: str | None = None) -> Path:
+    """``$IPYTHONDIR/profile_<profile>`` (IPython's own layout, so ``Client(profile=...)`` finds it)."""
+    if not profile or "/" in profile:
+        raise ConfigError(f"--profile {profile!r}: give a plain name such as {DEFAULT_PROFILE}")
+    base = ipython_dir or os.environ.get("IPYTHONDIR") or os.path.join(os.path.expanduser("~"), ".ipython")
+    return Path(base) / f"profile_{profile}"
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+
+def _read_state(directory: Path) -> dict:
+    try:
+        return json.loads((directory / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _count_engines(directory: Path, timeout: float = 5.0) -> int:
+    import ipyparallel
+
+    client = ipyparallel.Client(profile_dir=str(directory), timeout=timeout)
+    try:
+        return len(client.ids)
+    finally:
+        client.close()
+
+
+def status(profile: str = DEFAULT_PROFILE, ipython_dir: str | None = None, count_engines: bool = True) -> IpyStatus:
+    """The cluster of ``profile``: running when both the controller and the engine job live."""
+    directory = profile_dir(profile, ipython_dir)
+    state = _read_state(directory)
+    controller, runner = state.get("controller_pid"), state.get("runner_pid")
+    running = _alive(controller) and _alive(runner)
+    engines = 0
+    if running and count_engines:
+        require_ipyparallel()
+        try:
+            engines = _count_engines(directory)
+        except Exception:  # noqa: BLE001  (controller not answering yet: zero engines known)
+            engines = 0
+    return IpyStatus(profile, str(directory), running, engines, controller, runner, state.get("log"))
+
+
+def _engine_argv(num_ranks: int, directory: Path, hostfile, host_list, env) -> list[str]:
+    argv = [sys.executable, "-m", "asyncddp", "run", "-np", str(num_ranks)]
+    if hostfile:
+        argv += ["--hostfile", hostfile]
+    if host_list:
+        argv += ["-H", host_list]
+    for item in env:
+        argv += ["-x", item]
+    return argv + ["-m", "ipyparallel.engine", f"--profile-dir={directory}", "--log-level=WARN"]
+
+
+def _check_plan(num_ranks: int, hostfile, host_list, env, directory: Path) -> bool:
+    """Build the engines' launch plan here first: a bad hostfile or -np fails now, in one line.
+    Returns whether every host is this machine (then the controller listens on loopback only)."""
+    from asyncddp.config import RunOptions, merge_run_config
+    from asyncddp.hostfile import is_local_host
+
+    options = RunOptions(command=("-m", "ipyparallel.engine", f"--profile-dir={directory}"),
+                         num_ranks=num_ranks, hostfile=hostfile, host_list=host_list, env=tuple(env))
+    config = merge_run_config(options)
+    return all(is_local_host(host.name) for host in config.hosts)
+
+
+def start(num_ranks: int, profile: str = DEFAULT_PROFILE, *, hostfile: str | None = None,
+          host_list: str | None = None, env: tuple[str, ...] = (), ipython_dir: str | None = None,
+          timeout: float = 120.0) -> IpyStatus:
+    """Start the controller and ``num_ranks`` MPI engines; returns once all engines registered."""
+    require_ipyparallel()
+    directory = profile_dir(profile, ipython_dir)
+    current = status(profile, ipython_dir, count_engines=False)
+    if current.running:
+        raise LaunchError(f"an interactive cluster of profile {profile} is already running (controller pid "
+                          f"{current.controller_pid}); run asyncddp ipy stop --profile {profile} first")
+    if current.controller_pid or current.runner_pid:
+        _stop_processes(directory, _read_state(directory))  # half of an old cluster: clear it
+    local = _check_plan(num_ranks, hostfile, host_list, env, directory)
+    (directory / "log").mkdir(parents=True, exist_ok=True)
+    (directory / "security").mkdir(parents=True, exist_ok=True)
+    for stale in (directory / "security").glob("ipcontroller-*.json"):
+        stale.unlink()  # an old connection file would let us "connect" to a dead controller
+    log = directory / "log" / "asyncddp-ipy.log"
+    with open(log, "w") as sink:
+        controller = subprocess.Popen(
+            [sys.executable, "-m", "ipyparallel.controller", f"--profile-dir={directory}",
+             f"--ip={'127.0.0.1' if local else '*'}", "--log-level=WARN"],
+            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    state = {"controller_pid": controller.pid, "runner_pid": None, "num_ranks": num_ranks, "log": str(log)}
+    _write_state(directory, state)
+    try:
+        _wait_for(lambda: (directory / "security" / "ipcontroller-engine.json").exists(), controller,
+                  timeout, f"the ipyparallel controller did not start within {timeout:g} s; see {log}")
+        with open(log, "a") as sink:
+            runner = subprocess.Popen(_engine_argv(num_ranks, directory, hostfile, host_list, env),
+                                      stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        state["runner_pid"] = runner.pid
+        _write_state(directory, state)
+        import ipyparallel
+
+        client = ipyparallel.Client(profile_dir=str(directory), timeout=timeout)
+        try:
+            deadline = time.monotonic() + timeout
+            while len(client.ids) < num_ranks:
+                if runner.poll() is not None:
+                    raise LaunchError(f"the engine job ended (exit {runner.returncode}) before {num_ranks} "
+                                      f"engines registered; see {log}")
+                if time.monotonic() > deadline:
+                    raise LaunchError(f"only {len(client.ids)} of {num_ranks} engines registered within "
+                                      f"{timeout:g} s; see {log}")
+                time.sleep(0.2)
+        finally:
+            client.close()
+    except BaseException:
+        _stop_processes(directory, state)
+        raise
+    return IpyStatus(profile, str(directory), True, num_ranks, controller.pid, runner.pid, str(log))
+
+
+def _write_state(directory: Path, state: dict) -> None:
+    (directory / STATE_FILE).write_text(json.dumps(state))
+
+
+def _wait_for(ready, process: subprocess.Popen, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise LaunchError(message)
+        time.sleep(0.1)
+
+
+def _processes_naming(directory: Path) -> list[int]:
+    """Pids whose command line names the profile directory (engines, controller, runner)."""
+    marker = f"--profile-dir={directory}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker in (entry / "cmdline").read_bytes() and _alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pids = [pid for pid in pids if _alive(pid)]
+        if not pids:
+            break
+        time.sleep(0.1)
+    return [pid for pid in pids if _alive(pid)]
+
+
+def _stop_processes(directory: Path, state: dict) -> None:
+    runner, controller = state.get("runner_pid"), state.get("controller_pid")
+    if runner and _alive(runner):
+        _signal(runner, signal.SIGINT)  # asyncddp run's Ctrl-C path stops every rank
+        _wait_gone([runner], 20)
+    if controller and _alive(controller):
+        _signal(controller, signal.SIGTERM)
+        _wait_gone([controller], 10)
+    leftover = _processes_naming(directory)
+    for pid in leftover:
+        _signal(pid, signal.SIGTERM)
+    for pid in _wait_gone(leftover, 5):
+        _signal(pid, signal.SIGKILL)
+    for pid in (runner, controller):
+        if pid:
+            try:  # reap our own children when start() itself is the parent
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+    (directory / STATE_FILE).unlink(missing_ok=True)
+
+
+def stop(profile: str = DEFAULT_PROFILE, ipython_dir: str | None = None) -> IpyStatus:
+    """Stop the cluster of ``profile`` (engines first, then the controller). Raises when none runs."""
+    directory = profile_dir(profile, ipython_dir)
+    state = _read_state(directory)
+    if not state and not _processes_naming(directory):
+        raise AsyncDDPError(f"no interactive cluster of profile {profile} is running (nothing recorded in "
+                            f"{directory / STATE_FILE}); start one with asyncddp ipy start -np N")
+    _stop_processes(directory, state)
+    return IpyStatus(profile, str(directory), False, 0, state.get("controller_pid"), state.get("runner_pid"),
+                     state.get("log"))

@@ -1,0 +1,103 @@
+"""``asyncddp ipy``: a real ipyparallel cluster of MPI engines, driven headlessly through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import ipyparallel  # in the test extra: a missing install fails here, it is not skipped
+import pytest
+
+from asyncddp import interactive
+from asyncddp.errors import ConfigError
+from tests.mpi_helpers import ROOT
+
+NOTEBOOK = ROOT / "examples" / "interactive_consensus.ipynb"
+
+CONSENSUS = """
+import torch, asyncddp as addp
+addp.init()
+x = torch.tensor([float(addp.rank()), 10.0 * addp.rank()], dtype=torch.float64)
+for _ in range(3):
+    x = addp.neighbor_allreduce(x)
+result = (addp.rank(), addp.size(), x.tolist())
+"""
+
+
+def ipy(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "asyncddp", "ipy", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=150, stdin=subprocess.DEVNULL)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.mark.timeout(240)
+def test_start_run_consensus_stop_leaves_nothing(tmp_path):
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path), "OMPI_MCA_osc": "^ucx"}
+    started = json.loads(ipy("start", "-np", "3", "--json", env=env).stdout)
+    directory = tmp_path / "profile_asyncddp"
+    try:
+        assert started["running"] and started["num_engines"] == 3
+        assert started["profile_dir"] == str(directory)
+        again = ipy("start", "-np", "3", env=env, check=False)
+        assert again.returncode == 2 and again.stderr.count("\n") == 1
+        assert "already running" in again.stderr and "asyncddp ipy stop" in again.stderr
+        status = json.loads(ipy("status", "--json", env=env).stdout)
+        assert status["running"] and status["num_engines"] == 3
+
+        client = ipyparallel.Client(profile_dir=str(directory), timeout=30)
+        try:
+            view = client[:]
+            view.execute(CONSENSUS, block=True)
+            results = sorted(view.pull("result", block=True))
+            # The example notebook's %%px cells, in order, on the same engines.
+            cells = json.loads(NOTEBOOK.read_text())["cells"]
+            px = ["".join(c["source"]).split("\n", 1)[1] for c in cells
+                  if c["cell_type"] == "code" and "".join(c["source"]).startswith("%%px\n")]
+            assert len(px) == 3
+            for source in px:
+                view.execute(source, block=True).get()
+            view.execute("distance = float(torch.norm(x - mean))", block=True).get()
+            distances = view.pull("distance", block=True)
+        finally:
+            client.close()
+        assert len(distances) == 3 and max(distances) < 1e-12
+        # Exponential graph of 3 ranks: every rank averages all three, so one step already gives
+        # the exact mean (0+1+2)/3 = 1 (and 10), and further steps keep it.
+        assert results == [(r, 3, [1.0, 10.0]) for r in range(3)]
+    finally:
+        stopped = ipy("stop", env=env, check=False)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped" in stopped.stdout
+    for pid in (started["controller_pid"], started["runner_pid"]):
+        assert not interactive._alive(pid)
+    assert interactive._processes_naming(directory) == []
+    assert "not running" in ipy("status", env=env).stdout
+    second = ipy("stop", env=env, check=False)
+    assert second.returncode == 2 and "no interactive cluster" in second.stderr
+
+
+def test_bad_hostfile_fails_before_anything_starts(tmp_path):
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path)}
+    done = ipy("start", "-np", "2", "--hostfile", str(tmp_path / "missing"), env=env, check=False)
+    assert done.returncode == 2 and done.stderr.startswith("asyncddp: error:") and done.stderr.count("\n") == 1
+    assert "missing" in done.stderr
+    assert not (tmp_path / "profile_asyncddp" / interactive.STATE_FILE).exists()
+
+
+def test_missing_ipyparallel_is_one_clear_error(monkeypatch):
+    real = interactive.importlib.util.find_spec
+    monkeypatch.setattr(interactive.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ipyparallel" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'asyncddp\[interactive\]'"):
+        interactive.start(2)
+
+
+def test_profile_dir_follows_ipythondir(tmp_path, monkeypatch):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path))
+    assert interactive.profile_dir("bf") == tmp_path / "profile_bf"
+    with pytest.raises(ConfigError, match="--profile"):
+        interactive.profile_dir("a/b")
