@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -150,6 +151,23 @@ def test_cli_localhost_json():
         "name": "ssh", "status": "ok", "detail": "local host, no SSH", "fix": ""}
     assert node["probe"]["python"]["executable"]  # the whole probe is in --json
     assert {c["name"] for c in node["checks"]} >= {"python", "torch", "mpi", "mpi4py", "/dev/shm"}
+
+
+def test_inside_a_slurm_allocation_doctor_checks_its_nodes(monkeypatch):
+    from asyncddp.cli.doctor import load_hosts
+
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "node[01-02],gpu7")
+    monkeypatch.setenv("SLURM_TASKS_PER_NODE", "2(x2),1")
+    hosts, known_hosts = load_hosts(None, None, None)
+    assert [(h.name, h.slots) for h in hosts] == [("node01", 2), ("node02", 2), ("gpu7", 1)]
+    assert known_hosts is None
+    # End to end on an allocation of this machine alone: probed locally, with the allocation's slots.
+    env = {**os.environ, "SLURM_JOB_NODELIST": "localhost", "SLURM_TASKS_PER_NODE": "3"}
+    done = subprocess.run([sys.executable, "-m", "asyncddp", "doctor", "--json"], capture_output=True,
+                          text=True, timeout=120, env=env)
+    node = json.loads(done.stdout)["nodes"][0]
+    assert node["host"] == "localhost"
+    assert {c["name"]: c["detail"] for c in node["checks"]}["slots"] == "3"
 
 
 def test_cli_rejects_two_host_sources(tmp_path):

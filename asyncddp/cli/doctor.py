@@ -19,7 +19,8 @@ _STYLE = {"ok": ("green", "ok"), "warn": ("yellow", "WARN"), "fail": ("red", "FA
 
 
 def load_hosts(hostfile: Path | None, hosts: str | None, config: Path | None):
-    """(hosts, known_hosts from the config) from at most one of the three host sources."""
+    """(hosts, known_hosts from the config) from at most one of the three host sources, else the
+    Slurm allocation we run in, else (None, None) for localhost."""
     given = [name for name, value in (("--hostfile", hostfile), ("-H", hosts), ("--config", config))
              if value is not None]
     if len(given) > 1:
@@ -39,6 +40,10 @@ def load_hosts(hostfile: Path | None, hosts: str | None, config: Path | None):
         # A host without its own python: uses the config's default interpreter, as run does.
         hosts_ = [replace(host, python=host.python or cluster.python) for host in cluster.hosts]
         return hosts_, cluster.ssh.known_hosts
+    from asyncddp.slurm import in_slurm_allocation, slurm_hosts
+
+    if in_slurm_allocation():  # as `run` does: inside an allocation its nodes are the cluster
+        return slurm_hosts(), None
     return None, None
 
 
