@@ -92,15 +92,16 @@ def _run_allreduce(engine, batch: list[Op]) -> list:
     xs = [op.args["x"] for op in batch]
     flat = xs[0].reshape(-1) if len(xs) == 1 else torch.cat([x.reshape(-1) for x in xs])
     work = flat.to(reduction_dtype(flat.dtype), copy=True)
-    _reduce_in_place(engine, engine.world, work, first["op"])
+    comm = engine.local if first["local"] else engine.world
+    _reduce_in_place(engine, comm, work, first["op"])
     if first["average"] and first["op"] == "sum":
-        work = _average(work, engine.size)
+        work = _average(work, comm.Get_size())
     work = work.to(flat.dtype)
     pieces = work.split([x.numel() for x in xs])
     return [_finish(op, p.view(x.shape)) for op, p, x in zip(batch, pieces, xs)]
 
 
-def _submit_allreduce(tensor, average, op, name, inplace, blocking=False):
+def _submit_allreduce(tensor, average, op, name, inplace, blocking=False, local=False):
     x = _tensor(tensor, "allreduce")
     if op not in _OPS:
         raise CommError(f"allreduce: op={op!r} is not one of {', '.join(_OPS)}")
@@ -108,41 +109,43 @@ def _submit_allreduce(tensor, average, op, name, inplace, blocking=False):
         raise CommError("allreduce cannot reduce bool tensors; convert to a number type")
     engine = get_engine()
     x = x.detach().contiguous()
-    average = bool(average)
+    average, local = bool(average), bool(local)
     return _dispatch(engine, blocking,
         Op(
             kind="allreduce",
             name=name or "allreduce",
             run=_run_allreduce,
-            args={"x": x, "average": average, "op": op, "inplace": tensor if inplace else None},
+            args={"x": x, "average": average, "op": op, "local": local,
+                  "inplace": tensor if inplace else None},
             nbytes=x.numel() * x.element_size(),
-            fuse_key=("allreduce", x.dtype, x.device, average, op),
+            fuse_key=("allreduce", x.dtype, x.device, average, op, local),
         )
     )
 
 
-def allreduce_nonblocking(tensor, average=True, op="sum", name=None):
+def allreduce_nonblocking(tensor, average=True, op="sum", name=None, local=False):
     """Start ``allreduce``; returns a handle."""
-    return _submit_allreduce(tensor, average, op, name, False)
+    return _submit_allreduce(tensor, average, op, name, False, local=local)
 
 
-def allreduce_nonblocking_(tensor, average=True, op="sum", name=None):
+def allreduce_nonblocking_(tensor, average=True, op="sum", name=None, local=False):
     """Start an in-place ``allreduce``; returns a handle."""
-    return _submit_allreduce(tensor, average, op, name, True)
+    return _submit_allreduce(tensor, average, op, name, True, local=local)
 
 
-def allreduce(tensor, average=True, op="sum", name=None):
+def allreduce(tensor, average=True, op="sum", name=None, local=False):
     """Reduce ``tensor`` over all ranks with ``op`` (sum, min, max, prod).
 
     With ``op="sum"`` and ``average=True`` (default) the sum is divided by the number of ranks;
-    ``average`` is ignored for the other ops.
+    ``average`` is ignored for the other ops. ``local=True`` reduces over the ranks of this
+    machine only (BlueFog's ``is_hierarchical_local``).
     """
-    return _submit_allreduce(tensor, average, op, name, False, True)
+    return _submit_allreduce(tensor, average, op, name, False, True, local=local)
 
 
-def allreduce_(tensor, average=True, op="sum", name=None):
+def allreduce_(tensor, average=True, op="sum", name=None, local=False):
     """In-place ``allreduce``; returns ``tensor``."""
-    return _submit_allreduce(tensor, average, op, name, True, True)
+    return _submit_allreduce(tensor, average, op, name, True, True, local=local)
 
 
 def _run_broadcast(engine, batch: list[Op]) -> list:

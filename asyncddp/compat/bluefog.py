@@ -218,34 +218,26 @@ def is_machine_topo_weighted() -> bool:
 
 # --- collectives ----------------------------------------------------------------------------------
 
-def _no_local(is_hierarchical_local: bool) -> None:
-    if is_hierarchical_local:
-        raise BlueFogError("allreduce(is_hierarchical_local=True) is not supported by asyncddp yet; "
-                           "use hierarchical_neighbor_allreduce or a plain allreduce")
-
-
 @_bf_errors
 def allreduce(tensor, average: bool = True, is_hierarchical_local: bool = False, name=None):
-    _no_local(is_hierarchical_local)
-    return _core.allreduce(tensor, average=average, name=name)
+    return _core.allreduce(tensor, average=average, name=name, local=is_hierarchical_local)
 
 
 @_bf_errors
 def allreduce_(tensor, average: bool = True, is_hierarchical_local: bool = False, name=None):
-    _no_local(is_hierarchical_local)
-    return _core.allreduce_(tensor, average=average, name=name)
+    return _core.allreduce_(tensor, average=average, name=name, local=is_hierarchical_local)
 
 
 @_bf_errors
 def allreduce_nonblocking(tensor, average: bool = True, is_hierarchical_local: bool = False, name=None) -> int:
-    _no_local(is_hierarchical_local)
-    return _register(_core.allreduce_nonblocking(tensor, average=average, name=name))
+    return _register(_core.allreduce_nonblocking(tensor, average=average, name=name,
+                                                 local=is_hierarchical_local))
 
 
 @_bf_errors
 def allreduce_nonblocking_(tensor, average: bool = True, is_hierarchical_local: bool = False, name=None) -> int:
-    _no_local(is_hierarchical_local)
-    return _register(_core.allreduce_nonblocking_(tensor, average=average, name=name))
+    return _register(_core.allreduce_nonblocking_(tensor, average=average, name=name,
+                                                  local=is_hierarchical_local))
 
 
 @_bf_errors

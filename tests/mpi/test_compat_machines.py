@@ -28,6 +28,20 @@ def test_fake_machines():
     assert not bf.is_machine_topo_weighted()
 
 
+def test_allreduce_is_hierarchical_local_stays_inside_the_machine():
+    r, m = bf.rank(), bf.machine_rank()
+    x = torch.tensor([float(r), 10.0 * r], dtype=torch.float64)
+    mine = [2 * m, 2 * m + 1]  # the two ranks of this fake machine
+    expected = [sum(mine) / 2, 10.0 * sum(mine) / 2]
+    assert bf.allreduce(x, is_hierarchical_local=True).tolist() == expected
+    assert bf.synchronize(bf.allreduce_nonblocking(x, average=False, is_hierarchical_local=True)).tolist() == [
+        float(sum(mine)), 10.0 * sum(mine)]
+    y = x.clone()
+    bf.allreduce_(y, is_hierarchical_local=True)
+    assert y.tolist() == expected
+    assert bf.allreduce(x).tolist() == [1.5, 15.0]  # the plain one still spans every machine
+
+
 def test_hierarchical_neighbor_allreduce():
     r, m = bf.rank(), bf.machine_rank()
     x = torch.tensor([float(r), 2.0 * r], dtype=torch.float64)
