@@ -18,6 +18,7 @@ from typing import Any
 import networkx as nx
 
 from asyncddp.errors import NotInitializedError, TopologyError
+from asyncddp.topology.analysis import in_neighbors, out_neighbors
 
 __all__ = [
     "init",
@@ -238,24 +239,16 @@ def is_topology_weighted() -> bool:
     return get_context().is_weighted
 
 
-def _in_neighbors(graph: nx.DiGraph, node: int) -> list[int]:
-    return sorted(j for j in graph.predecessors(node) if j != node)
-
-
-def _out_neighbors(graph: nx.DiGraph, node: int) -> list[int]:
-    return sorted(j for j in graph.successors(node) if j != node)
-
-
 def in_neighbor_ranks() -> list[int]:
     """Ranks that send to this rank in the current topology, ascending, self excluded."""
     ctx = get_context()
-    return _in_neighbors(ctx.topology, ctx.comm.Get_rank())
+    return in_neighbors(ctx.topology, ctx.comm.Get_rank())
 
 
 def out_neighbor_ranks() -> list[int]:
     """Ranks this rank sends to in the current topology, ascending, self excluded."""
     ctx = get_context()
-    return _out_neighbors(ctx.topology, ctx.comm.Get_rank())
+    return out_neighbors(ctx.topology, ctx.comm.Get_rank())
 
 
 def set_machine_topology(graph: nx.DiGraph, is_weighted: bool = False) -> bool:
@@ -273,9 +266,9 @@ def load_machine_topology() -> nx.DiGraph:
 
 def in_neighbor_machine_ranks() -> list[int]:
     ctx = get_context()
-    return _in_neighbors(ctx.machine_topology, ctx.machine_rank)
+    return in_neighbors(ctx.machine_topology, ctx.machine_rank)
 
 
 def out_neighbor_machine_ranks() -> list[int]:
     ctx = get_context()
-    return _out_neighbors(ctx.machine_topology, ctx.machine_rank)
+    return out_neighbors(ctx.machine_topology, ctx.machine_rank)

@@ -21,6 +21,7 @@ from asyncddp.comm import p2p
 from asyncddp.comm.buffers import check_dtype, reduction_dtype
 from asyncddp.comm.engine import Op, get_engine
 from asyncddp.errors import CommError
+from asyncddp.topology.analysis import recv_weights
 
 __all__ = [
     "neighbor_allreduce",
@@ -86,6 +87,8 @@ def make_plan(graph, is_weighted, me, num_ranks, self_weight, src_weights, dst_w
         cached = _static_plans.get((me, bool(is_weighted)))
         if cached is not None and cached[0] is graph:
             return cached[1]
+    # Per-op path (dynamic steps rebuild the plan every call): the topology was validated by
+    # set_topology, so list neighbours directly instead of re-validating the whole graph.
     ins = sorted(j for j in graph.predecessors(me) if j != me)
     outs = sorted(j for j in graph.successors(me) if j != me)
     sends = tuple((j, 1.0) for j in outs)
@@ -101,9 +104,8 @@ def make_plan(graph, is_weighted, me, num_ranks, self_weight, src_weights, dst_w
         recvs = tuple((j, src.get(j, 0.0)) for j in ins)
         return Plan(sends, recvs, float(self_weight), False, False)
     if is_weighted:
-        own = graph.get_edge_data(me, me, default={}).get("weight", 0.0)
-        recvs = tuple((j, float(graph[j][me].get("weight", 1.0))) for j in ins)
-        plan = Plan(sends, recvs, float(own), False, False)
+        own, weights = recv_weights(graph, me)
+        plan = Plan(sends, tuple(weights.items()), own, False, False)
     else:
         plan = Plan(sends, tuple((j, 1.0) for j in ins), 1.0, True, False)
     # The topology's own plan is worked out once per graph object (set_topology swaps objects;
@@ -334,7 +336,7 @@ def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, na
     if (src_ranks is None) != (dst_ranks is None):
         raise CommError("neighbor_allgather: give src_ranks and dst_ranks together, or neither")
     if src_ranks is None:
-        srcs = sorted(j for j in ctx.topology.predecessors(me) if j != me)
+        srcs = sorted(j for j in ctx.topology.predecessors(me) if j != me)  # validated topology
         dsts = sorted(j for j in ctx.topology.successors(me) if j != me)
         check = False
     else:

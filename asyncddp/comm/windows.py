@@ -38,6 +38,7 @@ from asyncddp.comm.buffers import reduction_dtype
 from asyncddp.comm.context import get_context
 from asyncddp.comm.win_mutex import RankMutexes
 from asyncddp.errors import CommError
+from asyncddp.topology.analysis import in_neighbors, out_neighbors, recv_weights
 
 __all__ = [
     "win_create", "win_free", "win_put", "win_put_nonblocking", "win_get", "win_get_nonblocking",
@@ -83,8 +84,14 @@ class Window:
         self.comm = ctx.comm.Dup()  # private: never matched against the engine's collectives
         self.rank = self.comm.Get_rank()
         topo = ctx.topology
-        self.in_ranks = sorted(j for j in topo.predecessors(self.rank) if j != self.rank)
-        self.out_ranks = sorted(j for j in topo.successors(self.rank) if j != self.rank)
+        self.in_ranks = in_neighbors(topo, self.rank)
+        self.out_ranks = out_neighbors(topo, self.rank)
+        # win_update's default weights; set_topology refuses while a window exists, so they hold.
+        if ctx.is_weighted:
+            self.default_weights = recv_weights(topo, self.rank)
+        else:
+            uniform = 1.0 / (len(self.in_ranks) + 1)
+            self.default_weights = (uniform, {j: uniform for j in self.in_ranks})
         self.store_dtype = reduction_dtype(tensor.dtype)
         self.numel = tensor.numel()
         self.data_bytes = self.numel * self.store_dtype.itemsize
@@ -412,13 +419,8 @@ def _update_weights(win, self_weight, neighbor_weights):
     if self_weight is not None:
         return float(self_weight), _weights(neighbor_weights, win.in_ranks, "in-neighbours",
                                             "win_update")
-    ctx = get_context()
-    if ctx.is_weighted:
-        topo = ctx.topology
-        own = topo.get_edge_data(win.rank, win.rank, default={}).get("weight", 0.0)
-        return float(own), {j: float(topo[j][win.rank].get("weight", 1.0)) for j in win.in_ranks}
-    uniform = 1.0 / (len(win.in_ranks) + 1)
-    return uniform, {j: uniform for j in win.in_ranks}
+    self_weight, weights = win.default_weights
+    return self_weight, dict(weights)
 
 
 def win_update_then_collect(name, require_mutex=False) -> torch.Tensor:

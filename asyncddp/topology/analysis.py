@@ -24,6 +24,7 @@ __all__ = [
     "is_regular",
     "in_neighbors",
     "out_neighbors",
+    "recv_weights",
     "degree_stats",
 ]
 
@@ -97,6 +98,15 @@ def out_neighbors(graph: nx.DiGraph, rank: int) -> list[int]:
     """Ranks ``rank`` sends to, ascending, self excluded."""
     _check_node(graph, rank)
     return sorted(j for j in graph.successors(rank) if j != rank)
+
+
+def recv_weights(graph: nx.DiGraph, rank: int) -> tuple[float, dict[int, float]]:
+    """``(self weight, {in-neighbour: weight})`` of ``rank``: what one averaging step reads.
+
+    A missing self-loop means self weight 0; an edge without ``weight`` counts as 1.
+    """
+    own = graph.get_edge_data(rank, rank, default={}).get("weight", 0.0)
+    return float(own), {j: float(graph[j][rank].get("weight", 1.0)) for j in in_neighbors(graph, rank)}
 
 
 def _check_node(graph: nx.DiGraph, rank: int) -> None:

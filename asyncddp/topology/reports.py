@@ -68,13 +68,13 @@ def _static_report(entry, n: int, params: dict) -> TopologyReport:
     rho = analysis.consensus_rate(graph)
     ranks = []
     for rank in range(n):
-        recv = analysis.in_neighbors(graph, rank)
+        self_weight, src_weights = analysis.recv_weights(graph, rank)
         ranks.append({
             "rank": rank,
             "send_ranks": analysis.out_neighbors(graph, rank),
-            "recv_ranks": recv,
-            "self_weight": graph.get_edge_data(rank, rank, {}).get("weight", 0.0),
-            "src_weights": {str(j): graph[j][rank].get("weight", 1.0) for j in recv},
+            "recv_ranks": list(src_weights),
+            "self_weight": self_weight,
+            "src_weights": {str(j): w for j, w in src_weights.items()},
         })
     return TopologyReport(
         entry.name, "static", n, params, 1, 1, rho, rho, analysis.is_doubly_stochastic(graph),

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from asyncddp.errors import TopologyError
+from asyncddp.topology.analysis import out_neighbors, recv_weights
 from asyncddp.topology.graphs import _check_rank, _check_size
 
 __all__ = [
@@ -140,12 +141,9 @@ def static_schedule(graph: nx.DiGraph, rank: int) -> Iterator[NeighborStep]:
     """A static graph as a schedule: the same step forever (send to all out-neighbours)."""
     n = graph.number_of_nodes()
     _check_rank(n, rank, "static_schedule")
-    recv = tuple(sorted(j for j in graph.predecessors(rank) if j != rank))
-    send = tuple(sorted(j for j in graph.successors(rank) if j != rank))
-    weight = graph.get_edge_data(rank, rank, {}).get("weight", 0.0)
-    step = NeighborStep(
-        send, recv, weight, {j: graph[j][rank].get("weight", 1.0) for j in recv}, {k: 1.0 for k in send}
-    )
+    weight, src_weights = recv_weights(graph, rank)
+    send = tuple(out_neighbors(graph, rank))
+    step = NeighborStep(send, tuple(src_weights), weight, src_weights, {k: 1.0 for k in send})
     return itertools.repeat(step)
 
 
