@@ -193,8 +193,13 @@ class Window:
 
 # ---------------------------------------------------------------------------------------------
 def _to_store(tensor: torch.Tensor, store_dtype: torch.dtype) -> torch.Tensor:
-    """A contiguous host copy in the window's storage dtype (stages CUDA through host)."""
+    """``tensor`` flat on the host in the window's storage dtype (stages CUDA through host); no
+    copy when it already is (check ``_shares_memory`` before changing either)."""
     return tensor.detach().to(device="cpu", dtype=store_dtype).contiguous().reshape(-1)
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _window(name: str, op: str) -> Window:
@@ -296,12 +301,16 @@ def _put(win, host, p, dst, accumulate, require_mutex) -> None:
                 win.mutexes.release([target])
 
 
-def _start_put(tensor, name, self_weight, dst_weights, require_mutex, accumulate):
+def _start_put(tensor, name, self_weight, dst_weights, require_mutex, accumulate, blocking=False):
     op = "win_accumulate" if accumulate else "win_put"
     win = _window(name, op)
     _check_tensor(win, tensor, op)
     dst = _weights(dst_weights, win.out_ranks, "out-neighbours", op)
-    host = _to_store(tensor, win.store_dtype).clone()
+    host = _to_store(tensor, win.store_dtype)
+    # A blocking put that leaves ``tensor`` alone sends straight from its memory; otherwise the
+    # caller may change it (nonblocking) or we scale it (self_weight) before the put runs.
+    if not blocking or self_weight is not None:
+        host = host.clone() if _shares_memory(host, tensor) else host
     p_before = win.p
     if not accumulate:
         with win.local():
@@ -324,7 +333,7 @@ def win_put_nonblocking(tensor, name, self_weight=None, dst_weights=None, requir
 def win_put(tensor, name, self_weight=None, dst_weights=None, require_mutex=False) -> bool:
     """Write ``tensor * w`` into this rank's buffer on each destination (default all
     out-neighbours, w=1), then scale ``tensor`` in place by ``self_weight`` if given."""
-    _start_put(tensor, name, self_weight, dst_weights, require_mutex, False)()
+    _start_put(tensor, name, self_weight, dst_weights, require_mutex, False, blocking=True)()
     return True
 
 
@@ -337,7 +346,7 @@ def win_accumulate_nonblocking(tensor, name, self_weight=None, dst_weights=None,
 def win_accumulate(tensor, name, self_weight=None, dst_weights=None, require_mutex=False) -> bool:
     """Add ``tensor * w`` into this rank's buffer on each destination (default all
     out-neighbours, w=1), then scale ``tensor`` in place by ``self_weight`` if given."""
-    _start_put(tensor, name, self_weight, dst_weights, require_mutex, True)()
+    _start_put(tensor, name, self_weight, dst_weights, require_mutex, True, blocking=True)()
     return True
 
 
@@ -387,26 +396,41 @@ def win_update(name, self_weight=None, neighbor_weights=None, reset=False, clone
         win.mutexes.acquire([win.rank])
     try:
         with win.local():
-            acc_dtype = torch.float64 if not win.store_dtype.is_floating_point else win.store_dtype
-            mine = _to_store(win.tensor, win.store_dtype).to(acc_dtype)
-            result = mine * self_weight
+            tensor = win.tensor
+            # Common case (a CPU tensor in the storage dtype, updated in place): accumulate
+            # straight into it, one pass per term, no temporaries.
+            direct = (not clone and tensor.device.type == "cpu" and tensor.is_contiguous()
+                      and tensor.dtype == win.store_dtype and tensor.dtype.is_floating_point)
+            if direct:
+                result = tensor.detach().view(-1)
+                if self_weight != 1.0:
+                    result.mul_(self_weight)
+            else:
+                acc_dtype = torch.float64 if not win.store_dtype.is_floating_point else win.store_dtype
+                result = _to_store(tensor, win.store_dtype).to(acc_dtype) * self_weight
             p = win.p * self_weight
             for source, weight in sorted(nbr.items()):
                 block = win.slot_of[source] + 1
-                result += win._data(block).to(acc_dtype) * weight
+                data = win._data(block)
+                if direct:
+                    result.add_(data, alpha=weight)
+                else:
+                    result += data.to(result.dtype) * weight
                 p += float(win._p(block)[0]) * weight
                 win._header(block)[0] = 0
                 if reset:
                     win._data(block).zero_()
                     win._p(block)[0] = 0.0
-            out = result.reshape(win.tensor.shape).to(win.tensor.dtype)
             if _WITH_P["on"]:
                 win.p = p
-            target = win.tensor.clone() if clone else win.tensor
-            with torch.no_grad():
-                target.copy_(out)
+            if direct:
+                target = tensor
+            else:
+                target = tensor.clone() if clone else tensor
+                with torch.no_grad():
+                    target.copy_(result.reshape(tensor.shape).to(tensor.dtype))
             if not clone:
-                win._write(0, _to_store(win.tensor, win.store_dtype), win.p)
+                win._write(0, _to_store(tensor, win.store_dtype), win.p)
     finally:
         if require_mutex:
             win.mutexes.release([win.rank])

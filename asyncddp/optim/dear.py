@@ -103,6 +103,9 @@ class _DeAR(DistributedOptimizer):
             self._addp_groups.append(group)
         self._addp_pending = []  # groups whose all-gather is started or queued, in order
         self._addp_hook_handles = []
+        self._addp_solo = n == 1
+        if self._addp_solo:
+            return  # one rank: the mean gradient is the local one; step() is the plain step
         for _, p in named_trainable(model, self):
             self._addp_hook_handles.append(p.register_post_accumulate_grad_hook(self._addp_grad_hook))
         for group in self._addp_groups:
@@ -130,6 +133,9 @@ class _DeAR(DistributedOptimizer):
     def step(self, closure=None):
         if closure is not None:
             raise AsyncDDPError("DistributedDeAROptimizer.step does not take a closure")
+        if self._addp_solo:
+            inner_step(self)
+            return None
         self.flush()
         for group in self._addp_groups:
             if group.handle is None:  # parameters without gradient this time: zeros

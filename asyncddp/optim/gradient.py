@@ -11,6 +11,7 @@ each backward pass (autograd then finishes them in the same order, so the calls 
 from __future__ import annotations
 
 from asyncddp.comm.collectives import allreduce_nonblocking_
+from asyncddp.comm.context import size
 from asyncddp.comm.handles import synchronize
 from asyncddp.errors import AsyncDDPError
 from asyncddp.optim.base import (
@@ -34,6 +35,8 @@ class _GradientAllreduce(DistributedOptimizer):
         self._addp_hook_handles = []
         self.num_steps_per_communication = num_steps_per_communication
         self._addp_backward_count = 0
+        if size() == 1:
+            return  # averaging over one rank is the identity: no hooks, step() is the plain step
         for name, p in self._addp_named:
             self._addp_hook_handles.append(p.register_post_accumulate_grad_hook(self._addp_hook(name)))
 
@@ -53,6 +56,8 @@ class _GradientAllreduce(DistributedOptimizer):
 
     def synchronize(self) -> None:
         """Wait for every gradient average started in this step (``step()`` calls this)."""
+        if not self._addp_hook_handles:
+            return  # one rank, or hooks removed: nothing was started
         if (self._addp_backward_count + 1) % self.num_steps_per_communication == 0:
             # Parameters that received no gradient in backward: same order on every rank.
             for name, p in self._addp_named:

@@ -161,9 +161,13 @@ class _NeighborAveraging(DistributedOptimizer):
             handle = None
         self._addp_handles[id(p)] = (p, handle)
 
+    def _addp_solo(self) -> bool:
+        """One rank with default weights: combining is the identity, so nothing is launched."""
+        return size() == 1 and self.self_weight in (None, 1.0)
+
     def _addp_hook(self, name):
         def hook(p):
-            if self._addp_communicates() and id(p) not in self._addp_handles:
+            if self._addp_communicates() and id(p) not in self._addp_handles and not self._addp_solo():
                 self._addp_launch(name, p)
 
         return hook
@@ -181,7 +185,7 @@ class _NeighborAveraging(DistributedOptimizer):
         self._addp_round = None
 
     def step(self, closure=None):
-        communicates = self._addp_communicates()
+        communicates = self._addp_communicates() and not self._addp_solo()
         if self.atc:
             loss = inner_step(self, closure)
             if communicates:

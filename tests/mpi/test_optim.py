@@ -147,7 +147,10 @@ def test_gradient_averaging_equals_global_batch(kind, wrapper):
     for _ in range(5):
         opt.zero_grad()
         torch.nn.functional.mse_loss(model(x), y).backward()
-        if wrapper == "gradient":  # every gradient's allreduce was started during backward
+        if addp.size() == 1:  # one rank: nothing to exchange, nothing started
+            assert not getattr(opt, "_addp_handles", None)
+            assert all(g.handle is None for g in getattr(opt, "_addp_groups", []))
+        elif wrapper == "gradient":  # every gradient's allreduce was started during backward
             assert len(opt._addp_handles) == len(list(model.parameters()))
         else:  # every group's reduce-scatter was started during backward
             assert all(g.handle is not None for g in opt._addp_groups)
@@ -168,13 +171,49 @@ def test_dear_applies_update_in_next_forward():
     before = _flat(model).clone()
     torch.nn.functional.mse_loss(model(x), y).backward()
     opt.step()
+    expected = _train_reference(lambda ps: torch.optim.SGD(ps, lr=0.5), 1)
+    if addp.size() == 1:  # one rank: the plain step, applied at once
+        torch.testing.assert_close(_flat(model), expected, rtol=1e-5, atol=1e-6)
+        return
     assert torch.equal(_flat(model), before)  # nothing applied yet: all-gathers in flight
     opt.zero_grad()
     model(x)  # pre-hooks apply every group's update before its module runs
     assert not opt._addp_pending
-    expected = _train_reference(lambda ps: torch.optim.SGD(ps, lr=0.5), 1)
     torch.testing.assert_close(_flat(model), expected, rtol=1e-5, atol=1e-6)
     opt.remove_hooks()
+
+
+WRAPPERS_AT_ONE_RANK = {
+    "gradient": lambda o, m: addp.DistributedGradientAllreduceOptimizer(o, m),
+    "dear": lambda o, m: addp.DistributedDeAROptimizer(o, m),
+    "atc": lambda o, m: addp.DistributedNeighborAllreduceOptimizer(o, m),
+    "awc": lambda o, m: addp.DistributedNeighborAllreduceOptimizer(o, m, atc=False),
+    "one-peer": lambda o, m: addp.DistributedNeighborAllreduceOptimizer(
+        o, m, schedule=addp.one_peer_exponential_two),
+    "hierarchical": lambda o, m: addp.DistributedHierarchicalNeighborAllreduceOptimizer(o, m),
+    "win-put": lambda o, m: addp.DistributedWinPutOptimizer(o, m, window_prefix="solo"),
+}
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS_AT_ONE_RANK))
+def test_one_rank_steps_are_plain_steps_without_communication(wrapper):
+    if addp.size() != 1:
+        pytest.skip("the one-rank fast path")
+    # Averaging over one rank is the identity: the wrapper must be the plain optimizer, bit for
+    # bit, and issue no communication at all (no op reaches the engine).
+    model = _mlp(seed=7)
+    opt = WRAPPERS_AT_ONE_RANK[wrapper](torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), model)
+    x, y = _global_batch()
+    ops_before = addp.comm_stats().num_ops
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    assert addp.comm_stats().num_ops == ops_before
+    assert torch.equal(_flat(model), _train_reference(lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), 3))
+    for method in ("remove_hooks", "free"):
+        if hasattr(opt, method):
+            getattr(opt, method)()
 
 
 def test_gradient_accumulation_steps():
@@ -236,7 +275,7 @@ def test_one_step_atc_and_awc_exact(atc):
     )
     (model.weight.sum() * c[addp.rank()]).backward()
     # AWC starts the parameter exchange from the gradient hook, during backward.
-    assert len(opt._addp_handles) == (0 if atc else 1)
+    assert len(opt._addp_handles) == (0 if atc or n == 1 else 1)
     opt.step()
     if atc:  # w+ = W (w - lr c)
         expected = _uniform_mix([w[j] - lr * c[j] for j in range(n)])

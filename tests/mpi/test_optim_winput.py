@@ -4,6 +4,7 @@ No collective runs inside the training loop: each rank steps for the same wall t
 pace, and only afterwards do the ranks compare step counts (allgather) and free the windows.
 """
 
+import itertools
 import time
 
 import torch
@@ -23,7 +24,7 @@ def test_slow_rank_does_not_hold_back_the_others():
     y = x @ w_star
     torch.manual_seed(3 + addp.rank())
     model = torch.nn.Linear(8, 1, bias=False)
-    opt = addp.DistributedWinPutOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), model,
+    opt = addp.DistributedWinPutOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model,
                                           window_prefix="slowtest")  # fmt: skip
     assert isinstance(opt, torch.optim.SGD)
     slow = addp.rank() == 0
@@ -41,3 +42,34 @@ def test_slow_rank_does_not_hold_back_the_others():
     print(f"rank {addp.rank()}: steps per rank {counts}, max |w - w*| per rank {errors}")
     assert min(counts[1:]) > 2 * counts[0], counts  # the others ran far ahead
     assert max(errors) < 1e-3, errors  # and everyone, the slow rank included, converged
+
+
+def test_parameters_are_views_and_puts_land_in_the_neighbours_buffers():
+    # Rank r's parameters all hold r + 1. lr=0: the step changes nothing locally, so after one
+    # step and a barrier, every in-neighbour's buffer here holds exactly what it put: its r + 1.
+    r = addp.rank()
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(r + 1.0)
+    opt = addp.DistributedWinPutOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), model,
+                                          window_prefix="views")  # fmt: skip
+    name, flat = opt._addp_windows[0]
+    assert flat.numel() == sum(p.numel() for p in model.parameters())
+    assert all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for p in model.parameters())
+    torch.nn.functional.mse_loss(model(torch.ones(1, 3)), torch.zeros(1, 1)).backward()
+    opt.step()
+    addp.barrier()
+    ins = addp.in_neighbor_ranks()
+    for j in ins:
+        got = addp.win_update(name, self_weight=0.0, neighbor_weights={j: 1.0}, clone=True)
+        assert torch.equal(got, torch.full_like(flat, j + 1.0)), (j, got)
+    # Own update: uniform over self and in-neighbours, each buffer either still the copy of our
+    # value made at win_create or the neighbour's put.
+    value = model[0].weight[0, 0].item()
+    possible = {(r + 1 + sum(j + 1 if bit else r + 1 for j, bit in zip(ins, bits))) / (len(ins) + 1)
+                for bits in itertools.product([0, 1], repeat=len(ins))}
+    assert any(abs(value - v) < 1e-6 for v in possible), (value, possible)
+    assert all(torch.all(p == value) for p in model.parameters())
+    addp.barrier()
+    opt.free()
