@@ -30,6 +30,8 @@ INTERRUPT_EXIT = 130
 # After mpirun reports a dead rank it normally ends the job itself; past this we kill it.
 FAILURE_GRACE_S = 3.0
 KILL_GRACE_S = 2.0
+# On timeout: SIGUSR1 first (ranks that called asyncddp.init() print their Python stacks), then kill.
+STACKS_GRACE_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class _Output:
         self.files: dict[str, IO[str]] = {}
         self.diagnostics: list[str] = []  # all text that may name a failing rank
         self.failure_seen_at: float | None = None
+        self.stack_lines = 0  # faulthandler's "Thread 0x... (most recent call first):" headers seen
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -131,6 +134,8 @@ class _Output:
                 log = self._file(f"rank.{rank}.log")
             if log is not None:
                 log.write(text + "\n")
+            if rank is not None and text.endswith("(most recent call first):"):
+                self.stack_lines += 1
             if rank is None or stream != "stdout":
                 self.diagnostics.append(text)
                 if len(self.diagnostics) > 2000:  # mpirun's verdict comes last; keep memory bounded
@@ -183,6 +188,19 @@ def _stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def _ask_for_stacks(process: subprocess.Popen, output: _Output) -> bool:
+    """SIGUSR1 to mpirun, which forwards it to every rank; True if a stack came back in time."""
+    before = output.stack_lines
+    try:
+        process.send_signal(signal.SIGUSR1)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + STACKS_GRACE_S
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    return output.stack_lines > before
+
+
 def _write_files(plan: LaunchPlan) -> None:
     for path, text in plan.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -232,9 +250,12 @@ def run_plan(plan: LaunchPlan, *, output_dir: str | None = None, timeout: float 
             time.sleep(0.1)
             now = time.monotonic()
             if timeout is not None and now - started > timeout:
+                stacks = _ask_for_stacks(process, output)
                 _stop(process)
+                where = " (the ranks' Python stacks at that moment are above)" if stacks else ""
                 result = JobResult(TIMEOUT_EXIT, "timeout",
-                                   summary=f"asyncddp: job timed out after {timeout:g} s (--timeout); all ranks were killed")
+                                   summary=f"asyncddp: job timed out after {timeout:g} s (--timeout){where}; "
+                                           "all ranks were killed")
             elif output.failure_seen_at is not None and now - output.failure_seen_at > FAILURE_GRACE_S:
                 _stop(process)
     except KeyboardInterrupt:

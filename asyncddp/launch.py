@@ -203,13 +203,17 @@ def _app_contexts(config: RunConfig, ranks: list[str], python: str, check_dir: s
     return contexts
 
 
+YIELD_WHEN_IDLE = "OMPI_MCA_mpi_yield_when_idle"
+
+
 def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executable, euid: int = 0,
                environ: dict[str, str] | None = None, private_dir: str = "/tmp",
-               check_dir: str | None = None) -> LaunchPlan:
+               check_dir: str | None = None, cpu_count: int | None = None) -> LaunchPlan:
     """The launch plan for ``config`` on ``mpi``: a pure function of its arguments.
 
     ``environ`` is the caller's environment (for globs and defaults), ``private_dir`` where the
-    ssh_config goes, ``check_dir`` where scripts must exist (None skips file checks).
+    ssh_config goes, ``check_dir`` where scripts must exist (None skips file checks),
+    ``cpu_count`` this machine's cores (None: don't adapt to them).
     """
     environ = dict(os.environ if environ is None else environ)
     flavor = mpi.flavor
@@ -235,6 +239,11 @@ def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executab
             env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
         # PyPI's Open MPI tries UCX one-sided windows first and prints errors on machines without it.
         env["OMPI_MCA_osc"] = environ.get("OMPI_MCA_osc", "^ucx")
+        # More ranks than cores on this machine: Open MPI's waiting ranks busy-poll and steal the
+        # time slices of the ranks with work (a 1 KB allreduce then takes ms, not us); yield instead.
+        user_set = YIELD_WHEN_IDLE in environ or any(name == YIELD_WHEN_IDLE for name, _ in config.env_set)
+        if cpu_count is not None and not remote and config.num_ranks > cpu_count and not user_set:
+            env[YIELD_WHEN_IDLE] = "1"
     else:
         groups += [("-hosts", host_arg), ("-prepend-rank",)]
 

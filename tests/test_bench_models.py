@@ -26,14 +26,15 @@ def asyncddp(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_small_model_bench_runs_every_chosen_method(tmp_path):
     plot = tmp_path / "models.png"
     proc = asyncddp("bench", "mlp", "--image-size", "32", "--batch-size", "4", "--np", "2", "--iters", "2",
-                    "--warmup", "1", "--methods", "local,ddp,win-put", "--json", "--plot", str(plot))
+                    "--warmup", "1", "--methods", "local,ddp,win-put", "--json", "--plot", str(plot),
+                    "--timeout", "60")  # a hung run becomes an error row, with the ranks' stacks on stderr
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert (data["model"], data["device"], data["batch_size"], data["image_size"], data["iters"]) == ("mlp", "cpu", 4, 32, 2)
     assert data["num_parameters"] == 3 * 64 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 1000 + 1000
     assert [(run["method"], run["num_ranks"]) for run in data["runs"]] == [("local", 2), ("ddp", 2), ("win-put", 2)]
     for run in data["runs"]:
-        assert run["error"] is None
+        assert run["error"] is None, proc.stderr
         assert run["img_s_total"] > 0 and run["iter_ms"] > 0 and run["compute_ms"] > 0
         assert len(run["iter_ms_per_rank"]) == 2
         assert run["img_s_total"] == pytest.approx(sum(4e3 / t for t in run["iter_ms_per_rank"]))

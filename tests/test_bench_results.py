@@ -94,19 +94,16 @@ def test_output_lines_feed_progress_result_and_errors():
     assert sink.rank_error() == "BenchError: --device cuda: no GPU"
 
 
-def test_oversubscribed_local_ranks_are_told_to_yield(monkeypatch):
-    from asyncddp.bench.runner import YIELD_ENV, LaunchOptions, _yield_when_oversubscribed
+def test_oversubscribed_launch_is_noted_beside_the_results(monkeypatch):
+    from asyncddp.bench.runner import YIELD_ENV, LaunchOptions, _launch_notes, _plan
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     monkeypatch.delenv(YIELD_ENV, raising=False)
-    launch, notes = _yield_when_oversubscribed(4, LaunchOptions(env=("A=1",)))
-    assert launch.env == ("A=1", f"{YIELD_ENV}=1")
-    assert notes == (f"4 ranks on 2 cores: oversubscribed, launched with {YIELD_ENV}=1",)
-    for num_ranks, options in [(2, LaunchOptions()), (4, LaunchOptions(host_list="a:4")),
-                               (4, LaunchOptions(env=(f"{YIELD_ENV}=0",)))]:
-        assert _yield_when_oversubscribed(num_ranks, options) == (options, ())
-    monkeypatch.setenv(YIELD_ENV, "0")
-    assert _yield_when_oversubscribed(4, LaunchOptions()) == (LaunchOptions(), ())
+    plan, _ = _plan("asyncddp.bench.comm", ("{}", "/tmp/r.json"), 4, LaunchOptions(), "/tmp")
+    assert plan.env[YIELD_ENV] == "1"
+    assert _launch_notes(plan, 4) == (f"4 ranks on 2 cores: oversubscribed, launched with {YIELD_ENV}=1",)
+    plan, _ = _plan("asyncddp.bench.comm", ("{}", "/tmp/r.json"), 2, LaunchOptions(), "/tmp")
+    assert YIELD_ENV not in plan.env and _launch_notes(plan, 2) == ()
 
 
 def test_rich_table_shows_every_row_footer_and_notes():

@@ -31,9 +31,25 @@ def local(num_ranks=2, command=("train.py", "--lr", "0.1"), **extra) -> RunConfi
     return RunConfig(**fields)
 
 
-def plan(config, flavor=OMPI5, euid=0, prefix=None, environ=None, check_dir=None):
+def plan(config, flavor=OMPI5, euid=0, prefix=None, environ=None, check_dir=None, cpu_count=None):
     return build_plan(config, MpiInstall("/venv/bin/mpirun", flavor, prefix), python=PY, euid=euid,
-                      environ=environ or {}, private_dir="/priv", check_dir=check_dir)
+                      environ=environ or {}, private_dir="/priv", check_dir=check_dir, cpu_count=cpu_count)
+
+
+def test_more_local_ranks_than_cores_yield_when_idle():
+    yield_env = "OMPI_MCA_mpi_yield_when_idle"
+    four = local(num_ranks=4, hosts=(HostSpec("localhost", 4),))
+    result = plan(four, cpu_count=2)
+    assert result.env[yield_env] == "1" and ("-x", yield_env) in result.groups
+    # Enough cores, cores unknown, the user's own value (environment or -x NAME=value), a remote
+    # host (its cores are not ours), MPICH (no such variable): left alone.
+    assert yield_env not in plan(four, cpu_count=4).env
+    assert yield_env not in plan(four).env
+    assert plan(four, cpu_count=2, environ={yield_env: "0"}).env.get(yield_env) is None
+    assert plan(local(num_ranks=4, hosts=(HostSpec("localhost", 4),), env_set=((yield_env, "0"),)),
+                cpu_count=2).env[yield_env] == "0"
+    assert yield_env not in plan(local(num_ranks=4, hosts=(HostSpec("node7", 4),)), cpu_count=2).env
+    assert yield_env not in plan(four, flavor=MPICH, cpu_count=2).env
 
 
 def test_parse_mpi_version_three_flavours():

@@ -60,6 +60,17 @@ def test_timeout_kills_the_job_with_124():
     assert done.stderr.splitlines()[-1] == "asyncddp: job timed out after 2 s (--timeout); all ranks were killed"
 
 
+def test_timeout_prints_where_each_rank_was_stuck():
+    script = ("import time, asyncddp as addp\naddp.init()\n"
+              "def waiting_for_godot():\n    time.sleep(60)\nwaiting_for_godot()\n")
+    done = asyncddp("run", "-np", "2", "--timeout", "3", sys.executable, "-c", script)
+    assert done.returncode == 124
+    for rank in (0, 1):
+        assert f"[{rank}] Current thread" in done.stderr and f"[{rank}]   File \"<string>\", line 4 in waiting_for_godot" in done.stderr
+    assert done.stderr.splitlines()[-1] == ("asyncddp: job timed out after 3 s (--timeout) (the ranks' Python "
+                                            "stacks at that moment are above); all ranks were killed")
+
+
 def _is_running(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -30,7 +30,8 @@ __all__ = ["LaunchOptions", "run_comm_bench", "run_model_bench", "run_straggler_
 PROGRESS_TAG = "ASYNCDDP_BENCH_PROGRESS"  # the same strings as asyncddp.bench.comm (which imports torch)
 RESULT_TAG = "ASYNCDDP_BENCH_RESULT"
 MPIRUN_ENV = "ASYNCDDP_MPIRUN"
-YIELD_ENV = "OMPI_MCA_mpi_yield_when_idle"
+YIELD_ENV = "OMPI_MCA_mpi_yield_when_idle"  # set by build_plan when local ranks outnumber cores
+FAILURE_TAIL_LINES = 60
 _RANK_LINE = re.compile(r"^\[(\d+)\] (.*)$")
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
 
@@ -109,23 +110,14 @@ def _plan(module: str, args: tuple[str, ...], num_ranks: int, launch: LaunchOpti
     cluster = load_config(launch.config) if launch.config else None
     run_config = merge_run_config(options, cluster)
     return build_plan(run_config, mpi_install(), python=sys.executable, euid=os.geteuid(),
-                      private_dir=private_dir, check_dir=os.getcwd()), run_config.timeout
+                      private_dir=private_dir, check_dir=os.getcwd(), cpu_count=os.cpu_count()), run_config.timeout
 
 
-def _yield_when_oversubscribed(num_ranks: int, launch: LaunchOptions) -> tuple[LaunchOptions, tuple[str, ...]]:
-    """More local ranks than cores: make Open MPI's idle ranks yield the CPU.
-
-    Open MPI busy-polls while a rank waits; with more ranks than cores the waiting ranks then
-    steal the time slices of the ones that have work, and a 1 KB allreduce takes tens of ms
-    instead of tens of us. Only for the default local host, and never over the user's own value.
-    """
-    cores = os.cpu_count() or 1
-    if launch.hostfile or launch.host_list or launch.config or num_ranks <= cores:
-        return launch, ()
-    if YIELD_ENV in os.environ or any(item.split("=")[0] == YIELD_ENV for item in launch.env):
-        return launch, ()
-    note = f"{num_ranks} ranks on {cores} cores: oversubscribed, launched with {YIELD_ENV}=1"
-    return replace(launch, env=(*launch.env, f"{YIELD_ENV}=1")), (note,)
+def _launch_notes(plan, num_ranks: int) -> tuple[str, ...]:
+    """What the launch adapted that changes the figures (said beside the results)."""
+    if plan.env.get(YIELD_ENV) == "1" and YIELD_ENV not in os.environ:
+        return (f"{num_ranks} ranks on {os.cpu_count()} cores: oversubscribed, launched with {YIELD_ENV}=1",)
+    return ()
 
 
 def _run_ranks(module: str, payload: dict, num_ranks: int, launch: LaunchOptions, what: str,
@@ -133,15 +125,20 @@ def _run_ranks(module: str, payload: dict, num_ranks: int, launch: LaunchOptions
     """Launch ``module OPTIONS_JSON RESULT_PATH`` on ``num_ranks`` ranks; rank 0's JSON and launch notes."""
     from asyncddp.job import run_plan
 
-    launch, notes = _yield_when_oversubscribed(num_ranks, launch)
     with tempfile.TemporaryDirectory(prefix="asyncddp-bench-") as workdir:
         result_path = str(Path(workdir) / "result.json")
         plan, timeout = _plan(module, (json.dumps(payload), result_path), num_ranks, launch, workdir)
+        notes = _launch_notes(plan, num_ranks)
         out, err = _Lines(on_progress), _Lines(None)
         job = run_plan(plan, timeout=timeout, out=out, err=err)
         if job.exit_code != 0:
             summary = (job.summary or f"job exited with code {job.exit_code}").removeprefix("asyncddp: ")
             cause = err.rank_error() or out.rank_error()
+            # The table gets one line; the ranks' last stderr lines (a traceback, or each rank's
+            # stack on --timeout) go to stderr so the failure can be diagnosed.
+            lines = list(err.tail)[-FAILURE_TAIL_LINES:]
+            if lines:
+                print(f"# {what}: {summary}; last lines of the ranks' stderr:", *lines, sep="\n", file=sys.stderr)
             raise BenchError(f"{what} failed: {summary}" + (f": {cause}" if cause else ""))
         data = out.result
         if os.path.isfile(result_path):

@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         private_dir = output_dir or os.path.join(tempfile.gettempdir(), f"asyncddp-{os.getuid()}")
         plan = build_plan(run_config, _mpi_install(), python=sys.executable, euid=os.geteuid(),
                           private_dir=str(Path(private_dir).absolute()),
-                          check_dir=_check_dir(run_config.working_dir))
+                          check_dir=_check_dir(run_config.working_dir), cpu_count=os.cpu_count())
         if dry_run:
             typer.echo(json.dumps(plan.to_dict(), indent=2) if as_json else format_plan(plan))
             return

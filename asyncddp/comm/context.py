@@ -10,8 +10,11 @@ imports ``asyncddp`` must never do that.
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +99,19 @@ def _install_abort_hook(comm) -> None:
     sys.excepthook = hook
 
 
+def _install_stack_dump() -> None:
+    """SIGUSR1 prints every thread's Python stack to stderr and the rank carries on.
+
+    ``asyncddp run --timeout`` sends SIGUSR1 through mpirun (Open MPI and MPICH forward it to
+    every rank) before killing a job, so a hung job says where each rank was stuck. Left alone
+    when the program already handles SIGUSR1, or off the main thread (signals can't be set there).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL:
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+
+
 def _split_local(comm):
     per_machine = os.environ.get(RANKS_PER_MACHINE_ENV)
     if per_machine:
@@ -156,6 +172,7 @@ def init(topology: nx.DiGraph | None = None, is_weighted: bool = False, comm=Non
         machine_topology=exponential_two_graph(num_machines),
     )
     _install_abort_hook(world)
+    _install_stack_dump()
     if topology is not None:
         set_topology(topology, is_weighted)
 
