@@ -7,7 +7,10 @@ inside the first namespace under its own hostname, like a user logged in on node
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -88,9 +91,12 @@ def test_run_launches_two_ranks_per_host_over_ssh(cluster, tmp_path):
         + f"ssh:\n  user: root\n  identity_file: {cluster.identity_file}\n"
         f"  known_hosts: {cluster.known_hosts}\n"
     )
+    private_dirs = set(Path(tempfile.gettempdir()).glob(f"asyncddp-{os.getuid()}-*"))
     done = cluster.in_node(0, asyncddp_argv("run", "-np", "4", "--config", str(config), str(script)),
                            timeout=100)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # The run's private ssh_config directory is gone with the job.
+    assert set(Path(tempfile.gettempdir()).glob(f"asyncddp-{os.getuid()}-*")) == private_dirs
     # run tags each rank's lines: "[2] RANK 2 1 2 <host>"
     lines = sorted(line.split()[2:] for line in done.stdout.splitlines() if line.split()[1:2] == ["RANK"])
     a, b = cluster.names

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -96,17 +97,23 @@ def register(app: typer.Typer) -> None:
         )
         cluster = load_config(config) if config else None
         run_config = merge_run_config(options, cluster)
-        private_dir = output_dir or os.path.join(tempfile.gettempdir(), f"asyncddp-{os.getuid()}")
-        plan = build_plan(run_config, _mpi_install(), python=sys.executable, euid=os.geteuid(),
-                          private_dir=str(Path(private_dir).absolute()),
-                          check_dir=_check_dir(run_config.working_dir), cpu_count=os.cpu_count())
-        if dry_run:
-            typer.echo(json.dumps(plan.to_dict(), indent=2) if as_json else format_plan(plan))
-            return
-        _preflight(run_config, preflight)
-        from asyncddp.job import run_plan
+        # The private ssh_config lives with the logs (--output-dir), else in a 0700 directory of
+        # this run alone, removed when the job ends.
+        private_dir = output_dir or tempfile.mkdtemp(prefix=f"asyncddp-{os.getuid()}-")
+        try:
+            plan = build_plan(run_config, _mpi_install(), python=sys.executable, euid=os.geteuid(),
+                              private_dir=str(Path(private_dir).absolute()),
+                              check_dir=_check_dir(run_config.working_dir), cpu_count=os.cpu_count())
+            if dry_run:
+                typer.echo(json.dumps(plan.to_dict(), indent=2) if as_json else format_plan(plan))
+                return
+            _preflight(run_config, preflight)
+            from asyncddp.job import run_plan
 
-        result = run_plan(plan, output_dir=output_dir, timeout=run_config.timeout)
+            result = run_plan(plan, output_dir=output_dir, timeout=run_config.timeout)
+        finally:
+            if not output_dir:
+                shutil.rmtree(private_dir, ignore_errors=True)
         if result.summary:
             print(result.summary, file=sys.stderr)
         raise typer.Exit(result.exit_code)
