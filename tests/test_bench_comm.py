@@ -15,7 +15,7 @@ from asyncddp.bench.results import OPS
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ("-np", "2", "--min-bytes", "1K", "--max-bytes", "16K", "--step-factor", "4", "--iters", "2", "--warmup", "1")
 ROW_KEYS = {"op", "size_bytes", "count", "dtype", "time_us", "algbw_gbs", "busbw_gbs", "num_wrong",
-            "raw_time_us", "raw_busbw_gbs", "ratio"}
+            "raw_time_us", "raw_busbw_gbs", "ratio", "raw_op_time_us", "op_ratio"}
 
 
 def asyncddp(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -39,6 +39,10 @@ def test_small_bench_runs_every_op_correctly(tmp_path):
         assert row["count"] == row["size_bytes"] // 4 // (2 if row["op"] == "allgather" else 1)
         assert row["time_us"] > 0 and row["busbw_gbs"] > 0 and row["raw_time_us"] > 0 and row["raw_busbw_gbs"] > 0
         assert row["ratio"] == pytest.approx(row["time_us"] / row["raw_time_us"], rel=0.01)
+        assert row["raw_op_time_us"] > 0
+        assert row["op_ratio"] == pytest.approx(row["time_us"] / row["raw_op_time_us"], rel=0.01)
+        if not row["op"].startswith("neighbor_allreduce"):  # raw already is the whole op there
+            assert row["raw_op_time_us"] == row["raw_time_us"] and row["op_ratio"] == row["ratio"]
         assert row["num_wrong"] == 0, row
     # 2 ranks: every factor is 1 except allgather's (n-1)/n.
     for row in rows:

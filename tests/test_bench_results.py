@@ -49,8 +49,9 @@ def test_bus_factors():
 
 
 def _result(wrong: int = 0) -> CommBenchResult:
-    rows = (CommRow("allreduce", 4096, 1024, "float32", 20.0, 0.2048, 0.3072, wrong, 10.0, 0.6144, 2.0),
-            CommRow("neighbor_allreduce_one_peer", 4096, 1024, "float32", 10.0, 0.4096, 0.4096, 0, 8.0, 0.512, 1.25))
+    rows = (CommRow("allreduce", 4096, 1024, "float32", 20.0, 0.2048, 0.3072, wrong, 10.0, 0.6144, 2.0, 10.0, 2.0),
+            CommRow("neighbor_allreduce_one_peer", 4096, 1024, "float32", 10.0, 0.4096, 0.4096, 0, 8.0, 0.512, 1.25,
+                    12.5, 0.8))
     return CommBenchResult(num_ranks=4, device="cpu", dtype="float32", iters=2, warmup=1, rows=rows,
                            host="box", mpi_library="Open MPI v5.0.11, package: x")
 
@@ -61,6 +62,15 @@ def test_result_round_trips_through_json_dict():
     assert data["avg_busbw_gbs"] == pytest.approx((0.3072 + 0.4096) / 2)
     assert data["num_wrong"] == 0
     assert CommBenchResult.from_dict(data) == result
+    assert data["rows"][1]["raw_op_time_us"] == 12.5 and data["rows"][1]["op_ratio"] == 0.8
+
+
+def test_results_written_before_the_whole_op_baseline_still_load():
+    data = _result().to_dict()
+    for row in data["rows"]:
+        del row["raw_op_time_us"], row["op_ratio"]
+    rows = CommBenchResult.from_dict(data).rows
+    assert [(row.raw_op_time_us, row.op_ratio) for row in rows] == [(0.0, 0.0), (0.0, 0.0)]
 
 
 def test_text_has_nccl_tests_layout_and_footer():
@@ -68,10 +78,13 @@ def test_text_has_nccl_tests_layout_and_footer():
     lines = text.splitlines()
     assert lines[1] == "# Open MPI v5.0.11 on box"
     assert lines[2].split() == ["#", "op", "size(B)", "count", "type", "time(us)", "algbw", "busbw", "#wrong",
-                                "raw(us)", "raw_busbw", "ours/raw"]
+                                "raw(us)", "raw_busbw", "ours/raw", "raw_op(us)", "ours/raw_op"]
     assert lines[3].split() == ["allreduce", "4096", "1024", "float32", "20.0", "0.205", "0.307", "3", "10.0",
-                                "0.614", "2.00"]
-    assert lines[4].split()[0] == "nbr_ar_1peer"
+                                "0.614", "2.00", "10.0", "2.00"]
+    assert lines[4].split() == ["nbr_ar_1peer", "4096", "1024", "float32", "10.0", "0.410", "0.410", "0", "8.0",
+                                "0.512", "1.25", "12.5", "0.80"]
+    assert lines[-1].startswith("# algbw/busbw in GB/s; ours/raw = our time / raw mpi4py moving the same bytes")
+    assert "ours/raw_op = our time / the same operation hand-written in mpi4py+numpy" in lines[-1]
     assert "# Out of bounds values : 3 FAILED" in lines
     assert "# Avg bus bandwidth    : 0.3584 GB/s" in lines
 

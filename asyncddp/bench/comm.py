@@ -1,8 +1,10 @@
 """The per-rank body of ``asyncddp bench comm`` (run as ``python -m mpi4py -m asyncddp.bench.comm``).
 
 For every (op, size): time asyncddp's op, time raw mpi4py moving the same bytes to the same peers
-on numpy buffers, then run the op once more on a known pattern and count the elements that
-differ from the expected value computed here with numpy (never with asyncddp). Times are the
+on numpy buffers and, for the neighbour ops, also the whole operation hand-written in
+mpi4py + numpy (``Sendrecv`` into a buffer, then the same weighted average in place: the
+baseline a user would write instead); then run the op once more on a known pattern and count
+the elements that differ from the expected value computed here with numpy (never with asyncddp). Times are the
 slowest rank's mean over ``iters`` after ``warmup``. Rank 0 prints one ``PROGRESS_TAG`` JSON line
 per finished row (the parent draws a progress bar from them) and writes the result as JSON.
 
@@ -89,27 +91,49 @@ class _Bench:
         total = _pattern(self.rank, count) + sum(_pattern(j, count) for j in self.in_ranks)
         return total / (len(self.in_ranks) + 1)
 
-    # -- one (op, count): (ours step, raw step, check) --
+    # -- one (op, count): (ours step, raw step, check[, raw whole-op step]) --
     def neighbor_allreduce(self, count: int):
         x = self._tensor(_pattern(self.rank, count))
         send = np.ones(count, self.np_dtype)
         recvs = [np.empty(count, self.np_dtype) for _ in _offsets(self.n)]
+        mine = _pattern(self.rank, count).astype(self.np_dtype)
 
         def raw():
             for d, recv in zip(_offsets(self.n), recvs):
                 self.comm.Sendrecv(send, (self.rank + d) % self.n, 0, recv, (self.rank - d) % self.n, 0)
 
+        def raw_op():  # the uniform average by hand: receive every neighbour, sum, divide
+            for d, recv in zip(_offsets(self.n), recvs):
+                self.comm.Sendrecv(mine, (self.rank + d) % self.n, 0, recv, (self.rank - d) % self.n, 0)
+            for recv in recvs:
+                np.add(mine, recv, out=mine)
+            np.divide(mine, len(recvs) + 1, out=mine)
+
         def check():
             x.copy_(self._tensor(_pattern(self.rank, count)))
             return self._wrong(addp.neighbor_allreduce_(x), self._neighbour_average(count), exact=False)
 
-        return (lambda: addp.neighbor_allreduce_(x)), raw, check
+        return (lambda: addp.neighbor_allreduce_(x)), raw, check, raw_op
 
     def neighbor_allreduce_one_peer(self, count: int):
         x = self._tensor(_pattern(self.rank, count))
         steps = one_peer_exponential_two(self.n, self.rank)
+        raw_steps = one_peer_exponential_two(self.n, self.rank)
         send, recv = np.ones(count, self.np_dtype), np.empty(count, self.np_dtype)
         offsets, index = _offsets(self.n), [0]
+        mine = _pattern(self.rank, count).astype(self.np_dtype)
+
+        def raw_op():  # the step by hand: x <- self_weight·x + w·received, in place (dst weight 1 here)
+            step = next(raw_steps)
+            (dst,), ((src, weight),) = list(step.dst_weights), list(step.src_weights.items())
+            self.comm.Sendrecv(mine, dst, 0, recv, src, 0)
+            if weight == step.self_weight:  # one-peer Exp-2: both 1/2, so (x + r)·1/2 in two passes
+                np.add(mine, recv, out=mine)
+                np.multiply(mine, weight, out=mine)
+            else:
+                np.multiply(mine, step.self_weight, out=mine)
+                np.multiply(recv, weight, out=recv)
+                np.add(mine, recv, out=mine)
 
         def ours():
             # The schedule is known to match on every rank: skip the per-step pattern check.
@@ -127,18 +151,18 @@ class _Bench:
             expected = (_pattern(self.rank, count) + _pattern((self.rank - 1) % self.n, count)) / 2
             return self._wrong(x, expected, exact=True)
 
-        return ours, raw, check
+        return ours, raw, check, raw_op
 
     def allreduce(self, count: int):
         x = self._tensor(np.zeros(count))  # zeros: repeated in-place sums must not overflow
-        send, recv = np.ones(count, self.np_dtype), np.empty(count, self.np_dtype)
+        buf = np.zeros(count, self.np_dtype)  # raw: the same in-place sum (Allreduce(IN_PLACE))
 
         def check():
             x.copy_(self._tensor(_pattern(self.rank, count)))
             expected = sum(_pattern(j, count) for j in range(self.n))
             return self._wrong(addp.allreduce_(x, average=False), expected, exact=True)
 
-        return (lambda: addp.allreduce_(x, average=False)), (lambda: self.comm.Allreduce(send, recv)), check
+        return (lambda: addp.allreduce_(x, average=False)), (lambda: self.comm.Allreduce(self.MPI.IN_PLACE, buf)), check
 
     def allgather(self, count: int):
         x = self._tensor(_pattern(self.rank, count))
@@ -194,8 +218,9 @@ class _Bench:
     def row(self, op: str, size: int) -> CommRow:
         per_rank = size // self.n if op == "allgather" else size
         count = max(1, per_rank // self.itemsize)
-        ours, raw, check = getattr(self, op)(count)
+        ours, raw, check, *whole = getattr(self, op)(count)
         ours_s, raw_s = self._time(ours), self._time(raw)
+        raw_op_s = self._time(whole[0]) if whole else raw_s  # elsewhere raw already is the whole op
         wrong = check()
         size_bytes = count * self.itemsize * (self.n if op == "allgather" else 1)
         factor = bus_factor(op, self.n, self.degree)
@@ -205,7 +230,8 @@ class _Bench:
                        busbw_gbs=round(algbw * factor, 6), num_wrong=wrong,
                        raw_time_us=round(raw_s * 1e6, 3),
                        raw_busbw_gbs=round(size_bytes / raw_s / 1e9 * factor, 6),
-                       ratio=round(ours_s / raw_s, 3))
+                       ratio=round(ours_s / raw_s, 3), raw_op_time_us=round(raw_op_s * 1e6, 3),
+                       op_ratio=round(ours_s / raw_op_s, 3))
 
 
 def run(options: CommBenchOptions) -> CommBenchResult:

@@ -24,11 +24,16 @@ COLUMNS = (
     ("raw(us)", "raw_time_us", "{:.1f}"),
     ("raw_busbw", "raw_busbw_gbs", "{:.3f}"),
     ("ours/raw", "ratio", "{:.2f}"),
+    ("raw_op(us)", "raw_op_time_us", "{:.1f}"),
+    ("ours/raw_op", "op_ratio", "{:.2f}"),
 )
 # Short op labels keep the table inside a terminal; --json keeps the full names.
 OP_LABELS = {"neighbor_allreduce": "nbr_ar_exp2", "neighbor_allreduce_one_peer": "nbr_ar_1peer",
              "allreduce": "allreduce", "allgather": "allgather", "broadcast": "broadcast", "win_put": "win_put"}
-NOTE = "algbw/busbw in GB/s; ours/raw = our time / raw mpi4py time for the same bytes (lower is better)"
+NOTE = ("algbw/busbw in GB/s; ours/raw = our time / raw mpi4py moving the same bytes (neighbour ops: "
+        "Sendrecv only, no averaging); ours/raw_op = our time / the same operation hand-written in "
+        "mpi4py+numpy (neighbour ops: Sendrecv, then the same average in place; other ops: = raw). "
+        "Lower is better")
 
 
 def _cells(row) -> list[str]:

@@ -122,6 +122,12 @@ class CommRow:
     raw_time_us: float  # raw mpi4py moving the same bytes to the same peers
     raw_busbw_gbs: float
     ratio: float  # time_us / raw_time_us: 1.10 means ours takes 10% longer than raw mpi4py
+    # The same operation hand-written in mpi4py + numpy: for the neighbour ops Sendrecv and then
+    # the same weighted average in place (raw_time_us only moves the bytes); for the other ops
+    # the raw baseline already is the whole operation, so these equal raw_time_us and ratio.
+    # 0.0 in results written before the field existed.
+    raw_op_time_us: float = 0.0
+    op_ratio: float = 0.0  # time_us / raw_op_time_us
 
     def to_dict(self) -> dict:
         return asdict(self)

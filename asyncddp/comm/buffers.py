@@ -20,6 +20,7 @@ __all__ = [
     "numpy_view",
     "reduction_dtype",
     "contiguous_copy",
+    "is_direct_cpu",
 ]
 
 SUPPORTED_DTYPES = (
@@ -71,3 +72,16 @@ def reduction_dtype(dtype: torch.dtype) -> torch.dtype:
 def contiguous_copy(tensor: torch.Tensor) -> torch.Tensor:
     """A fresh contiguous copy: results never alias the caller's input."""
     return tensor.detach().clone(memory_format=torch.contiguous_format)
+
+
+def is_direct_cpu(tensor, dtypes) -> bool:
+    """True when MPI may work on ``tensor``'s own memory: one of ``dtypes``, contiguous, on the
+    CPU, outside autograd (tensors that require grad keep the copying paths, whose ``copy_``
+    autograd sees and refuses for leaves)."""
+    return (
+        isinstance(tensor, torch.Tensor)
+        and tensor.dtype in dtypes
+        and tensor.is_cpu
+        and tensor.is_contiguous()
+        and not tensor.requires_grad
+    )

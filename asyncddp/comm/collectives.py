@@ -10,11 +10,15 @@ staged through host memory otherwise.
 
 from __future__ import annotations
 
+import functools
+import zlib
+
+import numpy as np
 import torch
 
 from asyncddp.comm import device
-from asyncddp.comm.buffers import byte_view, check_dtype, numpy_view, reduction_dtype
-from asyncddp.comm.engine import Op, get_engine
+from asyncddp.comm.buffers import byte_view, check_dtype, is_direct_cpu, numpy_view, reduction_dtype
+from asyncddp.comm.engine import NOT_INLINE, Op, get_engine, live_engine
 from asyncddp.errors import CommError
 
 __all__ = [
@@ -35,12 +39,22 @@ __all__ = [
 ]
 
 _OPS = ("sum", "min", "max", "prod")
+# Dtypes whose own memory MPI reduces directly (numpy-typed, and their sum is computed in the
+# same dtype: float16/bfloat16 are summed in float32, bool is refused).
+_REDUCE_DIRECT = frozenset(
+    (torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+)
+# Dtypes that move as raw bytes straight from/into a tensor's memory (numpy has no bfloat16).
+_MOVE_DIRECT = _REDUCE_DIRECT | {torch.float16, torch.bool}
+_MPI_OPS: dict = {}
 
 
 def _mpi_op(op: str):
-    from mpi4py import MPI
+    if not _MPI_OPS:
+        from mpi4py import MPI
 
-    return {"sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX, "prod": MPI.PROD}[op]
+        _MPI_OPS.update({"sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX, "prod": MPI.PROD})
+    return _MPI_OPS[op]
 
 
 def _host_view(x: torch.Tensor) -> torch.Tensor:
@@ -87,8 +101,27 @@ def _average(work: torch.Tensor, count: int) -> torch.Tensor:
     return torch.div(work, count, rounding_mode="trunc")
 
 
+def _allreduce_direct(engine, tensor: torch.Tensor, op: str, average: bool, local: bool) -> torch.Tensor:
+    """Reduce ``tensor`` in its own memory (``Allreduce(IN_PLACE)``), then divide for an average."""
+    from mpi4py import MPI
+
+    comm = engine.local if local else engine.world
+    mine = tensor.numpy()
+    comm.Allreduce(MPI.IN_PLACE, mine, op=_mpi_op(op))
+    engine.count_messages(1)
+    if average and op == "sum":
+        if tensor.dtype.is_floating_point:  # IEEE division: bit-for-bit torch's div_, cheaper to call
+            np.divide(mine, comm.Get_size(), out=mine)
+        else:
+            tensor.div_(comm.Get_size(), rounding_mode="trunc")
+    return tensor
+
+
 def _run_allreduce(engine, batch: list[Op]) -> list:
     first = batch[0].args
+    target = first["inplace"]
+    if len(batch) == 1 and target is not None and is_direct_cpu(target, _REDUCE_DIRECT):
+        return [_allreduce_direct(engine, target, first["op"], first["average"], first["local"])]
     xs = [op.args["x"] for op in batch]
     flat = xs[0].reshape(-1) if len(xs) == 1 else torch.cat([x.reshape(-1) for x in xs])
     work = flat.to(reduction_dtype(flat.dtype), copy=True)
@@ -144,8 +177,25 @@ def allreduce(tensor, average=True, op="sum", name=None, local=False):
 
 
 def allreduce_(tensor, average=True, op="sum", name=None, local=False):
-    """In-place ``allreduce``; returns ``tensor``."""
+    """In-place ``allreduce``; returns ``tensor``.
+
+    The common case (engine idle, contiguous CPU tensor of an MPI-native dtype) reduces the
+    tensor's own memory right here: one ``Allreduce(IN_PLACE)``, no copy, no queued op.
+    """
+    if type(op) is str and op in _OPS and is_direct_cpu(tensor, _REDUCE_DIRECT):
+        done = live_engine().run_inline(_allreduce_direct, tensor, op, bool(average), bool(local))
+        if done is not NOT_INLINE:
+            return done
     return _submit_allreduce(tensor, average, op, name, True, True, local=local)
+
+
+def _broadcast_direct(engine, tensor: torch.Tensor, root: int) -> torch.Tensor:
+    """``Bcast`` straight into (from, on the root) ``tensor``'s memory, as bytes like the copying path."""
+    from mpi4py import MPI
+
+    engine.world.Bcast([tensor.numpy(), MPI.BYTE], root=root)
+    engine.count_messages(1)
+    return tensor
 
 
 def _run_broadcast(engine, batch: list[Op]) -> list:
@@ -153,6 +203,9 @@ def _run_broadcast(engine, batch: list[Op]) -> list:
 
     (op,) = batch
     x, root = op.args["x"], op.args["root"]
+    target = op.args["inplace"]
+    if target is not None and is_direct_cpu(target, _MOVE_DIRECT):
+        return [_broadcast_direct(engine, target, root)]
     out = x.clone() if engine.rank == root else torch.empty_like(x)
     flat = out.reshape(-1).view(torch.uint8) if out.dtype != torch.uint8 else out.reshape(-1)
     if device.is_cuda(out) and device.mpi_is_cuda_aware():
@@ -198,37 +251,74 @@ def broadcast(tensor, root_rank, name=None):
 
 
 def broadcast_(tensor, root_rank, name=None):
+    """In-place ``broadcast``: ``root_rank``'s tensor written into ``tensor``; returns it."""
+    if type(root_rank) is int and is_direct_cpu(tensor, _MOVE_DIRECT):
+        engine = live_engine()
+        if 0 <= root_rank < engine.size:
+            done = engine.run_inline(_broadcast_direct, tensor, root_rank)
+            if done is not NOT_INLINE:
+                return done
     return _submit_broadcast(tensor, root_rank, name, True, True)
 
 
-def _run_allgather(engine, batch: list[Op]) -> list:
+@functools.lru_cache(maxsize=256)
+def _signature(rest: tuple, dtype: torch.dtype) -> int:
+    """A number standing for (trailing shape, dtype): ranks compare these instead of pickles."""
+    return zlib.crc32(f"{dtype}|{rest}".encode())
+
+
+def _gather(engine, x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` on dim 0 in rank order: a 16-byte header round, then the data.
+
+    The header (dim 0, signature of trailing shape and dtype) is a typed ``Allgather`` of two
+    int64 per rank, far cheaper than a pickled one; only when signatures differ (every rank sees
+    the same table, so all take this branch together) are the readable details gathered for
+    the error message. Equal dim 0 everywhere uses ``Allgather``, else ``Allgatherv``.
+    """
     from mpi4py import MPI
 
-    (op,) = batch
-    x = op.args["x"]
+    comm, n = engine.world, engine.size
     lead = x.shape[0] if x.dim() else 1
     rest = tuple(x.shape[1:]) if x.dim() else ()
-    heads = engine.world.allgather((lead, rest, str(x.dtype)))
+    mine = np.array([lead, _signature(rest, x.dtype)], dtype=np.int64)
+    heads = np.empty((n, 2), dtype=np.int64)
+    comm.Allgather(mine, heads)
     engine.count_messages(1)
-    for r, (_, other_rest, other_dtype) in enumerate(heads):
-        if other_rest != rest or other_dtype != str(x.dtype):
-            raise CommError(
-                f"allgather: rank {r} passed a {other_dtype} tensor with trailing shape "
-                f"{list(other_rest)} but this rank passed {x.dtype} {list(rest)}; only dim 0 may differ"
-            )
-    row = x.element_size() * (torch.Size(rest).numel())
-    counts = [h[0] * row for h in heads]
-    out = torch.empty((sum(h[0] for h in heads), *rest), dtype=x.dtype)
-    send = _host_view(x).reshape(-1).view(torch.uint8)
-    recv = out.reshape(-1).view(torch.uint8)
-    engine.world.Allgatherv([byte_view(send), MPI.BYTE], [byte_view(recv), counts, MPI.BYTE])
+    if (heads[:, 1] != mine[1]).any():
+        details = comm.allgather((rest, str(x.dtype)))
+        engine.count_messages(1)
+        for r, (other_rest, other_dtype) in enumerate(details):
+            if other_rest != rest or other_dtype != str(x.dtype):
+                raise CommError(
+                    f"allgather: rank {r} passed a {other_dtype} tensor with trailing shape "
+                    f"{list(other_rest)} but this rank passed {x.dtype} {list(rest)}; only dim 0 may differ"
+                )
+    leads = heads[:, 0].tolist()
+    out = torch.empty((sum(leads), *rest), dtype=x.dtype)
+    host = _host_view(x)
+    send = host.numpy() if host.dtype in _MOVE_DIRECT else byte_view(host)
+    recv = out.numpy() if out.dtype in _MOVE_DIRECT else byte_view(out)
+    if min(leads) == max(leads):
+        comm.Allgather([send, MPI.BYTE], [recv, MPI.BYTE])
+    else:
+        row = x.element_size() * torch.Size(rest).numel()
+        comm.Allgatherv([send, MPI.BYTE], [recv, [h * row for h in leads], MPI.BYTE])
     engine.count_messages(1)
-    return [out.to(x.device)]
+    return out if x.device.type == "cpu" else out.to(x.device)
+
+
+def _run_allgather(engine, batch: list[Op]) -> list:
+    (op,) = batch
+    return [_gather(engine, op.args["x"])]
 
 
 def allgather_nonblocking(tensor, name=None, _blocking=False):
     x = _tensor(tensor, "allgather").detach().contiguous()
-    engine = get_engine()
+    engine = live_engine()
+    if _blocking and x.device.type == "cpu":
+        done = engine.run_inline(_gather, x)
+        if done is not NOT_INLINE:
+            return done
     return _dispatch(engine, _blocking,
         Op("allgather", name or "allgather", _run_allgather, {"x": x}, x.numel() * x.element_size())
     )

@@ -30,12 +30,13 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from asyncddp.comm import context as _context_module
 from asyncddp.comm.context import get_context
 from asyncddp.comm.handles import OpHandle
 from asyncddp.errors import ConfigError
 from asyncddp.timeline import Timeline, now_us, timeline_path_from_env
 
-__all__ = ["Op", "CommStats", "get_engine", "comm_stats", "fusion_threshold"]
+__all__ = ["Op", "CommStats", "NOT_INLINE", "get_engine", "live_engine", "comm_stats", "fusion_threshold"]
 
 FUSION_ENV = "ASYNCDDP_FUSION_THRESHOLD"
 THREAD_ENV = "ASYNCDDP_COMM_THREAD"
@@ -97,6 +98,7 @@ class _Counters:
 
 
 _STOP = object()
+NOT_INLINE = object()  # run_inline's answer when the op must go through the queue instead
 
 
 class Engine:
@@ -112,6 +114,10 @@ class Engine:
         self.rank = self.world.Get_rank()
         self.size = self.world.Get_size()
         self.threshold = fusion_threshold()
+        from asyncddp.comm.device import chunk_bytes
+
+        # Read once: the lean blocking path decides per op whether a message is one chunk.
+        self.chunk = chunk_bytes()
         from asyncddp.comm import nccl
 
         self.nccl = nccl.maybe_start(self.world, self.local)  # None unless ASYNCDDP_BACKEND=nccl works
@@ -175,6 +181,33 @@ class Engine:
                 if self._queue:  # ops queued meanwhile wait for us; an idle thread needs no wake-up
                     self._cond.notify()
         return op.handle.wait()
+
+    def run_inline(self, fn, *args):
+        """The lean path of a blocking op: ``fn(self, *args)`` right now on the caller's thread.
+
+        Returns ``NOT_INLINE`` (and runs nothing) while an op is queued, running or held, or
+        when the timeline is on: the caller then builds an ``Op`` and goes through ``execute``,
+        which keeps program order and records the event. Otherwise no ``Op``, handle or event
+        is built, which is most of the fixed cost of a small op; errors reach the caller
+        directly, as ``execute`` would re-raise them.
+        """
+        if self.timeline is not None:
+            return NOT_INLINE
+        with self._cond:
+            if self._queue or self._busy or self._held:
+                return NOT_INLINE
+            self._busy = True
+        try:
+            return fn(self, *args)
+        finally:
+            counters = self.counters
+            with counters.lock:
+                counters.num_ops += 1
+                counters.num_batches += 1
+            with self._cond:
+                self._busy = False
+                if self._queue:  # queued meanwhile by another thread: wake the comm thread
+                    self._cond.notify()
 
     def scratch(self, key, make):
         """A receive buffer reused across ops (only one op executes at a time).
@@ -308,6 +341,14 @@ def get_engine() -> Engine:
         if _engine is None or _engine.ctx is not ctx:
             _engine = Engine(ctx)
         return _engine
+
+
+def live_engine() -> Engine:
+    """``get_engine()`` without the lock when the engine of the live context already exists."""
+    engine = _engine
+    if engine is not None and engine.ctx is _context_module._context:
+        return engine
+    return get_engine()
 
 
 def comm_stats() -> CommStats:

@@ -13,13 +13,15 @@ The input must not be modified until a nonblocking op's handle has been synchron
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from asyncddp.comm import p2p
-from asyncddp.comm.buffers import check_dtype, reduction_dtype
-from asyncddp.comm.engine import Op, get_engine
+from asyncddp.comm.buffers import check_dtype, is_direct_cpu, reduction_dtype
+from asyncddp.comm.engine import NOT_INLINE, Op, get_engine, live_engine
 from asyncddp.errors import CommError
 from asyncddp.topology.analysis import recv_weights
 
@@ -61,10 +63,58 @@ def _as_weights(value, what: str) -> dict:
 
 
 _static_plans: dict = {}
+_dynamic_plans: dict = {}  # (me, n, self_weight, src items, dst items, check) -> Plan
+_MAX_DYNAMIC_PLANS = 1024  # a schedule cycles through a few steps; arbitrary ones are just rebuilt
+
+
+def _frozen(weights):
+    """A hashable, type-exact image of a weights argument, or None when it cannot be cached.
+
+    Only plain ``int`` rank keys qualify: ``True`` or ``numpy.int64(1)`` hash like ``1`` but
+    must still be refused by the full checks, so they never hit a plan cached for ``1``.
+    """
+    kind = type(weights)
+    if kind is dict:
+        items = tuple(weights.items())
+        for rank, _ in items:
+            if type(rank) is not int:
+                return None
+        return items
+    if kind is list or kind is tuple:
+        for rank in weights:
+            if type(rank) is not int:
+                return None
+        return (kind, tuple(weights))
+    return None
 
 
 def make_plan(graph, is_weighted, me, num_ranks, self_weight, src_weights, dst_weights, check):
-    """Resolve the keyword arguments of ``neighbor_allreduce`` against a topology."""
+    """Resolve the keyword arguments of ``neighbor_allreduce`` against a topology.
+
+    Dynamic steps (``dst_weights`` given) do not depend on the topology, so their plans are
+    cached by the exact arguments: a schedule's steps repeat, and each repeat skips the checks
+    and the sorting it passed the first time.
+    """
+    if dst_weights is not None and self_weight is not None and src_weights is not None:
+        src_key, dst_key = _frozen(src_weights), _frozen(dst_weights)
+        if src_key is not None and dst_key is not None:
+            try:
+                key = (me, num_ranks, self_weight, src_key, dst_key, check)
+                plan = _dynamic_plans.get(key)
+            except TypeError:  # unhashable weight values: resolved (and refused) below
+                key, plan = None, None
+            if plan is not None:
+                return plan
+            plan = _make_plan(graph, is_weighted, me, num_ranks, self_weight, src_weights, dst_weights, check)
+            if key is not None:
+                if len(_dynamic_plans) >= _MAX_DYNAMIC_PLANS:
+                    _dynamic_plans.clear()
+                _dynamic_plans[key] = plan
+            return plan
+    return _make_plan(graph, is_weighted, me, num_ranks, self_weight, src_weights, dst_weights, check)
+
+
+def _make_plan(graph, is_weighted, me, num_ranks, self_weight, src_weights, dst_weights, check):
     if (self_weight is None) != (src_weights is None):
         raise CommError(
             "neighbor_allreduce: self_weight and src_weights must be given together "
@@ -130,7 +180,9 @@ def check_pattern(engine, comm, sends, recvs) -> None:
     comm.Allgather(mine, table)
     engine.count_messages(1)
     sends_to, expects = table[:, :n], table[:, n:]
-    bad = [(j, i) for j in range(n) for i in range(n) if sends_to[j, i] != expects[i, j]]
+    if not (sends_to != expects.T).any():  # the common case, without a Python loop over n² pairs
+        return
+    bad = [(int(j), int(i)) for j, i in np.argwhere(sends_to != expects.T)]
     if bad:
         shown = ", ".join(
             f"{j}->{i} ({'sent but not expected' if sends_to[j, i] else 'expected but not sent'})"
@@ -215,8 +267,12 @@ def _run_batch(engine, batch: list[Op]) -> list:
     tensors = [op.args["x"] for op in batch]
     target = batch[0].args["inplace"]
     if len(tensors) == 1 and target is not None and target.data_ptr() == tensors[0].data_ptr():
-        # In-place on a contiguous tensor: combine straight into the caller's memory.
-        return [run_neighbor_allreduce(engine, engine.world, target, plan, in_place=True)]
+        # In-place on a contiguous tensor: combine straight into the caller's memory (other
+        # dtypes than float32/float64 get a new tensor back, copied in).
+        result = run_neighbor_allreduce(engine, engine.world, target, plan, in_place=True)
+        if result is not target:
+            target.copy_(result)
+        return [target]
     if len(tensors) == 1:
         results = [run_neighbor_allreduce(engine, engine.world, tensors[0], plan)]
     else:
@@ -235,6 +291,112 @@ def _run_batch(engine, batch: list[Op]) -> list:
     return out
 
 
+# The lean blocking path: CPU dtypes numpy can view (the exchange moves the tensor's own bytes).
+_LEAN_DTYPES = frozenset((
+    torch.float32, torch.float64, torch.float16,
+    torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8,
+))  # fmt: skip
+_SAME_DTYPE_MATH = (torch.float32, torch.float64)  # combined in place, no work copy
+
+
+@functools.lru_cache(maxsize=1024)
+def _spec_tag(shape: torch.Size, dtype: torch.dtype) -> int:
+    return p2p.spec_tag(shape, dtype)
+
+
+def _lean_buffer(nbytes: int):
+    buf = torch.empty(nbytes, dtype=torch.uint8)
+    return buf, buf.numpy()
+
+
+def _exchange_small(engine, comm, x: torch.Tensor, plan: Plan) -> dict:
+    """``p2p.exchange`` for a CPU tensor that fits one chunk, with nothing it does not need.
+
+    The same messages as ``p2p.exchange`` (one per peer, bytes, the dtype/shape tag), so a peer
+    on the general path matches them. Returns ``[(uint8 tensor, its numpy view)]`` in
+    ``plan.recvs`` order: reused receive buffers, valid until the next exchange.
+    """
+    from mpi4py import MPI
+
+    nbytes = x.nbytes
+    requests, bufs = [], []
+    for index, (src, _) in enumerate(plan.recvs):
+        buf, view = engine.scratch(("lean", index, nbytes), lambda: _lean_buffer(nbytes))
+        bufs.append((buf, view))
+        requests.append(comm.Irecv([view, MPI.BYTE], src, MPI.ANY_TAG))
+    num_recvs = len(requests)
+    tag = _spec_tag(x.shape, x.dtype)
+    keep_alive = []
+    for dst, weight in plan.sends:
+        sent = x if weight == 1.0 else _scaled(x, weight)
+        keep_alive.append(sent)
+        requests.append(comm.Isend([sent.numpy(), MPI.BYTE], dst, tag))
+    engine.count_messages(len(requests) - num_recvs)
+    statuses = [MPI.Status() for _ in requests]
+    failure = None
+    try:
+        MPI.Request.Waitall(requests, statuses)
+    except MPI.Exception as error:
+        failure = error.Get_error_string()
+        for request in requests:  # leave no request pointing at a buffer about to be reused
+            try:
+                request.Wait()
+            except MPI.Exception:
+                pass
+    p2p.check_received(failure, [(src, nbytes, tag) for src, _ in plan.recvs], statuses[:num_recvs])
+    return bufs
+
+
+def _run_lean(engine, x: torch.Tensor, plan: Plan, in_place: bool) -> torch.Tensor:
+    """A blocking neighbour step on the caller's thread (``engine.run_inline`` claimed it)."""
+    comm = engine.world
+    if x.nbytes > engine.chunk:  # chunked messages: the general exchange, same combine
+        result = run_neighbor_allreduce(engine, comm, x, plan, in_place=in_place)
+        return _finish_in_place(x, result) if in_place else result
+    if plan.check:
+        check_pattern(engine, comm, [d for d, _ in plan.sends], [s for s, _ in plan.recvs])
+    bufs = _exchange_small(engine, comm, x, plan)
+    # Every send has completed here, so x may now be overwritten.
+    if in_place and x.dtype in _SAME_DTYPE_MATH:
+        # numpy ufuncs give bit-for-bit the results of the torch ops of the general path
+        # (IEEE add/multiply/divide in the tensor's dtype) at a third of the call cost.
+        mine = x.numpy()
+        if plan.uniform:
+            for (buf, view) in bufs:
+                np.add(mine, view.view(mine.dtype).reshape(mine.shape), out=mine)
+            np.divide(mine, len(bufs) + 1, out=mine)
+            return x
+        np.multiply(mine, plan.self_weight, out=mine)
+        for (_, weight), (buf, _) in zip(plan.recvs, bufs):
+            x.add_(buf.view(x.dtype).view(x.shape), alpha=weight)
+        return x
+    received = {src: buf.view(x.dtype).view(x.shape) for (src, _), (buf, _) in zip(plan.recvs, bufs)}
+    result = combine(x, received, plan)
+    return _finish_in_place(x, result) if in_place else result
+
+
+def _finish_in_place(x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    if result is not x:
+        x.copy_(result)
+    return x
+
+
+def _world_plan(engine, self_weight, src_weights, dst_weights, check) -> Plan:
+    ctx = engine.ctx
+    return make_plan(ctx.topology, ctx.is_weighted, engine.rank, engine.size,
+                     self_weight, src_weights, dst_weights, bool(check))  # fmt: skip
+
+
+def _blocking(tensor, self_weight, src_weights, dst_weights, name, enable_topo_check, inplace):
+    if is_direct_cpu(tensor, _LEAN_DTYPES):
+        engine = live_engine()
+        plan = _world_plan(engine, self_weight, src_weights, dst_weights, enable_topo_check)
+        done = engine.run_inline(_run_lean, tensor, plan, inplace)
+        if done is not NOT_INLINE:
+            return done
+    return _submit(tensor, self_weight, src_weights, dst_weights, name, enable_topo_check, inplace, True)
+
+
 def check_averagable(tensor, op: str) -> None:
     """The tensor checks every averaging op makes before anything is sent."""
     if not isinstance(tensor, torch.Tensor):
@@ -247,11 +409,7 @@ def check_averagable(tensor, op: str) -> None:
 def _submit(tensor, self_weight, src_weights, dst_weights, name, enable_topo_check, inplace, blocking=False):
     check_averagable(tensor, "neighbor_allreduce")
     engine = get_engine()
-    ctx = engine.ctx
-    plan = make_plan(
-        ctx.topology, ctx.is_weighted, engine.rank, engine.size,
-        self_weight, src_weights, dst_weights, bool(enable_topo_check),
-    )  # fmt: skip
+    plan = _world_plan(engine, self_weight, src_weights, dst_weights, enable_topo_check)
     x = tensor.detach()
     x = x if x.is_contiguous() else x.contiguous()
     nbytes = x.numel() * x.element_size()
@@ -296,7 +454,7 @@ def neighbor_allreduce(
     ``NeighborStep``. With ``enable_topo_check`` (default) a dynamic step whose sends and
     receives do not match across ranks raises ``CommError`` on every rank instead of hanging.
     """
-    return _submit(tensor, self_weight, src_weights, dst_weights, name, enable_topo_check, False, True)
+    return _blocking(tensor, self_weight, src_weights, dst_weights, name, enable_topo_check, False)
 
 
 def neighbor_allreduce_(
@@ -304,7 +462,7 @@ def neighbor_allreduce_(
     enable_topo_check=True,
 ):  # fmt: skip
     """In-place ``neighbor_allreduce``; returns ``tensor``."""
-    return _submit(tensor, self_weight, src_weights, dst_weights, name, enable_topo_check, True, True)
+    return _blocking(tensor, self_weight, src_weights, dst_weights, name, enable_topo_check, True)
 
 
 def _run_allgather(engine, batch: list[Op]) -> list:

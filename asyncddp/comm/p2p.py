@@ -20,7 +20,7 @@ from asyncddp.comm import device
 from asyncddp.comm.buffers import byte_view
 from asyncddp.errors import CommError
 
-__all__ = ["spec_tag", "exchange"]
+__all__ = ["spec_tag", "check_received", "exchange"]
 
 
 def spec_tag(shape, dtype) -> int:
@@ -38,6 +38,27 @@ def _mpi_buffer(flat: torch.Tensor, start: int, stop: int, byte_type):
     if piece.device.type == "cpu":
         return [byte_view(piece), byte_type]
     return [piece, byte_type]  # CUDA-aware MPI: mpi4py reads __cuda_array_interface__
+
+
+def check_received(failure: str | None, expected, statuses) -> None:
+    """CommError when a receive failed (``failure``: MPI's error string) or a message's size or
+    dtype/shape tag differs from ``expected`` ``[(src, nbytes, tag)]``: a rank passed a tensor of
+    another shape or dtype than this one."""
+    from mpi4py import MPI
+
+    if failure is not None:
+        raise CommError(
+            f"a neighbour sent a larger tensor than this rank expected ({failure}): every rank "
+            "must pass tensors of the same shape and dtype to this op"
+        )
+    for (src, nbytes, tag), status in zip(expected, statuses):
+        got = status.Get_count(MPI.BYTE)
+        if got != nbytes or status.Get_tag() != tag:
+            raise CommError(
+                f"rank {src} sent a tensor whose shape or dtype differs from this rank's "
+                f"(got {got} bytes in a chunk where {nbytes} were expected): every rank must pass "
+                "tensors of the same shape and dtype to this op"
+            )
 
 
 def exchange(engine, comm, sends: dict, recv_specs: dict, device_like: torch.Tensor) -> dict:
@@ -99,19 +120,7 @@ def exchange(engine, comm, sends: dict, recv_specs: dict, device_like: torch.Ten
             request.Wait(status)
         except MPI.Exception as error:
             failure = failure or error.Get_error_string()
-    if failure is not None:
-        raise CommError(
-            f"a neighbour sent a larger tensor than this rank expected ({failure}): every rank "
-            "must pass tensors of the same shape and dtype to this op"
-        )
-    for (src, nbytes, tag), status in zip(expected, statuses[:num_recvs]):
-        got = status.Get_count(MPI.BYTE)
-        if got != nbytes or status.Get_tag() != tag:
-            raise CommError(
-                f"rank {src} sent a tensor whose shape or dtype differs from this rank's "
-                f"(got {got} bytes in a chunk where {nbytes} were expected): every rank must pass "
-                "tensors of the same shape and dtype to this op"
-            )
+    check_received(failure, expected, statuses[:num_recvs])
     out = {}
     for src, (shape, dtype) in recv_specs.items():
         buf = recv_bufs[src]

@@ -227,6 +227,39 @@ def test_in_place_variants():
         assert torch.equal(q, torch.arange(6).reshape(2, 3).t())
 
 
+def test_lean_blocking_paths_write_in_place_and_keep_the_checks():
+    r, n = addp.rank(), addp.size()
+    members = [r, *_exp2_in(r, n)]
+    # Integer in place on a contiguous tensor: the result lands in the caller's memory.
+    k = torch.full((4,), 3 * r, dtype=torch.int32)
+    ptr = k.data_ptr()
+    assert addp.neighbor_allreduce_(k) is k and k.data_ptr() == ptr
+    assert k.tolist() == [sum(3 * j for j in members) // len(members)] * 4
+    # Direct broadcast_/allreduce_ into the tensor's own memory, every MPI-native dtype path.
+    for dtype in (torch.float64, torch.int64, torch.uint8, torch.bool, torch.float16):
+        b = torch.full((3,), r + 1, dtype=dtype)
+        ptr = b.data_ptr()
+        assert addp.broadcast_(b, n - 1) is b and b.data_ptr() == ptr
+        assert torch.equal(b, torch.full((3,), n, dtype=dtype))
+    a = torch.full((2, 2), r + 1, dtype=torch.int64)
+    assert addp.allreduce_(a) is a and torch.equal(a, torch.full((2, 2), (n * (n + 1) // 2) // n))
+    # A cached dynamic plan never lets a bool rank key through the checks.
+    if n > 1:
+        peer = (r + 1) % n
+        prev = (r - 1) % n
+        kw = dict(self_weight=0.5, src_weights={prev: 0.5}, dst_weights={peer: 1.0})
+        for _ in range(2):  # the second call hits the cached plan
+            y = torch.full((2,), float(r))
+            addp.neighbor_allreduce_(y, **kw)
+            assert torch.equal(y, torch.full((2,), 0.5 * r + 0.5 * prev))
+        if peer == 1:
+            with pytest.raises(addp.CommError, match="not in the job"):
+                addp.neighbor_allreduce(torch.ones(2), self_weight=0.5, src_weights={prev: 0.5}, dst_weights={True: 1.0})
+    # Scalars take the lean path too.
+    s = torch.tensor(float(r))
+    assert addp.neighbor_allreduce_(s).item() == pytest.approx(sum(members) / len(members))
+
+
 def test_nonblocking_interleaved_out_of_order():
     r, n = addp.rank(), addp.size()
     xs = [torch.full((1000,), float(r + k)) for k in range(6)]
