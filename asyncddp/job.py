@@ -235,34 +235,53 @@ def run_plan(plan: LaunchPlan, *, output_dir: str | None = None, timeout: float 
     _write_files(plan)
     output = _Output(plan.flavor, output_dir, out, err)
     started = time.monotonic()
+    # Ctrl-C sets a flag that the loop below checks, instead of raising KeyboardInterrupt
+    # wherever the main thread happens to be: raised inside Popen.poll() it can leave Popen's
+    # waitpid lock held, and the wait() in _stop then blocks forever (a likely cause of a Ctrl-C
+    # test that hung once in CI); raised between Popen and the loop it would orphan mpirun.
+    interrupted = threading.Event()
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if on_main else None
     try:
-        process = subprocess.Popen(list(plan.argv), env={**os.environ, **plan.env}, cwd=plan.cwd,
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   start_new_session=True)
-    except OSError as error:
-        raise LaunchError(f"cannot start {plan.argv[0]} ({error}); check the mpirun installation") from None
-    pumps = [threading.Thread(target=_pump, args=(pipe, output), daemon=True) for pipe in (process.stdout, process.stderr)]
-    for pump in pumps:
-        pump.start()
-    result: JobResult | None = None
-    try:
-        while process.poll() is None:
-            time.sleep(0.1)
-            now = time.monotonic()
-            if timeout is not None and now - started > timeout:
-                stacks = _ask_for_stacks(process, output)
-                _stop(process)
-                where = " (the ranks' Python stacks at that moment are above)" if stacks else ""
-                result = JobResult(TIMEOUT_EXIT, "timeout",
-                                   summary=f"asyncddp: job timed out after {timeout:g} s (--timeout){where}; "
-                                           "all ranks were killed")
-            elif output.failure_seen_at is not None and now - output.failure_seen_at > FAILURE_GRACE_S:
-                _stop(process)
-    except KeyboardInterrupt:
-        _stop(process)
-        result = JobResult(INTERRUPT_EXIT, "interrupted", summary="asyncddp: interrupted (Ctrl-C); all ranks were stopped")
+        try:
+            process = subprocess.Popen(list(plan.argv), env={**os.environ, **plan.env}, cwd=plan.cwd,
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       start_new_session=True)
+        except OSError as error:
+            raise LaunchError(f"cannot start {plan.argv[0]} ({error}); check the mpirun installation") from None
+        pumps = [threading.Thread(target=_pump, args=(pipe, output), daemon=True)
+                 for pipe in (process.stdout, process.stderr)]
+        for pump in pumps:
+            pump.start()
+        result = _watch(process, output, timeout, started, interrupted)
+    finally:
+        if on_main:
+            signal.signal(signal.SIGINT, previous)
     for pump in pumps:
         pump.join(5)
     output.close()
     result = result or _summary(plan, output, process.returncode)
     return JobResult(**{**result.to_dict(), "duration_s": round(time.monotonic() - started, 3)})
+
+
+def _watch(process: subprocess.Popen, output: _Output, timeout: float | None, started: float,
+           interrupted: threading.Event) -> JobResult | None:
+    """Wait for mpirun; stop it on timeout, on a reported rank failure or on Ctrl-C."""
+    try:
+        while process.poll() is None:
+            if interrupted.wait(0.1):
+                raise KeyboardInterrupt
+            now = time.monotonic()
+            if timeout is not None and now - started > timeout:
+                stacks = _ask_for_stacks(process, output)
+                _stop(process)
+                where = " (the ranks' Python stacks at that moment are above)" if stacks else ""
+                return JobResult(TIMEOUT_EXIT, "timeout",
+                                 summary=f"asyncddp: job timed out after {timeout:g} s (--timeout){where}; "
+                                         "all ranks were killed")
+            if output.failure_seen_at is not None and now - output.failure_seen_at > FAILURE_GRACE_S:
+                _stop(process)
+    except KeyboardInterrupt:  # the flag, or a real one off the main thread
+        _stop(process)
+        return JobResult(INTERRUPT_EXIT, "interrupted", summary="asyncddp: interrupted (Ctrl-C); all ranks were stopped")
+    return None

@@ -108,8 +108,17 @@ def _install_stack_dump() -> None:
     """
     if threading.current_thread() is not threading.main_thread():
         return
-    if signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL:
-        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    if signal.getsignal(signal.SIGUSR1) is not signal.SIG_DFL:
+        return
+    # faulthandler writes to a file descriptor; under Jupyter/ipyparallel sys.stderr is a
+    # Python object without one, and the process's own stderr is sys.__stderr__.
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            stream.fileno()
+        except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is both
+            continue
+        faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True, chain=False)
+        return
 
 
 def _split_local(comm):
