@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from asyncddp.errors import ConfigError
-from asyncddp.hostfile import HostSpec, check_unique
+from asyncddp.hostfile import HostSpec, check_unique, read_input_file
 
 __all__ = ["SshSettings", "ClusterConfig", "RunOptions", "RunConfig", "load_config", "parse_config_text", "merge_run_config", "parse_env_flag"]
 
@@ -272,12 +272,7 @@ def parse_config_text(text: str, source: str) -> ClusterConfig:
 def load_config(path: str | Path) -> ClusterConfig:
     """Read and parse the YAML cluster config at ``path``."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config {path} does not exist; check the --config path") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"config {path} cannot be read ({error}); give a readable YAML file") from None
+    text = read_input_file(path, "config", "--config", "YAML file", ConfigError)
     return parse_config_text(text, str(path))
 
 

@@ -19,6 +19,7 @@ from asyncddp.errors import HostfileError
 __all__ = [
     "HostSpec",
     "parse_hostfile",
+    "read_input_file",
     "parse_hostfile_text",
     "parse_host_list",
     "check_unique",
@@ -107,15 +108,20 @@ def parse_hostfile_text(text: str, source: str) -> list[HostSpec]:
     return hosts
 
 
+def read_input_file(path: Path, what: str, flag: str, kind: str, error: type[Exception]) -> str:
+    """The text of a file the user named with ``flag``; ``error`` naming it when missing or unreadable."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist; check the {flag} path") from None
+    except (OSError, UnicodeDecodeError) as problem:
+        raise error(f"{what} {path} cannot be read ({problem}); give a readable {kind}") from None
+
+
 def parse_hostfile(path: str | Path) -> list[HostSpec]:
     """Hosts of the Open MPI hostfile at ``path``."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise HostfileError(f"hostfile {path} does not exist; check the --hostfile path") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise HostfileError(f"hostfile {path} cannot be read ({error}); give a readable text file") from None
+    text = read_input_file(path, "hostfile", "--hostfile", "text file", HostfileError)
     return parse_hostfile_text(text, str(path))
 
 
