@@ -89,7 +89,7 @@ _EXPORTS: dict[str, str] = {
         "win_get_nonblocking", "win_accumulate", "win_accumulate_nonblocking", "win_update",
         "win_update_then_collect", "get_win_version", "win_mutex", "win_wait", "win_poll",
         "win_associated_p", "turn_on_win_ops_with_associated_p",
-        "turn_off_win_ops_with_associated_p",
+        "turn_off_win_ops_with_associated_p", "win_memory",
     )},  # fmt: skip
     # --- distributed optimizers and replica agreement (issue 5) ---
     **{name: "asyncddp.optim" for name in (

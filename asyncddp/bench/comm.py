@@ -8,8 +8,9 @@ the elements that differ from the expected value computed here with numpy (never
 slowest rank's mean over ``iters`` after ``warmup``. Rank 0 prints one ``PROGRESS_TAG`` JSON line
 per finished row (the parent draws a progress bar from them) and writes the result as JSON.
 
-In-place ops (``neighbor_allreduce_``, ``allreduce_``, ``broadcast_``) keep allocation out of the
-timings; ``allgather`` has no in-place form. One torch thread per rank: ranks share the cores.
+In-place ops (``neighbor_allreduce_``, ``allreduce_``, ``broadcast_``) and ``allgather(x, out=)``
+into a preallocated tensor keep allocation out of the timings, as raw's preallocated buffers do
+(the correctness check runs ``allgather(x)``, which allocates its result). One torch thread per rank: ranks share the cores.
 """
 
 from __future__ import annotations
@@ -167,12 +168,13 @@ class _Bench:
     def allgather(self, count: int):
         x = self._tensor(_pattern(self.rank, count))
         send, recv = np.ones(count, self.np_dtype), np.empty(count * self.n, self.np_dtype)
+        out = self._tensor(np.zeros(count * self.n))  # preallocated, like raw's recv
 
         def check():
             expected = np.concatenate([_pattern(j, count) for j in range(self.n)])
             return self._wrong(addp.allgather(x), expected, exact=True)
 
-        return (lambda: addp.allgather(x)), (lambda: self.comm.Allgather(send, recv)), check
+        return (lambda: addp.allgather(x, out=out)), (lambda: self.comm.Allgather(send, recv)), check
 
     def broadcast(self, count: int):
         x = self._tensor(_pattern(self.rank, count))
@@ -189,6 +191,8 @@ class _Bench:
         x = self._tensor(_pattern(self.rank, count))
         name = f"asyncddp.bench.win_put.{count}"
         addp.win_create(x, name)
+        if self.device.type == "cpu":  # put from the window's own memory, as DistributedWinPutOptimizer does
+            x = addp.win_memory(name)
         nbytes = count * self.itemsize
         # Raw baseline: a window with one slot per in-neighbour. Exp-2 is shift-symmetric: the
         # writers of every target are r - 2^k, so slot k is this rank's alone on target r + 2^k.

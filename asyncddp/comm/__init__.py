@@ -29,7 +29,7 @@ _OP_MODULES = {
         "win_get_nonblocking", "win_accumulate", "win_accumulate_nonblocking", "win_update",
         "win_update_then_collect", "get_win_version", "win_mutex", "win_wait", "win_poll",
         "win_associated_p", "turn_on_win_ops_with_associated_p",
-        "turn_off_win_ops_with_associated_p",
+        "turn_off_win_ops_with_associated_p", "win_memory",
     ),
 }
 _OP_EXPORTS = {name: module for module, names in _OP_MODULES.items() for name in names}

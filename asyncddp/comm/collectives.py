@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from asyncddp.comm import device
-from asyncddp.comm.buffers import byte_view, check_dtype, is_direct_cpu, numpy_view, reduction_dtype
+from asyncddp.comm.buffers import byte_view, check_dtype, host_empty, is_direct_cpu, numpy_view, reduction_dtype
 from asyncddp.comm.engine import NOT_INLINE, Op, get_engine, live_engine
 from asyncddp.errors import CommError
 
@@ -267,21 +267,53 @@ def _signature(rest: tuple, dtype: torch.dtype) -> int:
     return zlib.crc32(f"{dtype}|{rest}".encode())
 
 
-def _gather(engine, x: torch.Tensor) -> torch.Tensor:
-    """Every rank's ``x`` on dim 0 in rank order: a 16-byte header round, then the data.
+_NO_OUT, _BAD_OUT = -1, -2  # header codes: no ``out=`` given; ``out=`` refused by its rank
 
-    The header (dim 0, signature of trailing shape and dtype) is a typed ``Allgather`` of two
-    int64 per rank, far cheaper than a pickled one; only when signatures differ (every rank sees
-    the same table, so all take this branch together) are the readable details gathered for
-    the error message. Equal dim 0 everywhere uses ``Allgather``, else ``Allgatherv``.
+
+def _out_code(x: torch.Tensor, out) -> int:
+    """What this rank tells the others about its ``out=``: its dim 0, or a code."""
+    if out is None:
+        return _NO_OUT
+    rest = tuple(x.shape[1:]) if x.dim() else ()
+    if not isinstance(out, torch.Tensor) or out.dtype != x.dtype or out.dim() != len(rest) + 1 \
+            or tuple(out.shape[1:]) != rest:
+        return _BAD_OUT
+    return int(out.shape[0])
+
+
+def _check_out(heads, me: int, x: torch.Tensor, out, total: int) -> None:
+    """Every rank raises when any rank's ``out=`` cannot hold the result (nobody is left
+    waiting in the data round for a rank that gave up)."""
+    bad = [r for r, code in enumerate(heads[:, 2].tolist()) if code not in (_NO_OUT, total)]
+    if not bad:
+        return
+    rest = tuple(x.shape[1:]) if x.dim() else ()
+    want = f"a {x.dtype} tensor of shape {[total, *rest]}"
+    if me in bad:
+        got = (f"a {type(out).__name__}" if not isinstance(out, torch.Tensor)
+               else f"a {out.dtype} tensor of shape {list(out.shape)}")
+        raise CommError(f"allgather: out= is {got}, but the result is {want} (dim 0 summed over "
+                        "the ranks); allocate out with that shape and dtype")
+    raise CommError(f"allgather: rank(s) {bad} passed an out= that cannot hold the result ({want})")
+
+
+def _gather(engine, x: torch.Tensor, out=None) -> torch.Tensor:
+    """Every rank's ``x`` on dim 0 in rank order: a 24-byte header round, then the data.
+
+    The header (dim 0, signature of trailing shape and dtype, ``out=``'s dim 0 or a code) is a
+    typed ``Allgather`` of three int64 per rank, far cheaper than a pickled one; only when
+    signatures differ (every rank sees the same table, so all take this branch together) are
+    the readable details gathered for the error message. Equal dim 0 everywhere uses
+    ``Allgather``, else ``Allgatherv``. The data lands straight in ``out`` when it is a
+    contiguous CPU tensor outside autograd, else in a fresh (huge-page) buffer.
     """
     from mpi4py import MPI
 
     comm, n = engine.world, engine.size
     lead = x.shape[0] if x.dim() else 1
     rest = tuple(x.shape[1:]) if x.dim() else ()
-    mine = np.array([lead, _signature(rest, x.dtype)], dtype=np.int64)
-    heads = np.empty((n, 2), dtype=np.int64)
+    mine = np.array([lead, _signature(rest, x.dtype), _out_code(x, out)], dtype=np.int64)
+    heads = np.empty((n, 3), dtype=np.int64)
     comm.Allgather(mine, heads)
     engine.count_messages(1)
     if (heads[:, 1] != mine[1]).any():
@@ -294,39 +326,53 @@ def _gather(engine, x: torch.Tensor) -> torch.Tensor:
                     f"{list(other_rest)} but this rank passed {x.dtype} {list(rest)}; only dim 0 may differ"
                 )
     leads = heads[:, 0].tolist()
-    out = torch.empty((sum(leads), *rest), dtype=x.dtype)
+    _check_out(heads, engine.rank, x, out, sum(leads))
+    direct = out is not None and is_direct_cpu(out, _MOVE_DIRECT | {torch.bfloat16})
+    result = out if direct else host_empty((sum(leads), *rest), x.dtype)
     host = _host_view(x)
     send = host.numpy() if host.dtype in _MOVE_DIRECT else byte_view(host)
-    recv = out.numpy() if out.dtype in _MOVE_DIRECT else byte_view(out)
+    recv = result.numpy() if result.dtype in _MOVE_DIRECT else byte_view(result)
     if min(leads) == max(leads):
         comm.Allgather([send, MPI.BYTE], [recv, MPI.BYTE])
     else:
         row = x.element_size() * torch.Size(rest).numel()
         comm.Allgatherv([send, MPI.BYTE], [recv, [h * row for h in leads], MPI.BYTE])
     engine.count_messages(1)
-    return out if x.device.type == "cpu" else out.to(x.device)
+    if out is not None and not direct:
+        with torch.no_grad():
+            out.copy_(result)
+        return out
+    return result if x.device.type == "cpu" else result.to(x.device)
 
 
 def _run_allgather(engine, batch: list[Op]) -> list:
     (op,) = batch
-    return [_gather(engine, op.args["x"])]
+    return [_gather(engine, op.args["x"], op.args["out"])]
 
 
-def allgather_nonblocking(tensor, name=None, _blocking=False):
+def allgather_nonblocking(tensor, name=None, *, out=None, _blocking=False):
+    """Start ``allgather``; returns a handle whose result is the gathered tensor (``out`` if given)."""
     x = _tensor(tensor, "allgather").detach().contiguous()
     engine = live_engine()
     if _blocking and x.device.type == "cpu":
-        done = engine.run_inline(_gather, x)
+        done = engine.run_inline(_gather, x, out)
         if done is not NOT_INLINE:
             return done
     return _dispatch(engine, _blocking,
-        Op("allgather", name or "allgather", _run_allgather, {"x": x}, x.numel() * x.element_size())
+        Op("allgather", name or "allgather", _run_allgather, {"x": x, "out": out},
+           x.numel() * x.element_size())
     )
 
 
-def allgather(tensor, name=None):
-    """Every rank's tensor concatenated on dim 0 in rank order (dim-0 sizes may differ)."""
-    return allgather_nonblocking(tensor, name, _blocking=True)
+def allgather(tensor, name=None, *, out=None):
+    """Every rank's tensor concatenated on dim 0 in rank order (dim-0 sizes may differ).
+
+    ``out``: a tensor of the result's shape and dtype to write into (returned), like
+    ``torch.distributed.all_gather_into_tensor``: a contiguous CPU ``out`` receives the data
+    directly, so a loop that gathers into the same buffer allocates nothing. Every rank checks
+    every rank's ``out`` before any data moves; a wrong one raises ``CommError`` on all ranks.
+    """
+    return allgather_nonblocking(tensor, name, out=out, _blocking=True)
 
 
 def _run_reduce_scatter(engine, batch: list[Op]) -> list:

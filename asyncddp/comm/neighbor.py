@@ -7,20 +7,21 @@ uniform average computed as ``(x + sum_j x_j) / (in_degree + 1)`` — sum first,
 Integer tensors: uniform averages are summed exactly in int64 and divided rounding toward zero
 (BlueFog's integer division); weighted combinations are computed in float64 and rounded to the
 nearest integer (truncating would turn 14/3 + 7/3 = 6.999... into 6). float16/bfloat16 are
-combined in float32. Results never alias the input unless an in-place ``*_`` variant was used.
+combined in float32. A one-neighbour step whose two weights sum to 1 (every one-peer Exp-2
+step) is computed as ``x + w·(r − x)`` (``torch.lerp``, one pass over memory instead of two), which
+may differ from ``self_weight·x + w·r`` in the last bit. Results never alias the input unless an in-place ``*_`` variant was used.
 The input must not be modified until a nonblocking op's handle has been synchronized.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from asyncddp.comm import p2p
-from asyncddp.comm.buffers import check_dtype, is_direct_cpu, reduction_dtype
+from asyncddp.comm.buffers import check_dtype, host_empty, is_direct_cpu, reduction_dtype
 from asyncddp.comm.engine import NOT_INLINE, Op, get_engine, live_engine
 from asyncddp.errors import CommError
 from asyncddp.topology.analysis import recv_weights
@@ -209,6 +210,17 @@ def _scaled(x: torch.Tensor, weight: float) -> torch.Tensor:
     return (work if x.dtype.is_floating_point else work.round()).to(x.dtype)
 
 
+def _lerp_weight(plan: Plan):
+    """``w`` when the step is ``(1 - w)·x + w·r`` with one in-neighbour (one-peer Exp-2 steps
+    are), else None. ``lerp`` computes it as ``x + w·(r − x)`` in one pass over memory instead
+    of scale-then-add's two: the step is memory-bound, so it takes ~30% less time; the result
+    may differ from ``self_weight·x + w·r`` in the last bit, never by more."""
+    if plan.uniform or len(plan.recvs) != 1:
+        return None
+    weight = plan.recvs[0][1]
+    return weight if plan.self_weight + weight == 1.0 else None
+
+
 def combine(x: torch.Tensor, received: dict, plan: Plan) -> torch.Tensor:
     """The rank's new value from its own tensor and what its in-neighbours sent.
 
@@ -230,6 +242,9 @@ def combine(x: torch.Tensor, received: dict, plan: Plan) -> torch.Tensor:
         else:
             acc = torch.div(acc, count, rounding_mode="trunc")
         return acc.to(x.dtype)
+    lerp = _lerp_weight(plan)
+    if lerp is not None and x.dtype.is_floating_point and work_dtype == x.dtype:
+        return torch.lerp(x, received[plan.recvs[0][0]], lerp)
     acc = torch.mul(work(x), plan.self_weight)
     for src, weight in plan.recvs:
         acc.add_(work(received[src]), alpha=weight)
@@ -255,6 +270,9 @@ def run_neighbor_allreduce(engine, comm, x: torch.Tensor, plan: Plan, in_place=F
             for src, _ in plan.recvs:
                 x.add_(received[src])
             return x.div_(len(plan.recvs) + 1)
+        lerp = _lerp_weight(plan)
+        if lerp is not None:
+            return x.lerp_(received[plan.recvs[0][0]], lerp)
         x.mul_(plan.self_weight)
         for src, weight in plan.recvs:
             x.add_(received[src], alpha=weight)
@@ -299,13 +317,8 @@ _LEAN_DTYPES = frozenset((
 _SAME_DTYPE_MATH = (torch.float32, torch.float64)  # combined in place, no work copy
 
 
-@functools.lru_cache(maxsize=1024)
-def _spec_tag(shape: torch.Size, dtype: torch.dtype) -> int:
-    return p2p.spec_tag(shape, dtype)
-
-
 def _lean_buffer(nbytes: int):
-    buf = torch.empty(nbytes, dtype=torch.uint8)
+    buf = host_empty((nbytes,), torch.uint8)
     return buf, buf.numpy()
 
 
@@ -325,7 +338,7 @@ def _exchange_small(engine, comm, x: torch.Tensor, plan: Plan) -> dict:
         bufs.append((buf, view))
         requests.append(comm.Irecv([view, MPI.BYTE], src, MPI.ANY_TAG))
     num_recvs = len(requests)
-    tag = _spec_tag(x.shape, x.dtype)
+    tag = p2p.spec_tag(x.shape, x.dtype)
     keep_alive = []
     for dst, weight in plan.sends:
         sent = x if weight == 1.0 else _scaled(x, weight)
@@ -366,6 +379,9 @@ def _run_lean(engine, x: torch.Tensor, plan: Plan, in_place: bool) -> torch.Tens
                 np.add(mine, view.view(mine.dtype).reshape(mine.shape), out=mine)
             np.divide(mine, len(bufs) + 1, out=mine)
             return x
+        lerp = _lerp_weight(plan)
+        if lerp is not None:
+            return x.lerp_(bufs[0][0].view(x.dtype).view(x.shape), lerp)
         np.multiply(mine, plan.self_weight, out=mine)
         for (_, weight), (buf, _) in zip(plan.recvs, bufs):
             x.add_(buf.view(x.dtype).view(x.shape), alpha=weight)

@@ -12,20 +12,26 @@ has landed, while the copies of later chunks are still running.
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 import torch
 
 from asyncddp.comm import device
-from asyncddp.comm.buffers import byte_view
+from asyncddp.comm.buffers import byte_view, host_empty
 from asyncddp.errors import CommError
 
-__all__ = ["spec_tag", "check_received", "exchange"]
+__all__ = ["spec_tag", "check_received", "wait_all", "exchange"]
 
 
 def spec_tag(shape, dtype) -> int:
     """A tag in 1..32767 identifying (dtype, shape); MPI guarantees tags up to 32767."""
-    text = f"{dtype}|{tuple(int(d) for d in shape)}".encode()
+    return _spec_tag(tuple(int(d) for d in shape), dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def _spec_tag(shape: tuple, dtype) -> int:
+    text = f"{dtype}|{shape}".encode()
     return (zlib.crc32(text) % 32767) + 1
 
 
@@ -33,11 +39,11 @@ def _flat_bytes(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.contiguous().reshape(-1).view(torch.uint8)
 
 
-def _mpi_buffer(flat: torch.Tensor, start: int, stop: int, byte_type):
-    piece = flat if (start == 0 and stop == flat.numel()) else flat[start:stop]
-    if piece.device.type == "cpu":
-        return [byte_view(piece), byte_type]
-    return [piece, byte_type]  # CUDA-aware MPI: mpi4py reads __cuda_array_interface__
+def _pieces(flat: torch.Tensor, byte_type) -> list:
+    """``flat``'s chunks as MPI buffers: numpy slices of one byte view on the host (cheap to
+    take); on a CUDA-aware MPI, tensor slices (mpi4py reads ``__cuda_array_interface__``)."""
+    whole = byte_view(flat) if flat.device.type == "cpu" else flat
+    return [[whole[start:stop], byte_type] for start, stop in device.chunk_ranges(flat.numel())]
 
 
 def check_received(failure: str | None, expected, statuses) -> None:
@@ -61,6 +67,29 @@ def check_received(failure: str | None, expected, statuses) -> None:
             )
 
 
+class _Statuses(list):
+    failure: str | None = None
+
+
+def wait_all(requests) -> list:
+    """``Waitall`` (MPI progresses every message at once); returns the statuses, with
+    ``.failure`` set to MPI's error string when one failed. Even then every request is waited
+    for, so none is left pointing at a buffer about to be reused or freed."""
+    from mpi4py import MPI
+
+    statuses = _Statuses(MPI.Status() for _ in requests)
+    try:
+        MPI.Request.Waitall(requests, statuses)
+    except MPI.Exception as error:
+        statuses.failure = error.Get_error_string()
+        for request in requests:
+            try:
+                request.Wait()
+            except MPI.Exception:
+                pass
+    return statuses
+
+
 def exchange(engine, comm, sends: dict, recv_specs: dict, device_like: torch.Tensor) -> dict:
     """Send ``sends[dst]`` to each dst and receive a tensor of ``recv_specs[src] = (shape, dtype)``.
 
@@ -78,20 +107,20 @@ def exchange(engine, comm, sends: dict, recv_specs: dict, device_like: torch.Ten
     requests, expected = [], []
     recv_bufs = {}
     for src, (shape, dtype) in recv_specs.items():
-        nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        nbytes = torch.Size(shape).numel() * dtype.itemsize
         buf = engine.scratch(
             (len(recv_bufs), nbytes, str(device_like.device) if on_cuda and not staged else "cpu", staged),
-            lambda: torch.empty(
-                nbytes,
-                dtype=torch.uint8,
-                device=device_like.device if on_cuda and not staged else "cpu",
-                pin_memory=staged,
+            lambda: (
+                torch.empty(nbytes, dtype=torch.uint8, device=device_like.device if not staged else "cpu",
+                            pin_memory=staged)
+                if on_cuda else host_empty((nbytes,), torch.uint8)
             ),
         )
         recv_bufs[src] = buf
-        for start, stop in device.chunk_ranges(nbytes):
-            requests.append(comm.Irecv(_mpi_buffer(buf, start, stop, MPI.BYTE), source=src, tag=MPI.ANY_TAG))
-            expected.append((src, stop - start, spec_tag(shape, dtype)))
+        tag = spec_tag(shape, dtype)
+        for piece in _pieces(buf, MPI.BYTE):
+            requests.append(comm.Irecv(piece, source=src, tag=MPI.ANY_TAG))
+            expected.append((src, len(piece[0]), tag))
     num_recvs = len(requests)
     keep_alive = []
     if staged:
@@ -101,26 +130,19 @@ def exchange(engine, comm, sends: dict, recv_specs: dict, device_like: torch.Ten
             started.append((dst, host, events, ranges, spec_tag(tensor.shape, tensor.dtype)))
         for dst, host, events, ranges, tag in started:
             keep_alive.append(host)
+            whole = byte_view(host)
             for _index, start, stop in device.ready_chunks(events, ranges):
-                requests.append(comm.Isend(_mpi_buffer(host, start, stop, MPI.BYTE), dest=dst, tag=tag))
+                requests.append(comm.Isend([whole[start:stop], MPI.BYTE], dest=dst, tag=tag))
     else:
         for dst, tensor in sends.items():
             flat = _flat_bytes(tensor)
             keep_alive.append(flat)
             tag = spec_tag(tensor.shape, tensor.dtype)
-            for start, stop in device.chunk_ranges(flat.numel()):
-                requests.append(comm.Isend(_mpi_buffer(flat, start, stop, MPI.BYTE), dest=dst, tag=tag))
+            for piece in _pieces(flat, MPI.BYTE):
+                requests.append(comm.Isend(piece, dest=dst, tag=tag))
     engine.count_messages(len(requests) - num_recvs)
-    statuses = [MPI.Status() for _ in requests]
-    failure = None
-    # Wait on each request even after one failed, so no request is left pointing at a buffer
-    # that is about to be freed.
-    for request, status in zip(requests, statuses):
-        try:
-            request.Wait(status)
-        except MPI.Exception as error:
-            failure = failure or error.Get_error_string()
-    check_received(failure, expected, statuses[:num_recvs])
+    statuses = wait_all(requests)
+    check_received(statuses.failure, expected, statuses[:num_recvs])
     out = {}
     for src, (shape, dtype) in recv_specs.items():
         buf = recv_bufs[src]

@@ -44,7 +44,7 @@ __all__ = [
     "win_create", "win_free", "win_put", "win_put_nonblocking", "win_get", "win_get_nonblocking",
     "win_accumulate", "win_accumulate_nonblocking", "win_update", "win_update_then_collect",
     "get_win_version", "win_mutex", "win_wait", "win_poll", "win_associated_p",
-    "turn_on_win_ops_with_associated_p", "turn_off_win_ops_with_associated_p",
+    "turn_on_win_ops_with_associated_p", "turn_off_win_ops_with_associated_p", "win_memory",
 ]
 
 _HEADER = 16  # int64 version + float64 associated p
@@ -114,6 +114,8 @@ class Window:
         self.thread_lock = threading.RLock()  # one RMA epoch per target at a time in-process
         self.memory = np.frombuffer(self.win.tomemory(), dtype=np.uint8)
         self.p = 1.0
+        self.adopted = False  # win_memory: the registered tensor is block 0 itself
+        self.published_p = None  # block 0's p as last written (set by _write)
         host = _to_store(tensor, self.store_dtype)
         with self.local():
             self._write(0, host, 1.0)
@@ -140,6 +142,8 @@ class Window:
     def _write(self, block: int, host: torch.Tensor, p: float) -> None:
         self._data(block).copy_(host)
         self._p(block)[0] = p
+        if block == 0:
+            self.published_p = p
 
     @contextmanager
     def local(self):
@@ -185,7 +189,16 @@ class Window:
             self.win.Unlock(source)
         return out, float(pbuf[0])
 
+    def publishes(self, tensor: torch.Tensor) -> bool:
+        """True when ``tensor`` is block 0 (``win_memory``): copying it there would be a no-op."""
+        return (self.adopted and tensor.data_ptr() == self.tensor.data_ptr()
+                and tensor.is_contiguous() and tensor.dtype == self.store_dtype)
+
     def free(self) -> None:
+        if self.adopted:  # the tensor win_memory returned stays valid: move it off MPI's memory
+            fresh = self.tensor.clone()
+            with torch.no_grad():
+                self.tensor.set_(fresh.untyped_storage(), 0, fresh.shape, fresh.stride())
         self.mutexes.free()
         self.win.Free()
         self.comm.Free()
@@ -276,6 +289,33 @@ def win_create(tensor: torch.Tensor, name: str, zero_init: bool = False) -> bool
     return True
 
 
+def win_memory(name: str) -> torch.Tensor:
+    """Make window ``name``'s published block its registered tensor, and return that tensor.
+
+    The result (the registered tensor's shape and dtype, on the CPU) is the memory that
+    in-neighbours' ``win_get`` reads, so ``win_put`` of it and ``win_update`` no longer copy the
+    tensor there: one pass over memory less for each (``DistributedWinPutOptimizer`` keeps its
+    parameters in it). From now on ``win_update`` writes into it, and a concurrent ``win_get``
+    sees writes to it at once rather than at the next put or update (as in BlueFog, whose
+    windows expose the tensor's own memory). ``win_free`` moves the returned tensor to ordinary
+    memory; views of it must not be used after ``win_free``. Not collective. CPU windows whose
+    dtype is stored as is (float32, float64, integers) only.
+    """
+    win = _window(name, "win_memory")
+    current = win.tensor
+    if current.device.type != "cpu" or current.dtype != win.store_dtype:
+        raise CommError(f"win_memory({name!r}): the window holds a {current.dtype} tensor on "
+                        f"{current.device}; only CPU windows of float32, float64 or integer "
+                        "tensors can expose their memory (half precision is stored as float32)")
+    if not win.adopted:
+        with win.local():
+            published = win._data(0)
+            published.copy_(_to_store(current, win.store_dtype))
+            win.tensor = published.view(current.shape)
+            win.adopted = True
+    return win.tensor
+
+
 def _free_all() -> None:
     win_free(None)
 
@@ -312,7 +352,14 @@ def _start_put(tensor, name, self_weight, dst_weights, require_mutex, accumulate
     if not blocking or self_weight is not None:
         host = host.clone() if _shares_memory(host, tensor) else host
     p_before = win.p
-    if not accumulate:
+    if win.publishes(tensor):
+        # The data already is block 0. Skip even the exclusive lock on ourselves unless p
+        # changed: that lock waits for every remote epoch on this rank, e.g. the in-neighbour's
+        # put happening at the same moment, which would serialise the two puts.
+        if not accumulate and win.published_p != p_before:
+            with win.local():
+                win._p(0)[0] = win.published_p = p_before
+    elif not accumulate:
         with win.local():
             win._write(0, host, p_before)
     if self_weight is not None:
@@ -429,7 +476,9 @@ def win_update(name, self_weight=None, neighbor_weights=None, reset=False, clone
                 target = tensor.clone() if clone else tensor
                 with torch.no_grad():
                     target.copy_(result.reshape(tensor.shape).to(tensor.dtype))
-            if not clone:
+            if not clone and win.publishes(tensor):
+                win._p(0)[0] = win.published_p = win.p
+            elif not clone:
                 win._write(0, _to_store(tensor, win.store_dtype), win.p)
     finally:
         if require_mutex:

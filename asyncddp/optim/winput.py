@@ -3,7 +3,8 @@
 ``DistributedWinPutOptimizer`` creates one window per parameter dtype holding all trainable
 parameters of that dtype back to back (collective, at construction; one window rather than one
 per parameter because creating a window costs a collective allocation); the parameters become
-views into that window's tensor, so communication reads and writes them in place. Each ``step()`` runs
+views into that window's tensor (on the CPU, its own published memory: ``win_memory``), so
+communication reads and writes them in place. Each ``step()`` runs
 the user's update, then every ``num_steps_per_communication`` steps puts the new parameters
 into the out-neighbours' window buffers (passive target: the neighbour takes no part) and
 replaces them by the average of this rank's value and whatever the
@@ -20,7 +21,7 @@ import itertools
 import torch
 
 from asyncddp.comm.context import size
-from asyncddp.comm.windows import win_create, win_free, win_put, win_update
+from asyncddp.comm.windows import win_create, win_free, win_memory, win_put, win_update
 from asyncddp.errors import AsyncDDPError
 from asyncddp.optim.base import (
     DistributedOptimizer,
@@ -35,6 +36,15 @@ from asyncddp.optim.gradient import _check_k
 __all__ = ["DistributedWinPutOptimizer"]
 
 _instances = itertools.count()
+
+
+def _point_into(params, flat: torch.Tensor) -> None:
+    """Make ``params`` consecutive views of ``flat``: put and update then read and write them in
+    place, with no packing before the put and no unpacking after."""
+    offset = 0
+    for p in params:
+        p.data = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
 
 
 class _WinPut(DistributedOptimizer):
@@ -52,21 +62,20 @@ class _WinPut(DistributedOptimizer):
         # Same counter on every rank as long as every rank builds its optimizers in the same order.
         prefix = window_prefix if window_prefix is not None else f"winput{next(_instances)}"
         self.window_prefix = prefix
-        self._addp_windows = []  # (window name, flat tensor the parameters are views of)
+        self._addp_windows = []  # (window name, flat tensor, the parameters that are views of it)
         by_dtype: dict = {}
         for _, p in self._addp_named:
             by_dtype.setdefault((p.dtype, p.device), []).append(p)
         for k, params in enumerate(by_dtype.values()):
             window = f"{prefix}.{k}"
             flat = torch.cat([p.detach().reshape(-1) for p in params])
-            # The parameters become views into the window's registered tensor, so put and update
-            # read and write them in place: no packing before the put, no unpacking after.
-            offset = 0
-            for p in params:
-                p.data = flat[offset:offset + p.numel()].view_as(p)
-                offset += p.numel()
             win_create(flat, window)
-            self._addp_windows.append((window, flat))
+            if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+                # Keep the parameters in the window's published block: put and update then
+                # skip copying them there (one pass over the model each, per step).
+                flat = win_memory(window)
+            _point_into(params, flat)
+            self._addp_windows.append((window, flat, params))
 
     def step(self, closure=None):
         if not self._addp_windows:
@@ -76,7 +85,7 @@ class _WinPut(DistributedOptimizer):
         # One rank with default weights: no neighbours to put to, and the update is the identity.
         solo = self._addp_solo and self.self_weight in (None, 1.0)
         if self._addp_step_count % self.num_steps_per_communication == 0 and not solo:
-            for window, flat in self._addp_windows:
+            for window, flat, _ in self._addp_windows:
                 win_put(flat, window, dst_weights=self.dst_weights, require_mutex=self.require_mutex)
                 # flat (the parameters) <- self_weight * flat + sum_j w_j * (what in-neighbour j put last)
                 win_update(window, self_weight=self.self_weight,
@@ -91,8 +100,9 @@ class _WinPut(DistributedOptimizer):
 
     def free(self) -> None:
         """Release the windows (collective: every rank, once, after its training loop)."""
-        for window, _ in self._addp_windows:
-            win_free(window)
+        for window, flat, params in self._addp_windows:
+            win_free(window)  # moves flat off the window's memory; re-point the views to it
+            _point_into(params, flat)
         self._addp_windows = []
 
 

@@ -136,6 +136,28 @@ def test_dynamic_one_peer_dict_and_list():
         assert torch.equal(out, torch.full((4,), want, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_peer_convex_step_on_every_path(dtype):
+    """(1 - w)·x + w·r is computed in one pass (lerp): within an ulp or two of the formula on
+    the small in-place path, the chunked path (> 4 MiB) and the out-of-place path."""
+    r, n = addp.rank(), addp.size()
+    if n == 1:
+        pytest.skip("needs a neighbour")
+    prev, nxt = (r - 1) % n, (r + 1) % n
+    kw = dict(self_weight=0.3, src_weights={prev: 0.7}, dst_weights={nxt: 1.0})
+    for count in (1000, 1_300_000):
+        mine = torch.rand(count, generator=torch.Generator().manual_seed(r), dtype=torch.float64)
+        theirs = torch.rand(count, generator=torch.Generator().manual_seed(prev), dtype=torch.float64)
+        want = 0.3 * mine + 0.7 * theirs
+        eps = torch.finfo(dtype).eps
+        out = addp.neighbor_allreduce(mine.to(dtype), **kw)
+        assert torch.allclose(out.double(), want, rtol=4 * eps, atol=0)
+        x = mine.to(dtype)
+        assert addp.neighbor_allreduce_(x, **kw) is x
+        assert torch.allclose(x.double(), want, rtol=4 * eps, atol=0)
+        assert torch.equal(x, out)  # both paths compute the same thing
+
+
 def test_int_weighted_truncates():
     r, n = addp.rank(), addp.size()
     if n == 1:
@@ -363,6 +385,46 @@ def test_allgather_trailing_shape_mismatch():
     x = torch.zeros(1, 3 if r == 0 else 2)
     with pytest.raises(addp.CommError, match="trailing shape"):
         addp.allgather(x)
+
+
+def test_allgather_into_out():
+    r, n = addp.rank(), addp.size()
+    x = torch.full((r + 1, 2), float(r))
+    want = torch.cat([torch.full((j + 1, 2), float(j)) for j in range(n)])
+    total = n * (n + 1) // 2
+    out = torch.full((total, 2), -1.0)
+    got = addp.allgather(x, out=out)
+    assert got is out and torch.equal(out, want)  # written in place: no new tensor
+    # A strided out (every other row of a bigger tensor) is filled through a copy.
+    big = torch.full((2 * total, 2), -1.0)
+    assert torch.equal(addp.allgather(x, out=big[::2]), want)
+    assert torch.equal(big[1::2], torch.full((total, 2), -1.0))
+    # Nonblocking: the handle's result is out; bfloat16 moves as bytes straight into out.
+    out16 = torch.zeros((total, 2), dtype=torch.bfloat16)
+    handle = addp.allgather_nonblocking(x.to(torch.bfloat16), out=out16)
+    assert addp.synchronize(handle) is out16 and torch.equal(out16, want.to(torch.bfloat16))
+    # Large enough for a huge-page result buffer when no out is given: same values.
+    wide = torch.arange(600_000, dtype=torch.float32) + r
+    gathered = addp.allgather(wide)
+    assert torch.equal(gathered, torch.cat([torch.arange(600_000, dtype=torch.float32) + j for j in range(n)]))
+
+
+def test_allgather_bad_out_raises_on_every_rank():
+    r, n = addp.rank(), addp.size()
+    x = torch.full((2,), float(r))
+    if n == 1:
+        with pytest.raises(addp.CommError, match=r"out= is a torch.float32 tensor of shape \[3\]"):
+            addp.allgather(x, out=torch.empty(3))
+        return
+    # Only rank 0's out is wrong (one row short); the others learn it from the header.
+    out = torch.empty(2 * n - (1 if r == 0 else 0))
+    pattern = r"out= is a torch.float32 tensor of shape" if r == 0 else r"rank\(s\) \[0\] passed an out="
+    with pytest.raises(addp.CommError, match=pattern):
+        addp.allgather(x, out=out)
+    with pytest.raises(addp.CommError, match="out= is a torch.float64 tensor"):
+        addp.allgather(x, out=torch.empty(2 * n, dtype=torch.float64))
+    # The job is still healthy afterwards.
+    assert torch.equal(addp.allgather(x, out=torch.empty(2 * n)), torch.arange(n).repeat_interleave(2).float())
 
 
 def test_set_topology_refused_while_ops_are_in_flight():

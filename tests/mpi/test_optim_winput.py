@@ -54,7 +54,8 @@ def test_parameters_are_views_and_puts_land_in_the_neighbours_buffers():
             p.fill_(r + 1.0)
     opt = addp.DistributedWinPutOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), model,
                                           window_prefix="views")  # fmt: skip
-    name, flat = opt._addp_windows[0]
+    name, flat, _ = opt._addp_windows[0]
+    assert flat is addp.win_memory(name)  # the parameters live in the published block
     assert flat.numel() == sum(p.numel() for p in model.parameters())
     assert all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for p in model.parameters())
     torch.nn.functional.mse_loss(model(torch.ones(1, 3)), torch.zeros(1, 1)).backward()
@@ -73,3 +74,6 @@ def test_parameters_are_views_and_puts_land_in_the_neighbours_buffers():
     assert all(torch.all(p == value) for p in model.parameters())
     addp.barrier()
     opt.free()
+    # free() moved the parameters off the window's memory: they keep their values and train on.
+    assert all(torch.all(p == value) for p in model.parameters())
+    assert model(torch.ones(1, 3)).shape == (1, 1)

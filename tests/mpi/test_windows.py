@@ -75,6 +75,38 @@ def test_get_pulls_published_values_with_weights():
     assert out.tolist() == [sum(20.0 * j for j in ins), 2.0 * len(ins)]
 
 
+def test_win_memory_is_the_published_block_and_survives_win_free():
+    r, n, ins, outs = _ranks()
+    x = torch.full((2, 2), float(r + 1), dtype=torch.float64)
+    addp.win_create(x, "m")
+    mem = addp.win_memory("m")
+    assert mem is not x and mem.shape == x.shape and torch.equal(mem, x)
+    assert addp.win_memory("m") is mem  # asking again returns the same tensor
+    # Writes to it are what in-neighbours pull, with no put or update in between.
+    mem.fill_(100.0 + r)
+    COMM.Barrier()
+    addp.win_get("m")
+    COMM.Barrier()
+    got = addp.win_update("m", 0.0, {j: 1.0 for j in ins}, clone=True)
+    assert torch.equal(got, torch.full((2, 2), float(sum(100.0 + j for j in ins)), dtype=torch.float64))
+    # win_put of it reaches the out-neighbours; win_update now writes into it, not into x.
+    COMM.Barrier()
+    addp.win_put(mem, "m")
+    COMM.Barrier()
+    assert addp.win_update("m") is mem
+    want = (100.0 + r + sum(100.0 + j for j in ins)) / (len(ins) + 1)
+    assert torch.allclose(mem, torch.full((2, 2), want, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert torch.equal(x, torch.full((2, 2), float(r + 1), dtype=torch.float64))
+    COMM.Barrier()
+    addp.win_free("m")
+    # Moved off MPI's memory: still readable and writable, same values.
+    assert torch.allclose(mem, torch.full((2, 2), want, dtype=torch.float64), rtol=0, atol=1e-12)
+    mem.add_(1.0)
+    addp.win_create(torch.zeros(3, dtype=torch.float16), "half")
+    with pytest.raises(addp.CommError, match=r"win_memory\('half'\).*float16"):
+        addp.win_memory("half")
+
+
 def test_accumulate_and_update_then_collect():
     r, n, ins, outs = _ranks()
     x = torch.full((4,), float(r), dtype=torch.float64)
