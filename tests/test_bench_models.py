@@ -76,6 +76,7 @@ def test_a_failed_run_is_a_row_not_fatal():
     (["bench", "mlp", "--plot", "x.jpg"], "--plot x.jpg"),
     (["bench", "straggler", "-np", "2", "--slow-rank", "2"], "--slow-rank 2"),
     (["bench", "straggler", "--slow-factor", "0.5"], "--slow-factor 0.5"),
+    (["bench", "straggler", "--model", "nope"], "choose resnet18, resnet50, vgg16, mobilenet_v3, transformer or mlp"),
 ])
 def test_bad_options_give_one_line_errors(args, message):
     proc = asyncddp(*args)
@@ -84,15 +85,29 @@ def test_bad_options_give_one_line_errors(args, message):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_mobilenet_without_torchvision_says_so():
-    pytest.importorskip("torch")
-    try:
-        import torchvision  # noqa: F401
-        pytest.skip("torchvision is installed: mobilenet_v3 is available")
-    except ImportError:
-        pass
-    proc = asyncddp("bench", "mobilenet_v3")
-    assert proc.returncode == 2 and "needs torchvision" in proc.stderr
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_mobilenet_v3_has_torchvisions_parameter_count_and_shape(image_size):
+    import torch
+
+    from asyncddp.bench.models import build_model
+
+    model = build_model("mobilenet_v3", image_size)
+    # torchvision's mobilenet_v3_large at 1000 classes; ours (used without torchvision) must match it.
+    assert sum(p.numel() for p in model.parameters()) == 5_483_032
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, image_size, image_size)).shape == (2, 1000)
+
+
+@pytest.mark.timeout(60)
+def test_mobilenet_v3_bench_runs():
+    proc = asyncddp("bench", "mobilenet_v3", "--np", "1", "--methods", "local", "--image-size", "32", "--batch-size",
+                    "2", "--iters", "1", "--warmup", "0", "--timeout", "50", "--json", timeout=55)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert (data["model"], data["num_parameters"]) == ("mobilenet_v3", 5_483_032)
+    (run,) = data["runs"]
+    assert (run["method"], run["num_ranks"], run["error"]) == ("local", 1, None), proc.stderr
+    assert run["img_s_total"] > 0 and run["iter_ms"] > 0
 
 
 def test_parsers():

@@ -2,10 +2,10 @@
 
 torchvision is not a dependency (its wheels pin a torch build), so ResNet-18/50 (the standard
 BasicBlock / Bottleneck layout of He et al., 11.7M / 25.6M parameters at 1000 classes), VGG-16
-(configuration D with batch norm omitted, as torchvision's ``vgg16``), a small ViT-style transformer
-encoder and an MLP are defined here in plain torch. MobileNetV3 is taken from torchvision only:
-without it ``build_model`` raises a ``BenchError`` saying so. Every model maps (B, 3, S, S) images to
-1000 logits and works for any S ≥ 32 (adaptive pooling before the head).
+(configuration D with batch norm omitted, as torchvision's ``vgg16``), MobileNetV3-Large (Table 1 of
+Howard et al. 2019, 5.48M parameters, as torchvision's ``mobilenet_v3_large``), a small ViT-style
+transformer encoder and an MLP are defined here in plain torch. Every model maps (B, 3, S, S) images
+to 1000 logits and works for any S ≥ 32 (adaptive pooling before the head).
 """
 
 from __future__ import annotations
@@ -132,6 +132,97 @@ class TransformerClassifier(nn.Module):
         return self.head(self.norm(self.encoder(tokens))[:, 0])
 
 
+# MobileNetV3-Large's 15 bneck blocks (Table 1 of Howard et al. 2019, "Searching for MobileNetV3"):
+# (kernel, expanded width, output width, squeeze-and-excite, hardswish (else ReLU), stride).
+_MOBILENET_V3_LARGE = (
+    (3, 16, 16, False, False, 1),
+    (3, 64, 24, False, False, 2),
+    (3, 72, 24, False, False, 1),
+    (5, 72, 40, True, False, 2),
+    (5, 120, 40, True, False, 1),
+    (5, 120, 40, True, False, 1),
+    (3, 240, 80, False, True, 2),
+    (3, 200, 80, False, True, 1),
+    (3, 184, 80, False, True, 1),
+    (3, 184, 80, False, True, 1),
+    (3, 480, 112, True, True, 1),
+    (3, 672, 112, True, True, 1),
+    (5, 672, 160, True, True, 2),
+    (5, 960, 160, True, True, 1),
+    (5, 960, 160, True, True, 1),
+)
+
+
+def _round_width(width: float, divisor: int = 8) -> int:
+    """Nearest multiple of ``divisor`` (at least ``divisor``), bumped up if rounding lost over 10%."""
+    rounded = max(divisor, int(width + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * width else rounded
+
+
+def _conv_norm(channels_in: int, channels_out: int, kernel: int, stride: int = 1, groups: int = 1,
+               activation: type[nn.Module] | None = None) -> nn.Sequential:
+    """Bias-free "same" convolution + batch norm (TF's eps 1e-3 and decay 0.99) + optional activation."""
+    layers = [nn.Conv2d(channels_in, channels_out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(channels_out, eps=1e-3, momentum=0.01)]
+    if activation is not None:
+        layers.append(activation(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class _SqueezeExcite(nn.Module):
+    """Per-channel gates from the pooled features: 1x1 down to a quarter (rounded to 8), ReLU, 1x1 up, hardsigmoid."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        squeezed = _round_width(channels / 4)
+        self.reduce = nn.Conv2d(channels, squeezed, 1)
+        self.expand = nn.Conv2d(squeezed, channels, 1)
+
+    def forward(self, x):
+        gate = F.relu(self.reduce(F.adaptive_avg_pool2d(x, 1)))
+        return x * F.hardsigmoid(self.expand(gate))
+
+
+class _InvertedResidual(nn.Module):
+    """A bneck: 1x1 expand (absent when the expanded width is the input width), depthwise k x k carrying the
+    stride, optional squeeze-and-excite, linear 1x1 projection; identity shortcut when the shape is kept."""
+
+    def __init__(self, channels_in: int, kernel: int, expanded: int, channels_out: int, excite: bool,
+                 hardswish: bool, stride: int) -> None:
+        super().__init__()
+        activation = nn.Hardswish if hardswish else nn.ReLU
+        layers = [] if expanded == channels_in else [_conv_norm(channels_in, expanded, 1, activation=activation)]
+        layers.append(_conv_norm(expanded, expanded, kernel, stride, groups=expanded, activation=activation))
+        if excite:
+            layers.append(_SqueezeExcite(expanded))
+        layers.append(_conv_norm(expanded, channels_out, 1))  # no activation: a ReLU here would lose information
+        self.body = nn.Sequential(*layers)
+        self.shortcut = stride == 1 and channels_in == channels_out
+
+    def forward(self, x):
+        out = self.body(x)
+        return x + out if self.shortcut else out
+
+
+class MobileNetV3Large(nn.Module):
+    """3x3/2 stem to 16 (hardswish), the 15 bnecks, 1x1 to 960 (hardswish), global pool, 1280 (hardswish) head."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        layers, channels = [_conv_norm(3, 16, 3, 2, activation=nn.Hardswish)], 16
+        for kernel, expanded, channels_out, excite, hardswish, stride in _MOBILENET_V3_LARGE:
+            layers.append(_InvertedResidual(channels, kernel, expanded, channels_out, excite, hardswish, stride))
+            channels = channels_out
+        layers.append(_conv_norm(channels, 960, 1, activation=nn.Hardswish))
+        self.features = nn.Sequential(*layers)
+        # The paper's two 1x1 convolutions without batch norm after the pool are linear layers on the pooled vector.
+        self.classifier = nn.Sequential(nn.Linear(960, 1280), nn.Hardswish(inplace=True), nn.Dropout(0.2),
+                                        nn.Linear(1280, num_classes))
+
+    def forward(self, x):
+        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
 class MLP(nn.Module):
     """Images 8x8-pooled and flattened, two hidden layers of 1024, 1000 classes."""
 
@@ -167,9 +258,10 @@ def build_model(name: str, image_size: int) -> nn.Module:
         return ResNet(_Bottleneck, (3, 4, 6, 3))
     if name == "vgg16":
         return VGG16()
+    if name == "mobilenet_v3":
+        return MobileNetV3Large()
     if name == "transformer":
         return TransformerClassifier(image_size)
     if name == "mlp":
         return MLP()
-    raise BenchError("bench mobilenet_v3 needs torchvision (not installed here, and not a dependency of "
-                     "asyncddp because its wheels pin a torch build): pip install torchvision matching your torch")
+    raise BenchError(f"model {name!r} is listed in bench.results.MODELS but has no definition in bench.models")

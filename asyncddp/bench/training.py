@@ -38,23 +38,29 @@ def _device(options: ModelBenchOptions) -> tuple[torch.device, list[str]]:
 
 
 def _ddp(model, device: torch.device, shared_gpu: bool):
-    """torch DDP: rank 0 picks a free TCP port and broadcasts (address, port) over MPI."""
+    """torch DDP. Rank 0 starts the rendezvous store on a port the kernel picks (port 0, so no
+    other process can take it between choosing and binding) and broadcasts its address over MPI."""
+    from datetime import timedelta
+
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     comm = addp.get_context().comm
+    me, size = comm.Get_rank(), comm.Get_size()
     hosts = comm.allgather(socket.gethostname())
+    timeout = timedelta(seconds=120)  # a rank that never arrives fails the run, not hangs it
     address = None
-    if comm.Get_rank() == 0:
-        with socket.socket() as sock:  # closed before gloo binds it: a small race, as torchrun's
-            sock.bind(("", 0))
-            port = sock.getsockname()[1]
+    if me == 0:
         local = len(set(hosts)) == 1
-        address = ("127.0.0.1" if local else socket.gethostbyname(socket.gethostname()), port)
-    address, port = comm.bcast(address, root=0)
+        host = "127.0.0.1" if local else socket.gethostbyname(socket.gethostname())
+        # wait_for_workers=False: the others learn the port only from the broadcast below.
+        store = dist.TCPStore(host, 0, size, is_master=True, timeout=timeout, wait_for_workers=False)
+        address = (host, store.port)
+    host, port = comm.bcast(address, root=0)
+    if me != 0:
+        store = dist.TCPStore(host, port, size, is_master=False, timeout=timeout)
     backend = "nccl" if device.type == "cuda" and not shared_gpu else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=comm.Get_rank(),
-                            world_size=comm.Get_size())
+    dist.init_process_group(backend, store=store, rank=me, world_size=size, timeout=timeout)
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 

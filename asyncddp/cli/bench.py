@@ -174,13 +174,6 @@ def _model_command(model: str):
                               f"{warmup}: need batch >= 1, image size >= 32, iters >= 1, warmup >= 0")
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {device}: choose cpu or cuda")
-        if model == "mobilenet_v3":
-            from asyncddp.bench.models import _torchvision
-
-            if _torchvision(model) is None:
-                raise ConfigError("bench mobilenet_v3 needs torchvision, which is not installed (and not an asyncddp "
-                                  "dependency: its wheels pin a torch build); pip install the torchvision matching "
-                                  "your torch, or pick resnet18/resnet50/vgg16/transformer/mlp")
         launch = _launch_options(hostfile, hosts, config, env, mpi_args, oversubscribe, timeout)
         _check_plot_path(plot)
         base = ModelBenchOptions(model=model, batch_size=batch_size, image_size=image_size, warmup=warmup,
@@ -248,8 +241,8 @@ def straggler_command(
         raise ConfigError(f"-np {num_ranks} --slow-rank {slow_rank}: need at least 2 ranks and 0 <= slow rank < np")
     if slow_factor < 1:
         raise ConfigError(f"--slow-factor {slow_factor:g}: give a factor of at least 1")
-    if model not in MODELS or model == "mobilenet_v3":
-        raise ConfigError(f"--model {model}: choose resnet18, resnet50, vgg16, transformer or mlp")
+    if model not in MODELS:
+        raise ConfigError(f"--model {model}: choose {', '.join(MODELS[:-1])} or {MODELS[-1]}")
     if batch_size < 1 or image_size < 32 or iters < 1 or warmup < 0:
         raise ConfigError(f"--batch-size {batch_size} --image-size {image_size} --iters {iters} --warmup {warmup}: "
                           "need batch >= 1, image size >= 32, iters >= 1, warmup >= 0")

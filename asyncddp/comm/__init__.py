@@ -14,7 +14,7 @@ _OP_MODULES = {
     ),
     "asyncddp.comm.hierarchical": (
         "hierarchical_neighbor_allreduce", "hierarchical_neighbor_allreduce_",
-        "hierarchical_neighbor_allreduce_nonblocking",
+        "hierarchical_neighbor_allreduce_nonblocking", "hierarchical_neighbor_allreduce_nonblocking_",
     ),
     "asyncddp.comm.collectives": (
         "allreduce", "allreduce_", "allreduce_nonblocking", "allreduce_nonblocking_",

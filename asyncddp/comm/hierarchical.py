@@ -22,6 +22,7 @@ __all__ = [
     "hierarchical_neighbor_allreduce",
     "hierarchical_neighbor_allreduce_",
     "hierarchical_neighbor_allreduce_nonblocking",
+    "hierarchical_neighbor_allreduce_nonblocking_",
 ]
 
 
@@ -78,6 +79,15 @@ def hierarchical_neighbor_allreduce_nonblocking(
     """Start ``hierarchical_neighbor_allreduce``; returns a handle."""
     return _submit(tensor, self_weight, src_machine_weights, dst_machine_weights, name,
                    enable_topo_check, False)  # fmt: skip
+
+
+def hierarchical_neighbor_allreduce_nonblocking_(
+    tensor, *, self_weight=None, src_machine_weights=None, dst_machine_weights=None, name=None,
+    enable_topo_check=True,
+):  # fmt: skip
+    """In-place ``hierarchical_neighbor_allreduce_nonblocking``: the result is written into ``tensor``."""
+    return _submit(tensor, self_weight, src_machine_weights, dst_machine_weights, name,
+                   enable_topo_check, True)  # fmt: skip
 
 
 def hierarchical_neighbor_allreduce(

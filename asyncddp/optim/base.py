@@ -17,7 +17,10 @@ import torch
 
 from asyncddp.errors import AsyncDDPError
 
-__all__ = ["DistributedOptimizer", "wrap", "named_trainable", "check_optimizer", "check_model"]
+__all__ = [
+    "DistributedOptimizer", "wrap", "named_trainable", "check_optimizer", "check_model",
+    "flatten_parameters", "point_into",
+]
 
 
 class DistributedOptimizer:
@@ -81,3 +84,27 @@ def inner_step(wrapped, closure=None):
     """The user's optimizer class's own ``step``."""
     base = type(wrapped)._addp_base
     return base.step(wrapped, closure) if closure is not None else base.step(wrapped)
+
+
+def point_into(params, flat: torch.Tensor) -> None:
+    """Make ``params`` consecutive views of ``flat`` (same Parameter objects, so the optimizer's
+    state and the autograd graph are untouched; only where their values live changes)."""
+    offset = 0
+    for p in params:
+        p.data = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+
+
+def flatten_parameters(params) -> list[tuple[torch.Tensor, list]]:
+    """``[(flat, params)]``: one flat tensor per (dtype, device) holding those parameters back to
+    back, the parameters made views into it. A communication round then runs one in-place op on
+    each flat tensor instead of packing the parameters before it and unpacking them after."""
+    groups: dict = {}
+    for p in params:
+        groups.setdefault((p.dtype, p.device), []).append(p)
+    out = []
+    for members in groups.values():
+        flat = torch.cat([p.detach().reshape(-1) for p in members])
+        point_into(members, flat)
+        out.append((flat, members))
+    return out

@@ -4,7 +4,11 @@
 neighbours after local updates (W is the mixing matrix of the topology or of the current step):
 
 * ATC (``atc=True``, default): ``w+ = W (w - lr*g(w))`` — ``step()`` runs the user's update,
-  then averages the new parameters with the neighbours.
+  then averages the new parameters with the neighbours. The parameters live in one flat buffer
+  per dtype and device (their ``.data`` are views into it, as DDP's gradient buckets are), so a
+  round is one in-place op per buffer: no packing before it, no copying back after. A
+  parameter moved elsewhere later (``model.to()``, ``p.data = ...``) is noticed at the next
+  round, which flattens afresh.
 * AWC (``atc=False``): ``w+ = W w - lr*g(w)`` — a post-accumulate-grad hook starts the neighbour
   exchange of each parameter as soon as its gradient is ready (the parameter itself does not
   change until ``step()``), so communication overlaps the rest of backward; ``step()`` waits,
@@ -23,16 +27,20 @@ from __future__ import annotations
 
 import enum
 
-from asyncddp.comm.collectives import allreduce_nonblocking
+from asyncddp.comm.collectives import allreduce_nonblocking, allreduce_nonblocking_
 from asyncddp.comm.context import rank, size
 from asyncddp.comm.handles import synchronize
-from asyncddp.comm.hierarchical import hierarchical_neighbor_allreduce_nonblocking
-from asyncddp.comm.neighbor import neighbor_allreduce_nonblocking
+from asyncddp.comm.hierarchical import (
+    hierarchical_neighbor_allreduce_nonblocking,
+    hierarchical_neighbor_allreduce_nonblocking_,
+)
+from asyncddp.comm.neighbor import neighbor_allreduce_nonblocking, neighbor_allreduce_nonblocking_
 from asyncddp.errors import AsyncDDPError
 from asyncddp.optim.base import (
     DistributedOptimizer,
     check_model,
     check_optimizer,
+    flatten_parameters,
     inner_step,
     named_trainable,
     wrap,
@@ -75,6 +83,16 @@ def _as_schedule(schedule):
     )
 
 
+def _still_views(flat, params) -> bool:
+    """True while every parameter still lives where ``flatten_parameters`` put it."""
+    address, size = flat.data_ptr(), flat.element_size()
+    for p in params:
+        if p.data_ptr() != address or p.device != flat.device or p.dtype != flat.dtype:
+            return False
+        address += p.numel() * size
+    return True
+
+
 class _NeighborAveraging(DistributedOptimizer):
     """Mixin: see the module docstring."""
 
@@ -96,6 +114,10 @@ class _NeighborAveraging(DistributedOptimizer):
         self._addp_handles: dict = {}
         self._addp_round = None  # (communication_type, kwargs) fixed for the current round
         self._addp_hook_handles = []
+        # ATC communicates after the whole update: one in-place op per flat group of parameters
+        # (no packing before it, no copying back after). AWC keeps one op per parameter, started
+        # from its gradient hook so that it overlaps the rest of backward.
+        self._addp_flat = flatten_parameters(p for _, p in self._addp_named) if self.atc else []
         if not self.atc:
             for name, p in self._addp_named:
                 self._addp_hook_handles.append(
@@ -172,8 +194,30 @@ class _NeighborAveraging(DistributedOptimizer):
 
         return hook
 
+    def _addp_flat_round(self) -> None:
+        """ATC: each flat group averaged in place (the parameters are views into it)."""
+        kind, kw = self._addp_begin_round()
+        if any(not _still_views(flat, params) for flat, params in self._addp_flat):
+            # Something re-homed a parameter (model.to(), p.data = ...): flatten afresh.
+            self._addp_flat = flatten_parameters(p for _, p in self._addp_named)
+        started = []
+        for k, (flat, _) in enumerate(self._addp_flat):
+            if kind == "neighbor_allreduce":
+                started.append(neighbor_allreduce_nonblocking_(flat, name=f"nar.flat{k}", **kw))
+            elif kind == "hierarchical_neighbor_allreduce":
+                started.append(
+                    hierarchical_neighbor_allreduce_nonblocking_(flat, name=f"hnar.flat{k}", **kw)
+                )
+            elif kind == "allreduce":
+                started.append(allreduce_nonblocking_(flat, average=True, name=f"par.flat{k}"))
+        for handle in started:
+            synchronize(handle)
+        self._addp_round = None
+
     def _addp_finish_round(self) -> None:
         """Launch what no hook launched (same order everywhere), wait, write combined values."""
+        if self.atc and self._addp_flat:
+            return self._addp_flat_round()
         self._addp_begin_round()
         for name, p in self._addp_named:
             if id(p) not in self._addp_handles:

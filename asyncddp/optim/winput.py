@@ -27,8 +27,10 @@ from asyncddp.optim.base import (
     DistributedOptimizer,
     check_model,
     check_optimizer,
+    flatten_parameters,
     inner_step,
     named_trainable,
+    point_into,
     wrap,
 )
 from asyncddp.optim.gradient import _check_k
@@ -36,15 +38,6 @@ from asyncddp.optim.gradient import _check_k
 __all__ = ["DistributedWinPutOptimizer"]
 
 _instances = itertools.count()
-
-
-def _point_into(params, flat: torch.Tensor) -> None:
-    """Make ``params`` consecutive views of ``flat``: put and update then read and write them in
-    place, with no packing before the put and no unpacking after."""
-    offset = 0
-    for p in params:
-        p.data = flat[offset:offset + p.numel()].view_as(p)
-        offset += p.numel()
 
 
 class _WinPut(DistributedOptimizer):
@@ -63,18 +56,14 @@ class _WinPut(DistributedOptimizer):
         prefix = window_prefix if window_prefix is not None else f"winput{next(_instances)}"
         self.window_prefix = prefix
         self._addp_windows = []  # (window name, flat tensor, the parameters that are views of it)
-        by_dtype: dict = {}
-        for _, p in self._addp_named:
-            by_dtype.setdefault((p.dtype, p.device), []).append(p)
-        for k, params in enumerate(by_dtype.values()):
+        for k, (flat, params) in enumerate(flatten_parameters(p for _, p in self._addp_named)):
             window = f"{prefix}.{k}"
-            flat = torch.cat([p.detach().reshape(-1) for p in params])
             win_create(flat, window)
             if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
                 # Keep the parameters in the window's published block: put and update then
                 # skip copying them there (one pass over the model each, per step).
                 flat = win_memory(window)
-            _point_into(params, flat)
+            point_into(params, flat)
             self._addp_windows.append((window, flat, params))
 
     def step(self, closure=None):
@@ -102,7 +91,7 @@ class _WinPut(DistributedOptimizer):
         """Release the windows (collective: every rank, once, after its training loop)."""
         for window, flat, params in self._addp_windows:
             win_free(window)  # moves flat off the window's memory; re-point the views to it
-            _point_into(params, flat)
+            point_into(params, flat)
         self._addp_windows = []
 
 

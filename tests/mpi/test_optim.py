@@ -264,6 +264,42 @@ def _uniform_mix(values):
     return (values[r] + sum(values[j] for j in ins)) / (len(ins) + 1)
 
 
+def test_atc_averages_one_flat_buffer_per_dtype_in_place():
+    # Parameters of two dtypes: two flat groups, each parameter a view into its group's buffer,
+    # one op per group per round, and the result is the exact uniform mix of the ranks' values.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2).double())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float(addp.rank() + 1))
+    opt = addp.DistributedNeighborAllreduceOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), model)
+    groups = {flat.dtype: (flat, params) for flat, params in opt._addp_flat}
+    assert set(groups) == {torch.float32, torch.float64}
+    for flat, params in groups.values():
+        assert flat.numel() == sum(p.numel() for p in params)
+        assert all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for p in params)
+    ops_before = addp.comm_stats().num_ops
+    x = torch.ones(1, 3)
+    out = model[1](model[0](x).double())
+    torch.nn.functional.mse_loss(out, torch.zeros(1, 2, dtype=torch.float64)).backward()
+    opt.step()
+    members = [addp.rank(), *addp.in_neighbor_ranks()]
+    want = sum(j + 1.0 for j in members) / len(members)  # lr 0: the step is pure averaging
+    for p in model.parameters():
+        assert torch.allclose(p.double(), torch.full_like(p, want, dtype=torch.float64), rtol=0, atol=1e-6)
+    assert addp.comm_stats().num_ops - ops_before == (2 if addp.size() > 1 else 0)
+    flat32 = groups[torch.float32][0]
+    assert model[0].weight.untyped_storage().data_ptr() == flat32.untyped_storage().data_ptr()
+    # A parameter moved away after wrapping (as model.to() does) is flattened afresh, not lost.
+    model[0].bias.data = model[0].bias.data.clone().fill_(10.0 * (addp.rank() + 1))
+    opt.step()
+    want = sum(10.0 * (j + 1) for j in members) / len(members)
+    assert torch.allclose(model[0].bias, torch.full_like(model[0].bias, want), rtol=0, atol=1e-5)
+    if addp.size() > 1:  # one rank runs no round at all
+        assert any(model[0].bias.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+                   for flat, _ in opt._addp_flat)
+
+
 @pytest.mark.parametrize("atc", [True, False])
 def test_one_step_atc_and_awc_exact(atc):
     n, lr = addp.size(), 0.25
