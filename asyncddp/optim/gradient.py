@@ -1,14 +1,22 @@
-"""Horovod-style gradient averaging with wait-free backpropagation.
+"""Horovod/DDP-style gradient averaging with wait-free backpropagation, in buckets.
 
-A post-accumulate-grad hook on every trainable parameter starts a nonblocking in-place
-allreduce of ``p.grad`` the moment autograd has finished it, so the exchange of late layers'
-gradients overlaps the backward pass of early layers; the communication thread fuses small
-consecutive allreduces into one buffer (``ASYNCDDP_FUSION_THRESHOLD``). ``step()`` waits for
-the averages and then runs the user's optimizer. Every rank must use the same parameters in
-each backward pass (autograd then finishes them in the same order, so the calls match).
+The trainable parameters are split, in reverse registration order (the order in which backward
+usually finishes their gradients), into buckets of at most ``bucket_mb`` MiB of one dtype and
+device, each with one flat gradient buffer (DDP's scheme, 25 MiB by default). A
+post-accumulate-grad hook copies each finished gradient into its bucket; when a bucket is
+complete, a nonblocking in-place allreduce of the whole buffer starts, so the exchange of late
+layers' gradients overlaps the backward pass of early layers. Buckets are fixed at construction,
+so every rank issues the same ops with no per-op negotiation. ``step()`` starts the buckets no
+hook completed (parameters without a gradient this time count as zeros), waits, copies the
+averages back into ``p.grad`` and runs the user's optimizer. Every rank must use the same
+parameters in each backward pass (autograd then finishes them in the same order).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
 
 from asyncddp.comm.collectives import allreduce_nonblocking_
 from asyncddp.comm.context import size
@@ -26,46 +34,93 @@ from asyncddp.optim.base import (
 __all__ = ["DistributedGradientAllreduceOptimizer"]
 
 
+@dataclass
+class _Bucket:
+    index: int
+    params: list  # [(name, p)]
+    offsets: list
+    buffer: torch.Tensor
+    ready: set = field(default_factory=set)  # ids of parameters whose gradient is in the buffer
+    handle: object = None
+
+
+def _buckets(named, bucket_bytes: float) -> list[_Bucket]:
+    buckets, current, current_bytes = [], [], 0
+    for name, p in reversed(named):
+        nbytes = p.numel() * p.element_size()
+        if current and (current_bytes + nbytes > bucket_bytes
+                        or (p.dtype, p.device) != (current[0][1].dtype, current[0][1].device)):
+            buckets.append(current)
+            current, current_bytes = [], 0
+        current.append((name, p))
+        current_bytes += nbytes
+    if current:
+        buckets.append(current)
+    out = []
+    for index, members in enumerate(buckets):
+        offsets, total = [], 0
+        for _, p in members:
+            offsets.append(total)
+            total += p.numel()
+        first = members[0][1]
+        out.append(_Bucket(index, members, offsets, torch.zeros(total, dtype=first.dtype, device=first.device)))
+    return out
+
+
 class _GradientAllreduce(DistributedOptimizer):
     """Mixin: see the module docstring."""
 
-    def _addp_setup(self, model, num_steps_per_communication: int) -> None:
+    def _addp_setup(self, model, num_steps_per_communication: int, bucket_mb: float) -> None:
         self._addp_named = named_trainable(model, self)
-        self._addp_handles: dict = {}
         self._addp_hook_handles = []
         self.num_steps_per_communication = num_steps_per_communication
         self._addp_backward_count = 0
+        self._addp_buckets = []
         if size() == 1:
             return  # averaging over one rank is the identity: no hooks, step() is the plain step
-        for name, p in self._addp_named:
-            self._addp_hook_handles.append(p.register_post_accumulate_grad_hook(self._addp_hook(name)))
+        self._addp_buckets = _buckets(self._addp_named, bucket_mb * 1024 * 1024)
+        self._addp_slot = {id(p): (bucket, bucket.offsets[k], name)
+                           for bucket in self._addp_buckets for k, (name, p) in enumerate(bucket.params)}
+        for _, p in self._addp_named:
+            self._addp_hook_handles.append(p.register_post_accumulate_grad_hook(self._addp_hook))
 
-    def _addp_hook(self, name):
-        def hook(p):
-            # Accumulating several backward passes: communicate only after the last one.
-            if (self._addp_backward_count + 1) % self.num_steps_per_communication:
-                return
-            if id(p) in self._addp_handles:
-                raise AsyncDDPError(
-                    f"gradient of {name!r} finished twice before step(): call backward once per "
-                    "step, or set num_steps_per_communication to the number of backward passes"
-                )
-            self._addp_handles[id(p)] = allreduce_nonblocking_(p.grad, average=True, name=f"grad.{name}")
+    def _addp_hook(self, p) -> None:
+        # Accumulating several backward passes: communicate only after the last one.
+        if (self._addp_backward_count + 1) % self.num_steps_per_communication:
+            return
+        bucket, offset, name = self._addp_slot[id(p)]
+        if id(p) in bucket.ready:
+            raise AsyncDDPError(
+                f"gradient of {name!r} finished twice before step(): call backward once per "
+                "step, or set num_steps_per_communication to the number of backward passes"
+            )
+        bucket.buffer[offset:offset + p.numel()].copy_(p.grad.reshape(-1))
+        bucket.ready.add(id(p))
+        if len(bucket.ready) == len(bucket.params):
+            self._addp_start(bucket)
 
-        return hook
+    def _addp_start(self, bucket: _Bucket) -> None:
+        bucket.handle = allreduce_nonblocking_(bucket.buffer, average=True, name=f"grad.bucket{bucket.index}")
 
     def synchronize(self) -> None:
         """Wait for every gradient average started in this step (``step()`` calls this)."""
         if not self._addp_hook_handles:
             return  # one rank, or hooks removed: nothing was started
-        if (self._addp_backward_count + 1) % self.num_steps_per_communication == 0:
-            # Parameters that received no gradient in backward: same order on every rank.
-            for name, p in self._addp_named:
-                if id(p) not in self._addp_handles and p.grad is not None:
-                    self._addp_handles[id(p)] = allreduce_nonblocking_(p.grad, name=f"grad.{name}")
-        for handle in self._addp_handles.values():
-            synchronize(handle)
-        self._addp_handles.clear()
+        if (self._addp_backward_count + 1) % self.num_steps_per_communication:
+            return
+        for bucket in self._addp_buckets:  # the same order on every rank
+            if bucket.handle is None:
+                for k, (_, p) in enumerate(bucket.params):
+                    if id(p) not in bucket.ready:  # no gradient in this backward: zeros
+                        bucket.buffer[bucket.offsets[k]:bucket.offsets[k] + p.numel()].zero_()
+                self._addp_start(bucket)
+        for bucket in self._addp_buckets:
+            synchronize(bucket.handle)
+            for k, (_, p) in enumerate(bucket.params):
+                if p.grad is not None:
+                    p.grad.copy_(bucket.buffer[bucket.offsets[k]:bucket.offsets[k] + p.numel()].view_as(p.grad))
+            bucket.handle = None
+            bucket.ready.clear()
 
     def step(self, closure=None):
         self.synchronize()
@@ -81,7 +136,8 @@ class _GradientAllreduce(DistributedOptimizer):
         self._addp_hook_handles = []
 
 
-def DistributedGradientAllreduceOptimizer(optimizer, model, num_steps_per_communication: int = 1):
+def DistributedGradientAllreduceOptimizer(optimizer, model, num_steps_per_communication: int = 1,
+                                          bucket_mb: float = 25.0):
     """Wrap ``optimizer`` so that ``step()`` applies the gradient averaged over all ranks.
 
     Args:
@@ -89,13 +145,18 @@ def DistributedGradientAllreduceOptimizer(optimizer, model, num_steps_per_commun
         model: the module being trained; its parameters get gradient hooks.
         num_steps_per_communication: backward passes accumulated locally per averaged update
             (``step()`` after each; only every k-th communicates and updates).
+        bucket_mb: gradients are averaged in buckets of at most this many MiB (like DDP's
+            ``bucket_cap_mb``); smaller buckets start sooner in backward, larger ones send fewer
+            messages. A parameter larger than this gets a bucket of its own.
     """
     who = "DistributedGradientAllreduceOptimizer"
     check_optimizer(optimizer, who)
     check_model(model, who)
     _check_k(num_steps_per_communication, who)
+    if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float)) or not bucket_mb > 0:
+        raise AsyncDDPError(f"{who}: bucket_mb must be a positive number of MiB, got {bucket_mb!r}")
     wrapped = wrap(optimizer, _GradientAllreduce, "DistributedGradientAllreduceOptimizer")
-    wrapped._addp_setup(model, num_steps_per_communication)
+    wrapped._addp_setup(model, num_steps_per_communication, float(bucket_mb))
     return wrapped
 
 

@@ -128,12 +128,17 @@ OPTIMIZERS = {
 
 
 @pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
-@pytest.mark.parametrize("wrapper", ["gradient", "dear_threshold", "dear_layers"])
+@pytest.mark.parametrize("wrapper", ["gradient", "gradient_small_buckets", "dear_threshold", "dear_layers"])
 def test_gradient_averaging_equals_global_batch(kind, wrapper):
     model = _mlp(seed=7)
     inner = OPTIMIZERS[kind](model.parameters())
     if wrapper == "gradient":
         opt = addp.DistributedGradientAllreduceOptimizer(inner, model=model)
+    elif wrapper == "gradient_small_buckets":
+        # 200 bytes, parameters last to first: (bias3, w3, bias2) 44 B, (w2, bias1) 192 B, (w1) 192 B
+        opt = addp.DistributedGradientAllreduceOptimizer(inner, model=model, bucket_mb=200 / 2**20)
+        if addp.size() > 1:
+            assert [len(b.params) for b in opt._addp_buckets] == [3, 2, 1]
     elif wrapper == "dear_threshold":
         # 200 bytes: the 3 linear layers (224, 180, 24 bytes) land in separate groups
         opt = addp.DistributedDeAROptimizer(inner, model=model, threshold_mb=200 / 2**20)
@@ -148,18 +153,34 @@ def test_gradient_averaging_equals_global_batch(kind, wrapper):
         opt.zero_grad()
         torch.nn.functional.mse_loss(model(x), y).backward()
         if addp.size() == 1:  # one rank: nothing to exchange, nothing started
-            assert not getattr(opt, "_addp_handles", None)
+            assert not getattr(opt, "_addp_handles", None) and not getattr(opt, "_addp_buckets", None)
             assert all(g.handle is None for g in getattr(opt, "_addp_groups", []))
-        elif wrapper == "gradient":  # every gradient's allreduce was started during backward
-            assert len(opt._addp_handles) == len(list(model.parameters()))
+        elif wrapper.startswith("gradient"):  # every bucket's allreduce was started during backward
+            assert opt._addp_buckets and all(b.handle is not None for b in opt._addp_buckets)
         else:  # every group's reduce-scatter was started during backward
             assert all(g.handle is not None for g in opt._addp_groups)
         opt.step()
-    if wrapper != "gradient":
+    if wrapper.startswith("dear"):
         opt.flush()
     expected = _train_reference(OPTIMIZERS[kind], 5)
     torch.testing.assert_close(_flat(model), expected, rtol=1e-5, atol=1e-6)
     assert _all_equal_to(_flat(model))
+    opt.remove_hooks()
+
+
+def test_gradient_buckets_with_a_parameter_backward_never_reaches():
+    model = _mlp(seed=7)
+    holder = torch.nn.ModuleDict({"net": model, "unused": torch.nn.Linear(2, 2)})
+    opt = addp.DistributedGradientAllreduceOptimizer(torch.optim.SGD(holder.parameters(), lr=0.1), holder)
+    before = holder["unused"].weight.detach().clone()
+    x, y = _local_batch()
+    for _ in range(2):  # the bucket holding the unused parameter is started by step() itself
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    assert holder["unused"].weight.grad is None and torch.equal(holder["unused"].weight, before)
+    expected = _train_reference(lambda ps: torch.optim.SGD(ps, lr=0.1), 2)
+    torch.testing.assert_close(_flat(model), expected, rtol=1e-5, atol=1e-6)
     opt.remove_hooks()
 
 
@@ -247,6 +268,10 @@ def test_wrapping_errors():
     opt.remove_hooks()
     with pytest.raises(addp.AsyncDDPError, match="updates none of model's parameters"):
         addp.DistributedGradientAllreduceOptimizer(torch.optim.SGD(_mlp(1).parameters(), lr=0.1), model)
+    plain = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(addp.AsyncDDPError, match="bucket_mb must be a positive number of MiB, got 0"):
+        addp.DistributedGradientAllreduceOptimizer(plain, model, bucket_mb=0)
+    addp.DistributedGradientAllreduceOptimizer(plain, model).remove_hooks()  # the refusal left it unwrapped
 
 
 # ---------------------------------------------------------------- neighbour averaging
