@@ -65,8 +65,10 @@ _EXPORTS: dict[str, str] = {
             "asyncddp.comm.handles": ("synchronize", "wait", "poll"),
             "asyncddp.comm.neighbor": (
                 "neighbor_allreduce", "neighbor_allreduce_", "neighbor_allreduce_nonblocking",
-                "neighbor_allreduce_nonblocking_", "neighbor_allgather",
-                "neighbor_allgather_nonblocking",
+                "neighbor_allreduce_nonblocking_",
+            ),
+            "asyncddp.comm.neighbor_allgather": (
+                "neighbor_allgather", "neighbor_allgather_nonblocking",
             ),
             "asyncddp.comm.hierarchical": (
                 "hierarchical_neighbor_allreduce", "hierarchical_neighbor_allreduce_",

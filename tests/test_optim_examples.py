@@ -1,7 +1,6 @@
 """The algorithm examples, run as users run them: ``asyncddp run -np 4 examples/X.py``."""
 
 import json
-import os
 import re
 import subprocess
 import sys

@@ -16,7 +16,8 @@ import torch
 
 from asyncddp.comm.buffers import numpy_view
 from asyncddp.comm.engine import Op, get_engine
-from asyncddp.comm.neighbor import check_averagable, make_plan, run_neighbor_allreduce
+from asyncddp.comm.neighbor import check_averagable, run_neighbor_allreduce
+from asyncddp.comm.neighbor_plan import make_plan
 
 __all__ = [
     "hierarchical_neighbor_allreduce",

@@ -1,4 +1,4 @@
-"""Neighbour averaging over the virtual topology: ``neighbor_allreduce`` and ``neighbor_allgather``.
+"""Neighbour averaging over the virtual topology: ``neighbor_allreduce`` and its variants.
 
 Semantics follow BlueFog (see docs of ``neighbor_allreduce``): the sender scales by its dst weight
 before sending, the receiver combines ``self_weight * x + sum_j src_weights[j] * received_j``.
@@ -15,186 +15,25 @@ The input must not be modified until a nonblocking op's handle has been synchron
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from asyncddp.comm import p2p
 from asyncddp.comm.buffers import check_dtype, host_empty, is_direct_cpu, reduction_dtype
 from asyncddp.comm.engine import NOT_INLINE, Op, get_engine, live_engine
+from asyncddp.comm.neighbor_plan import Plan, check_pattern, make_plan
 from asyncddp.errors import CommError
-from asyncddp.topology.analysis import recv_weights
 
 __all__ = [
     "neighbor_allreduce",
     "neighbor_allreduce_",
     "neighbor_allreduce_nonblocking",
     "neighbor_allreduce_nonblocking_",
-    "neighbor_allgather",
-    "neighbor_allgather_nonblocking",
+    "check_averagable",
+    "run_neighbor_allreduce",
 ]
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Who this rank sends to and receives from in one step, and with which weights."""
-
-    sends: tuple  # ((dst, weight), ...)
-    recvs: tuple  # ((src, weight), ...); weights unused when uniform
-    self_weight: float
-    uniform: bool
-    check: bool  # verify that every rank's sends match its peers' receives
-
-
-def _check_ranks(ranks, num_ranks: int, me: int, what: str) -> None:
-    for r in ranks:
-        if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r < num_ranks:
-            raise CommError(f"{what}: rank {r!r} is not in the job of {num_ranks} ranks")
-        if r == me:
-            raise CommError(f"{what}: rank {r} is this rank; give its weight as self_weight")
-
-
-def _as_weights(value, what: str) -> dict:
-    if isinstance(value, dict):
-        return {k: float(w) for k, w in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return {k: 1.0 for k in value}
-    raise CommError(f"{what} must be a dict {{rank: weight}} or a list of ranks, got {value!r}")
-
-
-_static_plans: dict = {}
-_dynamic_plans: dict = {}  # (me, n, self_weight, src items, dst items, check) -> Plan
-_MAX_DYNAMIC_PLANS = 1024  # a schedule cycles through a few steps; arbitrary ones are just rebuilt
-
-
-def _frozen(weights):
-    """A hashable, type-exact image of a weights argument, or None when it cannot be cached.
-
-    Only plain ``int`` rank keys qualify: ``True`` or ``numpy.int64(1)`` hash like ``1`` but
-    must still be refused by the full checks, so they never hit a plan cached for ``1``.
-    """
-    kind = type(weights)
-    if kind is dict:
-        items = tuple(weights.items())
-        for rank, _ in items:
-            if type(rank) is not int:
-                return None
-        return items
-    if kind is list or kind is tuple:
-        for rank in weights:
-            if type(rank) is not int:
-                return None
-        return (kind, tuple(weights))
-    return None
-
-
-def make_plan(graph, is_weighted, me, num_ranks, self_weight, src_weights, dst_weights, check):
-    """Resolve the keyword arguments of ``neighbor_allreduce`` against a topology.
-
-    Dynamic steps (``dst_weights`` given) do not depend on the topology, so their plans are
-    cached by the exact arguments: a schedule's steps repeat, and each repeat skips the checks
-    and the sorting it passed the first time.
-    """
-    if dst_weights is not None and self_weight is not None and src_weights is not None:
-        src_key, dst_key = _frozen(src_weights), _frozen(dst_weights)
-        if src_key is not None and dst_key is not None:
-            try:
-                key = (me, num_ranks, self_weight, src_key, dst_key, check)
-                plan = _dynamic_plans.get(key)
-            except TypeError:  # unhashable weight values: resolved (and refused) below
-                key, plan = None, None
-            if plan is not None:
-                return plan
-            plan = _make_plan(graph, is_weighted, me, num_ranks, self_weight, src_weights, dst_weights, check)
-            if key is not None:
-                if len(_dynamic_plans) >= _MAX_DYNAMIC_PLANS:
-                    _dynamic_plans.clear()
-                _dynamic_plans[key] = plan
-            return plan
-    return _make_plan(graph, is_weighted, me, num_ranks, self_weight, src_weights, dst_weights, check)
-
-
-def _make_plan(graph, is_weighted, me, num_ranks, self_weight, src_weights, dst_weights, check):
-    if (self_weight is None) != (src_weights is None):
-        raise CommError(
-            "neighbor_allreduce: self_weight and src_weights must be given together "
-            "(or neither, to use the topology's weights)"
-        )
-    if dst_weights is not None:
-        if self_weight is None:
-            raise CommError(
-                "neighbor_allreduce: dst_weights (a dynamic step) needs self_weight and "
-                "src_weights too, e.g. neighbor_allreduce(x, **step.as_kwargs())"
-            )
-        dst = _as_weights(dst_weights, "dst_weights")
-        src = _as_weights(src_weights, "src_weights")
-        _check_ranks(dst, num_ranks, me, "dst_weights")
-        _check_ranks(src, num_ranks, me, "src_weights")
-        return Plan(
-            tuple(sorted(dst.items())), tuple(sorted(src.items())), float(self_weight), False, check
-        )
-    if self_weight is None:
-        cached = _static_plans.get((me, bool(is_weighted)))
-        if cached is not None and cached[0] is graph:
-            return cached[1]
-    # Per-op path (dynamic steps rebuild the plan every call): the topology was validated by
-    # set_topology, so list neighbours directly instead of re-validating the whole graph.
-    ins = sorted(j for j in graph.predecessors(me) if j != me)
-    outs = sorted(j for j in graph.successors(me) if j != me)
-    sends = tuple((j, 1.0) for j in outs)
-    if self_weight is not None:
-        src = _as_weights(src_weights, "src_weights")
-        _check_ranks(src, num_ranks, me, "src_weights")
-        strangers = sorted(set(src) - set(ins))
-        if strangers:
-            raise CommError(
-                f"src_weights names rank(s) {strangers} that are not in-neighbours of rank {me} "
-                f"in the current topology (in-neighbours: {ins}); pass dst_weights for a dynamic step"
-            )
-        recvs = tuple((j, src.get(j, 0.0)) for j in ins)
-        return Plan(sends, recvs, float(self_weight), False, False)
-    if is_weighted:
-        own, weights = recv_weights(graph, me)
-        plan = Plan(sends, tuple(weights.items()), own, False, False)
-    else:
-        plan = Plan(sends, tuple((j, 1.0) for j in ins), 1.0, True, False)
-    # The topology's own plan is worked out once per graph object (set_topology swaps objects;
-    # the graph is kept referenced so its id cannot be reused while cached).
-    _static_plans[(me, bool(is_weighted))] = (graph, plan)
-    return plan
-
-
-def check_pattern(engine, comm, sends, recvs) -> None:
-    """Every rank learns everyone's send/receive sets; any mismatch raises CommError everywhere.
-
-    One Allgather of 2·n bytes per rank: cheap next to the exchange, and it turns "A sends to B
-    but B does not expect A" into an error on every rank instead of a hang.
-    """
-    import numpy as np
-
-    n, me = comm.Get_size(), comm.Get_rank()
-    mine = np.zeros(2 * n, dtype=np.uint8)
-    mine[[d for d in sends]] = 1
-    mine[[n + s for s in recvs]] = 1
-    table = np.empty((n, 2 * n), dtype=np.uint8)
-    comm.Allgather(mine, table)
-    engine.count_messages(1)
-    sends_to, expects = table[:, :n], table[:, n:]
-    if not (sends_to != expects.T).any():  # the common case, without a Python loop over n² pairs
-        return
-    bad = [(int(j), int(i)) for j, i in np.argwhere(sends_to != expects.T)]
-    if bad:
-        shown = ", ".join(
-            f"{j}->{i} ({'sent but not expected' if sends_to[j, i] else 'expected but not sent'})"
-            for j, i in bad[:6]
-        )
-        involved = sorted({r for pair in bad for r in pair})
-        where = "this rank is involved" if me in involved else f"ranks involved: {involved}"
-        raise CommError(
-            f"neighbor_allreduce: send/receive pattern does not match: {shown} ({where}); every "
-            "dst_weights entry j->i needs i to list j in src_weights"
-        )
 
 
 def _compute_dtype(dtype: torch.dtype, uniform: bool) -> torch.dtype:
@@ -492,63 +331,3 @@ def neighbor_allreduce_(
 ):  # fmt: skip
     """In-place ``neighbor_allreduce``; returns ``tensor``."""
     return _blocking(tensor, self_weight, src_weights, dst_weights, name, enable_topo_check, True)
-
-
-def _run_allgather(engine, batch: list[Op]) -> list:
-    (op,) = batch
-    x, srcs, dsts, check = op.args["x"], op.args["srcs"], op.args["dsts"], op.args["check"]
-    comm = engine.world
-    if check:
-        check_pattern(engine, comm, dsts, srcs)
-    # Dim-0 sizes may differ: first exchange each rank's dim 0, then the data.
-    header = torch.tensor([x.shape[0] if x.dim() else 1], dtype=torch.int64)
-    heads = p2p.exchange(engine, comm, {d: header for d in dsts}, {s: ((1,), torch.int64) for s in srcs}, header)
-    rest = tuple(x.shape[1:]) if x.dim() else ()
-    specs = {s: ((int(heads[s][0]), *rest), x.dtype) for s in srcs}
-    flat = x if x.dim() else x.reshape(1)
-    received = p2p.exchange(engine, comm, {d: flat for d in dsts}, specs, x)
-    if not srcs:
-        return [torch.empty((0, *rest), dtype=x.dtype, device=x.device)]
-    return [torch.cat([received[s] for s in srcs], dim=0)]
-
-
-def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, name=None,
-                                   enable_topo_check=True, _blocking=False):  # fmt: skip
-    """Start ``neighbor_allgather``; returns a handle."""
-    if not isinstance(tensor, torch.Tensor):
-        raise CommError(f"neighbor_allgather expects a torch.Tensor, got {type(tensor).__name__}")
-    check_dtype(tensor, "neighbor_allgather")
-    engine = get_engine()
-    ctx, me = engine.ctx, engine.rank
-    if (src_ranks is None) != (dst_ranks is None):
-        raise CommError("neighbor_allgather: give src_ranks and dst_ranks together, or neither")
-    if src_ranks is None:
-        srcs = sorted(j for j in ctx.topology.predecessors(me) if j != me)  # validated topology
-        dsts = sorted(j for j in ctx.topology.successors(me) if j != me)
-        check = False
-    else:
-        srcs, dsts = list(src_ranks), sorted(set(dst_ranks))
-        _check_ranks(srcs, engine.size, me, "src_ranks")
-        _check_ranks(dsts, engine.size, me, "dst_ranks")
-        check = bool(enable_topo_check)
-    x = tensor.detach().contiguous()
-    op = Op(
-        kind="neighbor_allgather",
-        name=name or "neighbor_allgather",
-        run=_run_allgather,
-        args={"x": x, "srcs": srcs, "dsts": dsts, "check": check},
-        nbytes=x.numel() * x.element_size(),
-        peers=tuple(sorted(set(srcs) | set(dsts))),
-    )
-    return engine.execute(op) if _blocking else engine.submit(op)
-
-
-def neighbor_allgather(tensor, *, src_ranks=None, dst_ranks=None, name=None, enable_topo_check=True):
-    """In-neighbours' tensors (not this rank's) concatenated on dim 0, in ``src_ranks`` order.
-
-    Default: every in-neighbour in ascending rank order. Dim-0 sizes may differ between ranks.
-    """
-    return neighbor_allgather_nonblocking(
-        tensor, src_ranks=src_ranks, dst_ranks=dst_ranks, name=name,
-        enable_topo_check=enable_topo_check, _blocking=True,
-    )  # fmt: skip

@@ -61,7 +61,7 @@ def test_init_again_resets_the_topology():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dim", [1, 2, 3])
 def test_neighbor_allreduce_exact_uniform_average(dtype, dim):
-    n, r = bf.size(), bf.rank()
+    r = bf.rank()
     srcs = bf.in_neighbor_ranks()
     k = len(srcs) + 1  # exponential graph: same in-degree everywhere, so rank * k sums exactly
     x = torch.full([3] * dim, r * k, dtype=torch.float64).to(dtype)

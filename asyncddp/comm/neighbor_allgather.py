@@ -1,0 +1,73 @@
+"""``neighbor_allgather``: the in-neighbours' tensors concatenated, on the virtual topology."""
+
+from __future__ import annotations
+
+import torch
+
+from asyncddp.comm import p2p
+from asyncddp.comm.buffers import check_dtype
+from asyncddp.comm.engine import Op, get_engine
+from asyncddp.comm.neighbor_plan import check_pattern, check_ranks
+from asyncddp.errors import CommError
+
+__all__ = ["neighbor_allgather", "neighbor_allgather_nonblocking"]
+
+
+def _run_allgather(engine, batch: list[Op]) -> list:
+    (op,) = batch
+    x, srcs, dsts, check = op.args["x"], op.args["srcs"], op.args["dsts"], op.args["check"]
+    comm = engine.world
+    if check:
+        check_pattern(engine, comm, dsts, srcs)
+    # Dim-0 sizes may differ: first exchange each rank's dim 0, then the data.
+    header = torch.tensor([x.shape[0] if x.dim() else 1], dtype=torch.int64)
+    heads = p2p.exchange(engine, comm, {d: header for d in dsts}, {s: ((1,), torch.int64) for s in srcs}, header)
+    rest = tuple(x.shape[1:]) if x.dim() else ()
+    specs = {s: ((int(heads[s][0]), *rest), x.dtype) for s in srcs}
+    flat = x if x.dim() else x.reshape(1)
+    received = p2p.exchange(engine, comm, {d: flat for d in dsts}, specs, x)
+    if not srcs:
+        return [torch.empty((0, *rest), dtype=x.dtype, device=x.device)]
+    return [torch.cat([received[s] for s in srcs], dim=0)]
+
+
+def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, name=None,
+                                   enable_topo_check=True, _blocking=False):  # fmt: skip
+    """Start ``neighbor_allgather``; returns a handle."""
+    if not isinstance(tensor, torch.Tensor):
+        raise CommError(f"neighbor_allgather expects a torch.Tensor, got {type(tensor).__name__}")
+    check_dtype(tensor, "neighbor_allgather")
+    engine = get_engine()
+    ctx, me = engine.ctx, engine.rank
+    if (src_ranks is None) != (dst_ranks is None):
+        raise CommError("neighbor_allgather: give src_ranks and dst_ranks together, or neither")
+    if src_ranks is None:
+        srcs = sorted(j for j in ctx.topology.predecessors(me) if j != me)  # validated topology
+        dsts = sorted(j for j in ctx.topology.successors(me) if j != me)
+        check = False
+    else:
+        srcs, dsts = list(src_ranks), sorted(set(dst_ranks))
+        check_ranks(srcs, engine.size, me, "src_ranks")
+        check_ranks(dsts, engine.size, me, "dst_ranks")
+        check = bool(enable_topo_check)
+    x = tensor.detach().contiguous()
+    op = Op(
+        kind="neighbor_allgather",
+        name=name or "neighbor_allgather",
+        run=_run_allgather,
+        args={"x": x, "srcs": srcs, "dsts": dsts, "check": check},
+        nbytes=x.numel() * x.element_size(),
+        peers=tuple(sorted(set(srcs) | set(dsts))),
+    )
+    return engine.execute(op) if _blocking else engine.submit(op)
+
+
+def neighbor_allgather(tensor, *, src_ranks=None, dst_ranks=None, name=None, enable_topo_check=True):
+    """In-neighbours' tensors (not this rank's) concatenated on dim 0, in ``src_ranks`` order.
+
+    Default: every in-neighbour in ascending rank order. Dim-0 sizes may differ between ranks.
+    """
+    return neighbor_allgather_nonblocking(
+        tensor, src_ranks=src_ranks, dst_ranks=dst_ranks, name=name,
+        enable_topo_check=enable_topo_check, _blocking=True,
+    )  # fmt: skip
