@@ -67,7 +67,7 @@ _EXPORTS: dict[str, str] = {
                 "neighbor_allreduce", "neighbor_allreduce_", "neighbor_allreduce_nonblocking",
                 "neighbor_allreduce_nonblocking_",
             ),
-            "asyncddp.comm.neighbor_allgather": (
+            "asyncddp.comm.neighbor_gather": (
                 "neighbor_allgather", "neighbor_allgather_nonblocking",
             ),
             "asyncddp.comm.hierarchical": (

@@ -59,3 +59,20 @@ def test_ops_before_init_and_bad_fusion_threshold():
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("ok: asyncddp is not initialised") == 3
     assert "config: ASYNCDDP_FUSION_THRESHOLD='lots' is not a byte count" in done.stdout
+
+
+def test_no_submodule_shadows_an_exported_name():
+    # Importing a submodule sets it as an attribute of its package: a module named like one of
+    # the package's lazy exports (say comm/neighbor_allgather.py) would replace that function.
+    code = (
+        "import importlib, pkgutil, types, asyncddp, asyncddp.comm, asyncddp.optim, asyncddp.topology\n"
+        "for package in (asyncddp.comm, asyncddp.optim, asyncddp.topology):\n"
+        "    for info in pkgutil.iter_modules(package.__path__, package.__name__ + '.'):\n"
+        "        importlib.import_module(info.name)\n"
+        "bad = [f'{package.__name__}.{name}' for package in (asyncddp, asyncddp.comm)\n"
+        "       for name in package.__all__ if isinstance(getattr(package, name), types.ModuleType)]\n"
+        "print('shadowed:', bad)\n"
+    )
+    done = _python(code, {})
+    assert done.returncode == 0, done.stderr
+    assert "shadowed: []" in done.stdout, done.stdout

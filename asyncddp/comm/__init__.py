@@ -12,7 +12,7 @@ _OP_MODULES = {
         "neighbor_allreduce", "neighbor_allreduce_", "neighbor_allreduce_nonblocking",
         "neighbor_allreduce_nonblocking_",
     ),
-    "asyncddp.comm.neighbor_allgather": ("neighbor_allgather", "neighbor_allgather_nonblocking"),
+    "asyncddp.comm.neighbor_gather": ("neighbor_allgather", "neighbor_allgather_nonblocking"),
     "asyncddp.comm.hierarchical": (
         "hierarchical_neighbor_allreduce", "hierarchical_neighbor_allreduce_",
         "hierarchical_neighbor_allreduce_nonblocking", "hierarchical_neighbor_allreduce_nonblocking_",

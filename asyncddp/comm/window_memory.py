@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from asyncddp.comm.buffers import reduction_dtype
-from asyncddp.comm.win_mutex import RankMutexes
+from asyncddp.comm.rank_mutex import RankMutexes
 from asyncddp.errors import CommError
 from asyncddp.topology.analysis import in_neighbors, out_neighbors, recv_weights
 
