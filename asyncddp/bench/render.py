@@ -191,7 +191,9 @@ def model_plot(result, path: str) -> None:
         effs = [(n, 100 * e) for n, e in effs if e is not None]
         if effs:
             right.plot(*zip(*effs), "-o", color=f"C{index}", label=method, markersize=4)
+    rank_counts = sorted({run.num_ranks for run in result.runs})
     for ax, label in ((left, "images/s (all ranks)"), (right, "scaling efficiency vs np=1 (%)")):
+        ax.set_xticks(rank_counts)  # the np values run, not fractions of a rank
         ax.set_xlabel("ranks (np)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
