@@ -6,11 +6,12 @@ under ``threshold_mb`` MiB, or, with ``num_nearby_layers=k``, every k modules fo
 Each group has one flat gradient buffer padded to a multiple of the world size.
 
 * backward: a post-accumulate-grad hook copies each gradient into its group's buffer; when the
-  group is complete, a nonblocking reduce-scatter (sum) of the buffer starts.
+  group is complete, a nonblocking reduce-scatter (average) of the buffer starts.
 * ``step()``: waits for the reduce-scatters and starts the all-gather of group 0's shards.
 * next forward: the pre-hook of each group's first module waits for that group's all-gather,
-  starts the next group's, and applies the update of the group's parameters (gradient = gathered
-  sum / size) right before the module runs, so the all-gather overlaps the forward pass.
+  starts the next group's, and applies the update of the group's parameters (gradient = the
+  gathered averages, gathered back into the group's buffer) right before the module runs, so
+  the all-gather overlaps the forward pass.
 
 Updates are therefore applied lazily: call ``flush()`` (or run a forward) before reading the
 parameters after ``step()``. The update is the user's optimizer run on a subset of parameters,
@@ -126,7 +127,7 @@ class _DeAR(DistributedOptimizer):
 
     def _addp_reduce(self, group: _Group) -> None:
         group.handle = reduce_scatter_nonblocking(
-            group.buffer, average=False, name=f"dear.rs.{group.index}"
+            group.buffer, average=True, name=f"dear.rs.{group.index}"
         )
 
     # -- step: finish reduce-scatters, start the first all-gather --
@@ -152,7 +153,9 @@ class _DeAR(DistributedOptimizer):
         return None
 
     def _addp_start_gather(self, group: _Group) -> None:
-        group.handle = allgather_nonblocking(group.shard, name=f"dear.ag.{group.index}")
+        # Into the group's own buffer: free once its reduce-scatter has delivered the shard, and
+        # not written again before the next backward, after the update has used the gradients.
+        group.handle = allgather_nonblocking(group.shard, name=f"dear.ag.{group.index}", out=group.buffer)
         group.shard = None
 
     # -- forward: apply updates group by group --
@@ -169,7 +172,6 @@ class _DeAR(DistributedOptimizer):
         group.handle = None
         if self._addp_pending:
             self._addp_start_gather(self._addp_pending[0])
-        gathered.div_(size())
         mine = {id(p) for _, p in group.params}
         saved = {}
         for pg in self.param_groups:
@@ -180,7 +182,9 @@ class _DeAR(DistributedOptimizer):
         kept = {}
         for k, (_, p) in enumerate(group.params):
             kept[id(p)] = p.grad
-            p.grad = gathered[group.offsets[k] : group.offsets[k] + p.numel()].view_as(p).clone()
+            # A view: the buffer is not touched until the next backward, and the user's
+            # gradients are put back right after the update.
+            p.grad = gathered[group.offsets[k] : group.offsets[k] + p.numel()].view_as(p)
         try:
             inner_step(self)
         finally:
