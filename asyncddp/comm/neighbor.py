@@ -197,18 +197,8 @@ def _exchange_small(engine, comm, x: torch.Tensor, plan: Plan) -> dict:
         keep_alive.append(sent)
         requests.append(comm.Isend([sent.numpy(), MPI.BYTE], dst, tag))
     engine.count_messages(len(requests) - num_recvs)
-    statuses = [MPI.Status() for _ in requests]
-    failure = None
-    try:
-        MPI.Request.Waitall(requests, statuses)
-    except MPI.Exception as error:
-        failure = error.Get_error_string()
-        for request in requests:  # leave no request pointing at a buffer about to be reused
-            try:
-                request.Wait()
-            except MPI.Exception:
-                pass
-    p2p.check_received(failure, [(src, nbytes, tag) for src, _ in plan.recvs], statuses[:num_recvs])
+    statuses = p2p.wait_all(requests)
+    p2p.check_received(statuses.failure, [(src, nbytes, tag) for src, _ in plan.recvs], statuses[:num_recvs])
     return bufs
 
 

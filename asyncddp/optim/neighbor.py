@@ -83,6 +83,20 @@ def _as_schedule(schedule):
     )
 
 
+def _start(kind: str, x, name: str, kw: dict, in_place: bool):
+    """Start one round's op of communication type ``kind`` on ``x``; None for ``empty``."""
+    if kind == "neighbor_allreduce":
+        op = neighbor_allreduce_nonblocking_ if in_place else neighbor_allreduce_nonblocking
+        return op(x, name=f"nar.{name}", **kw)
+    if kind == "hierarchical_neighbor_allreduce":
+        op = hierarchical_neighbor_allreduce_nonblocking_ if in_place else hierarchical_neighbor_allreduce_nonblocking
+        return op(x, name=f"hnar.{name}", **kw)
+    if kind == "allreduce":
+        op = allreduce_nonblocking_ if in_place else allreduce_nonblocking
+        return op(x, average=True, name=f"par.{name}")
+    return None
+
+
 def _still_views(flat, params) -> bool:
     """True while every parameter still lives where ``flatten_parameters`` put it."""
     address, size = flat.data_ptr(), flat.element_size()
@@ -172,16 +186,7 @@ class _NeighborAveraging(DistributedOptimizer):
 
     def _addp_launch(self, name, p):
         kind, kw = self._addp_begin_round()
-        x = p.detach()
-        if kind == "neighbor_allreduce":
-            handle = neighbor_allreduce_nonblocking(x, name=f"nar.{name}", **kw)
-        elif kind == "hierarchical_neighbor_allreduce":
-            handle = hierarchical_neighbor_allreduce_nonblocking(x, name=f"hnar.{name}", **kw)
-        elif kind == "allreduce":
-            handle = allreduce_nonblocking(x, average=True, name=f"par.{name}")
-        else:
-            handle = None
-        self._addp_handles[id(p)] = (p, handle)
+        self._addp_handles[id(p)] = (p, _start(kind, p.detach(), name, kw, in_place=False))
 
     def _addp_solo(self) -> bool:
         """One rank with default weights: combining is the identity, so nothing is launched."""
@@ -200,18 +205,11 @@ class _NeighborAveraging(DistributedOptimizer):
         if any(not _still_views(flat, params) for flat, params in self._addp_flat):
             # Something re-homed a parameter (model.to(), p.data = ...): flatten afresh.
             self._addp_flat = flatten_parameters(p for _, p in self._addp_named)
-        started = []
-        for k, (flat, _) in enumerate(self._addp_flat):
-            if kind == "neighbor_allreduce":
-                started.append(neighbor_allreduce_nonblocking_(flat, name=f"nar.flat{k}", **kw))
-            elif kind == "hierarchical_neighbor_allreduce":
-                started.append(
-                    hierarchical_neighbor_allreduce_nonblocking_(flat, name=f"hnar.flat{k}", **kw)
-                )
-            elif kind == "allreduce":
-                started.append(allreduce_nonblocking_(flat, average=True, name=f"par.flat{k}"))
+        started = [_start(kind, flat, f"flat{k}", kw, in_place=True)
+                   for k, (flat, _) in enumerate(self._addp_flat)]
         for handle in started:
-            synchronize(handle)
+            if handle is not None:
+                synchronize(handle)
         self._addp_round = None
 
     def _addp_finish_round(self) -> None:

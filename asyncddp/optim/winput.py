@@ -63,7 +63,7 @@ class _WinPut(DistributedOptimizer):
                 # Keep the parameters in the window's published block: put and update then
                 # skip copying them there (one pass over the model each, per step).
                 flat = win_memory(window)
-            point_into(params, flat)
+                point_into(params, flat)
             self._addp_windows.append((window, flat, params))
 
     def step(self, closure=None):
