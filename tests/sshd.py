@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from asyncddp.hostfile import HostSpec
+from asyncddp.launcher.hosts import HostSpec
 
 SSHD = "/usr/sbin/sshd"
 VENV_BIN = str(Path(sys.executable).parent)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from asyncddp.config import ClusterConfig, RunOptions, SshSettings, load_config, merge_run_config, parse_config_text
+from asyncddp.launcher.config import ClusterConfig, RunOptions, SshSettings, load_config, merge_run_config, parse_config_text
 from asyncddp.errors import ConfigError, HostfileError
-from asyncddp.hostfile import HostSpec
+from asyncddp.launcher.hosts import HostSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ from asyncddp.doctor import checks
 from asyncddp.doctor.core import PROBE_TEXT
 from asyncddp.doctor.probe import parse_mpirun_version, parse_ompi_cuda
 from asyncddp.doctor.report import CheckResult, DoctorReport, NodeReport
-from asyncddp.hostfile import HostSpec
+from asyncddp.launcher.hosts import HostSpec
 
 
 def probe(hostname="n1", torch_version="2.13.0", nccl=None, gpus=(), mpi="5.0.11", interfaces=None, **extra):

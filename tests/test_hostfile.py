@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from asyncddp.errors import HostfileError
-from asyncddp.hostfile import (
+from asyncddp.launcher.hosts import (
     HostSpec,
     is_local_host,
     parse_host_list,

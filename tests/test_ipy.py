@@ -10,7 +10,7 @@ import sys
 import ipyparallel  # in the test extra: a missing install fails here, it is not skipped
 import pytest
 
-from asyncddp import interactive
+from asyncddp.launcher import interactive
 from asyncddp.errors import ConfigError
 from tests.mpi_helpers import ROOT
 

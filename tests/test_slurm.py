@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from asyncddp.config import RunOptions, merge_run_config
+from asyncddp.launcher.config import RunOptions, merge_run_config
 from asyncddp.errors import HostfileError
-from asyncddp.slurm import expand_nodelist, expand_tasks_per_node, in_slurm_allocation, slurm_hosts
+from asyncddp.launcher.slurm import expand_nodelist, expand_tasks_per_node, in_slurm_allocation, slurm_hosts
 
 ROOT = Path(__file__).resolve().parent.parent
 

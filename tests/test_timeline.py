@@ -2,7 +2,7 @@
 
 import json
 
-from asyncddp.timeline import Timeline, timeline_path_from_env
+from asyncddp.comm.timeline import Timeline, timeline_path_from_env
 
 
 class _Gather:
@@ -46,5 +46,5 @@ def test_timeline_module_imports_no_mpi():
     import subprocess
     import sys
 
-    code = "import sys, asyncddp.timeline; print('mpi4py.MPI' in sys.modules, 'torch' in sys.modules)"
+    code = "import sys, asyncddp.comm.timeline; print('mpi4py.MPI' in sys.modules, 'torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False False"

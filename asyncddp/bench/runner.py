@@ -2,8 +2,8 @@
 
 The ranks run ``python -m mpi4py -m asyncddp.bench.<body> OPTIONS_JSON RESULT_PATH`` (``comm``,
 ``training`` once per (method, np), ``straggler``), planned by
-``asyncddp.launch.build_plan`` from the same ``RunOptions``/``merge_run_config`` as ``asyncddp run``
-(so ``--hostfile/-H/--config`` mean the same) and executed by ``asyncddp.job.run_plan``. Rank 0's
+``asyncddp.launcher.plan.build_plan`` from the same ``RunOptions``/``merge_run_config`` as ``asyncddp run``
+(so ``--hostfile/-H/--config`` mean the same) and executed by ``asyncddp.launcher.job.run_plan``. Rank 0's
 stdout is parsed line by line: progress lines feed ``on_progress``, and its result arrives both
 as a file (local rank 0) and as one tagged line (rank 0 on another host). A failed job becomes a
 ``BenchError`` naming the rank and the error it printed.
@@ -51,8 +51,8 @@ class LaunchOptions:
 
 def mpi_install():
     """The mpirun ``asyncddp run`` would use (``ASYNCDDP_MPIRUN`` first), with its flavour."""
-    from asyncddp.job import mpi_version_text
-    from asyncddp.launch import MpiInstall, find_mpirun, parse_mpi_version, venv_prefix
+    from asyncddp.launcher.job import mpi_version_text
+    from asyncddp.launcher.plan import MpiInstall, find_mpirun, parse_mpi_version, venv_prefix
 
     mpirun = os.environ.get(MPIRUN_ENV) or find_mpirun()
     if not (os.path.isfile(mpirun) and os.access(mpirun, os.X_OK)):
@@ -101,8 +101,8 @@ class _Lines:
 
 
 def _plan(module: str, args: tuple[str, ...], num_ranks: int, launch: LaunchOptions, private_dir: str):
-    from asyncddp.config import RunOptions, load_config, merge_run_config
-    from asyncddp.launch import build_plan
+    from asyncddp.launcher.config import RunOptions, load_config, merge_run_config
+    from asyncddp.launcher.plan import build_plan
 
     options = RunOptions(command=("-m", module, *args), num_ranks=num_ranks, hostfile=launch.hostfile,
                          host_list=launch.host_list, config=launch.config, env=launch.env,
@@ -123,7 +123,7 @@ def _launch_notes(plan, num_ranks: int) -> tuple[str, ...]:
 def _run_ranks(module: str, payload: dict, num_ranks: int, launch: LaunchOptions, what: str,
                on_progress: Callable[[dict], None] | None = None) -> tuple[dict, tuple[str, ...]]:
     """Launch ``module OPTIONS_JSON RESULT_PATH`` on ``num_ranks`` ranks; rank 0's JSON and launch notes."""
-    from asyncddp.job import run_plan
+    from asyncddp.launcher.job import run_plan
 
     with tempfile.TemporaryDirectory(prefix="asyncddp-bench-") as workdir:
         result_path = str(Path(workdir) / "result.json")

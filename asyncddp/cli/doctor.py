@@ -26,21 +26,21 @@ def load_hosts(hostfile: Path | None, hosts: str | None, config: Path | None):
     if len(given) > 1:
         raise ConfigError(f"give only one of --hostfile, -H, --config (got {' and '.join(given)})")
     if hostfile is not None:
-        from asyncddp.hostfile import parse_hostfile
+        from asyncddp.launcher.hosts import parse_hostfile
 
         return parse_hostfile(hostfile), None
     if hosts is not None:
-        from asyncddp.hostfile import parse_host_list
+        from asyncddp.launcher.hosts import parse_host_list
 
         return parse_host_list(hosts), None
     if config is not None:
-        from asyncddp.config import load_config
+        from asyncddp.launcher.config import load_config
 
         cluster = load_config(config)
         # A host without its own python: uses the config's default interpreter, as run does.
         hosts_ = [replace(host, python=host.python or cluster.python) for host in cluster.hosts]
         return hosts_, cluster.ssh.known_hosts
-    from asyncddp.slurm import in_slurm_allocation, slurm_hosts
+    from asyncddp.launcher.slurm import in_slurm_allocation, slurm_hosts
 
     if in_slurm_allocation():  # as `run` does: inside an allocation its nodes are the cluster
         return slurm_hosts(), None

@@ -1,6 +1,6 @@
 """``asyncddp ipy start|stop|status``: the interactive (Jupyter / ipyparallel) cluster.
 
-Thin layer over ``asyncddp.interactive``: parse flags, call one function, print one line (or
+Thin layer over ``asyncddp.launcher.interactive``: parse flags, call one function, print one line (or
 ``--json``). ipyparallel is imported only when a sub-command runs.
 """
 
@@ -34,7 +34,7 @@ def start_command(
     as_json: bool = _JSON,
 ) -> None:
     """Start the controller and -np engines; returns when all registered."""
-    from asyncddp import interactive
+    from asyncddp.launcher import interactive
 
     if num_ranks < 1:
         raise ConfigError(f"-np {num_ranks}: give at least 1 engine")
@@ -50,7 +50,7 @@ def start_command(
 @ipy_app.command("stop")
 def stop_command(profile: str = _PROFILE, as_json: bool = _JSON) -> None:
     """Stop the engines and the controller of the profile."""
-    from asyncddp import interactive
+    from asyncddp.launcher import interactive
 
     status = interactive.stop(profile)
     _show(status, as_json, f"stopped the interactive cluster of profile {profile}")
@@ -59,7 +59,7 @@ def stop_command(profile: str = _PROFILE, as_json: bool = _JSON) -> None:
 @ipy_app.command("status")
 def status_command(profile: str = _PROFILE, as_json: bool = _JSON) -> None:
     """Say whether the profile's cluster runs, and with how many engines."""
-    from asyncddp import interactive
+    from asyncddp.launcher import interactive
 
     interactive.require_ipyparallel()
     status = interactive.status(profile)

@@ -22,8 +22,8 @@ MPIRUN_ENV = "ASYNCDDP_MPIRUN"  # an explicit mpirun, overriding the search
 
 def _mpi_install():
     from asyncddp.errors import LaunchError
-    from asyncddp.job import mpi_version_text
-    from asyncddp.launch import MpiInstall, find_mpirun, parse_mpi_version, venv_prefix
+    from asyncddp.launcher.job import mpi_version_text
+    from asyncddp.launcher.plan import MpiInstall, find_mpirun, parse_mpi_version, venv_prefix
 
     mpirun = os.environ.get(MPIRUN_ENV) or find_mpirun()
     if not (os.path.isfile(mpirun) and os.access(mpirun, os.X_OK)):
@@ -86,8 +86,8 @@ def register(app: typer.Typer) -> None:
             help="Check SSH to every remote host before starting mpirun (default: on when any host is remote)."),
     ) -> None:
         """Run a script, -m module or command on every rank: asyncddp run -np 4 train.py ARGS..."""
-        from asyncddp.config import RunOptions, load_config, merge_run_config
-        from asyncddp.launch import build_plan, format_plan
+        from asyncddp.launcher.config import RunOptions, load_config, merge_run_config
+        from asyncddp.launcher.plan import build_plan, format_plan
 
         options = RunOptions(
             command=tuple(command or ()), num_ranks=num_ranks, hostfile=hostfile, host_list=hosts,
@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(json.dumps(plan.to_dict(), indent=2) if as_json else format_plan(plan))
                 return
             _preflight(run_config, preflight)
-            from asyncddp.job import run_plan
+            from asyncddp.launcher.job import run_plan
 
             result = run_plan(plan, output_dir=output_dir, timeout=run_config.timeout)
         finally:

@@ -34,7 +34,7 @@ from asyncddp.comm import context as _context_module
 from asyncddp.comm.context import get_context
 from asyncddp.comm.handles import OpHandle
 from asyncddp.errors import ConfigError
-from asyncddp.timeline import Timeline, now_us, timeline_path_from_env
+from asyncddp.comm.timeline import Timeline, now_us, timeline_path_from_env
 
 __all__ = ["Op", "CommStats", "NOT_INLINE", "get_engine", "live_engine", "comm_stats", "fusion_threshold"]
 

@@ -1,5 +1,5 @@
 """BlueFog's one-sided window API and timeline activities, over ``asyncddp.comm.windows`` and
-``asyncddp.timeline``. Re-exported by ``asyncddp.compat.bluefog``; not imported on its own.
+``asyncddp.comm.timeline``. Re-exported by ``asyncddp.compat.bluefog``; not imported on its own.
 
 Nonblocking window ops return BlueFog's integer handles, which ``win_wait``/``win_poll`` (and
 ``synchronize``/``poll``) accept. ``neighbor_win_put/get/accumulate`` are the same functions under
@@ -14,7 +14,7 @@ import threading
 from asyncddp.comm import windows as _win
 from asyncddp.comm.context import get_context
 from asyncddp.compat.bluefog import BlueFogError, _bf_errors, _lookup, _register
-from asyncddp.timeline import now_us
+from asyncddp.comm.timeline import now_us
 
 __all__ = [
     "win_create", "win_free", "win_update", "win_update_then_collect", "win_put", "win_put_nonblocking",

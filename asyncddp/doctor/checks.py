@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 
 from asyncddp.doctor.report import FAIL, OK, WARN, CheckResult
-from asyncddp.hostfile import HostSpec
+from asyncddp.launcher.hosts import HostSpec
 
 __all__ = ["node_checks", "cluster_checks", "shared_subnet"]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from asyncddp.doctor import checks
 from asyncddp.doctor.report import FAIL, OK, CheckResult, DoctorReport, NodeReport
 from asyncddp.doctor.ssh import SshOptions, connect, run_remote
-from asyncddp.hostfile import HostSpec, is_local_host
+from asyncddp.launcher.hosts import HostSpec, is_local_host
 
 __all__ = ["DoctorOptions", "run_doctor", "ssh_preflight", "is_local", "PROBE_TEXT"]
 

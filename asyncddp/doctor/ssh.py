@@ -23,7 +23,7 @@ from pathlib import Path
 import paramiko
 
 from asyncddp.doctor.report import FAIL, OK, CheckResult
-from asyncddp.hostfile import HostSpec
+from asyncddp.launcher.hosts import HostSpec
 
 __all__ = ["SshOptions", "Connection", "connect", "fingerprint", "run_remote"]
 

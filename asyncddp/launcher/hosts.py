@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from asyncddp.errors import HostfileError
+from asyncddp.launcher.input_files import read_input_file
 
 __all__ = [
     "HostSpec",
     "parse_hostfile",
-    "read_input_file",
     "parse_hostfile_text",
     "parse_host_list",
     "check_unique",
@@ -106,16 +106,6 @@ def parse_hostfile_text(text: str, source: str) -> list[HostSpec]:
         raise HostfileError(f"{source}: no hosts in this hostfile; add lines like 'node1 slots=4'")
     check_unique(hosts)
     return hosts
-
-
-def read_input_file(path: Path, what: str, flag: str, kind: str, error: type[Exception]) -> str:
-    """The text of a file the user named with ``flag``; ``error`` naming it when missing or unreadable."""
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise error(f"{what} {path} does not exist; check the {flag} path") from None
-    except (OSError, UnicodeDecodeError) as problem:
-        raise error(f"{what} {path} cannot be read ({problem}); give a readable {kind}") from None
 
 
 def parse_hostfile(path: str | Path) -> list[HostSpec]:

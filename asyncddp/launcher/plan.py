@@ -2,7 +2,7 @@
 
 Everything here is pure (no subprocess): ``build_plan`` turns a merged ``RunConfig`` plus the MPI
 installation found on this machine into a ``LaunchPlan`` that tests compare with literal lists and
-``--dry-run`` prints. ``asyncddp.job`` is the one module that runs it. The MPI flavour (Open MPI 4,
+``--dry-run`` prints. ``asyncddp.launcher.job`` is the one module that runs it. The MPI flavour (Open MPI 4,
 Open MPI 5 on PRRTE, MPICH/Hydra) comes from the text of ``mpirun --version``.
 """
 
@@ -19,9 +19,9 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from asyncddp.config import RunConfig
+from asyncddp.launcher.config import RunConfig
 from asyncddp.errors import LaunchError
-from asyncddp.hostfile import HostSpec, is_local_host, rank_hosts
+from asyncddp.launcher.hosts import HostSpec, is_local_host, rank_hosts
 
 __all__ = ["MpiFlavor", "MpiInstall", "LaunchPlan", "parse_mpi_version", "find_mpirun", "venv_prefix",
            "resolve_command", "ssh_config_text", "build_plan", "format_plan"]
@@ -45,7 +45,7 @@ class MpiInstall:
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """What ``asyncddp.job`` executes: ``argv`` (no shell), the variables set on top of the
+    """What ``asyncddp.launcher.job`` executes: ``argv`` (no shell), the variables set on top of the
     caller's environment, the rank -> host map and private files to write first (ssh_config)."""
 
     argv: tuple[str, ...]

@@ -122,8 +122,8 @@ def _engine_argv(num_ranks: int, directory: Path, hostfile, host_list, env) -> l
 def _check_plan(num_ranks: int, hostfile, host_list, env, directory: Path) -> bool:
     """Build the engines' launch plan here first: a bad hostfile or -np fails now, in one line.
     Returns whether every host is this machine (then the controller listens on loopback only)."""
-    from asyncddp.config import RunOptions, merge_run_config
-    from asyncddp.hostfile import is_local_host
+    from asyncddp.launcher.config import RunOptions, merge_run_config
+    from asyncddp.launcher.hosts import is_local_host
 
     options = RunOptions(command=("-m", "ipyparallel.engine", f"--profile-dir={directory}"),
                          num_ranks=num_ranks, hostfile=hostfile, host_list=host_list, env=tuple(env))

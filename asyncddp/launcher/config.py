@@ -41,7 +41,8 @@ from typing import Any
 import yaml
 
 from asyncddp.errors import ConfigError
-from asyncddp.hostfile import HostSpec, check_unique, read_input_file
+from asyncddp.launcher.hosts import HostSpec, check_unique
+from asyncddp.launcher.input_files import read_input_file
 
 __all__ = ["SshSettings", "ClusterConfig", "RunOptions", "RunConfig", "load_config", "parse_config_text", "merge_run_config", "parse_env_flag"]
 
@@ -287,7 +288,7 @@ def parse_env_flag(item: str) -> tuple[str, str | None]:
 
 
 def _hosts_from_flags(options: RunOptions, cluster: ClusterConfig | None) -> tuple[tuple[HostSpec, ...], str, bool]:
-    from asyncddp.hostfile import parse_host_list, parse_hostfile
+    from asyncddp.launcher.hosts import parse_host_list, parse_hostfile
 
     if options.hostfile is not None and options.host_list is not None:
         raise ConfigError("give either --hostfile or -H, not both")
@@ -311,7 +312,7 @@ def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
         raise ConfigError("no command to run: give a script (train.py), -m module, or a command")
     hosts, source, is_default = _hosts_from_flags(options, cluster)
     if is_default:
-        from asyncddp.slurm import in_slurm_allocation, slurm_hosts
+        from asyncddp.launcher.slurm import in_slurm_allocation, slurm_hosts
 
         # Inside salloc/sbatch with no hostfile, -H or config: the allocation is the cluster.
         if in_slurm_allocation(environ):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from asyncddp.config import RunConfig
+from asyncddp.launcher.config import RunConfig
 from asyncddp.errors import LaunchError
-from asyncddp.hostfile import HostSpec
-from asyncddp.job import find_failure, parse_tagged_line
-from asyncddp.launch import (
+from asyncddp.launcher.hosts import HostSpec
+from asyncddp.launcher.job import find_failure, parse_tagged_line
+from asyncddp.launcher.plan import (
     MpiFlavor,
     MpiInstall,
     build_plan,

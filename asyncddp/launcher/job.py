@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from asyncddp.errors import LaunchError
-from asyncddp.launch import LaunchPlan, MpiFlavor
+from asyncddp.launcher.plan import LaunchPlan, MpiFlavor
 
 __all__ = ["JobResult", "parse_tagged_line", "find_failure", "mpi_version_text", "run_plan"]
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 
 from asyncddp.errors import HostfileError
-from asyncddp.hostfile import HostSpec, check_unique
+from asyncddp.launcher.hosts import HostSpec, check_unique
 
 __all__ = ["expand_nodelist", "expand_tasks_per_node", "slurm_hosts", "in_slurm_allocation"]
 
