@@ -116,11 +116,11 @@ def test_a_failing_rank_becomes_one_bench_error_naming_the_rank_and_cause():
 MUTANT = """
 import sys
 import asyncddp.comm as addp
-import asyncddp.bench.comm as bench
+import asyncddp.bench_ranks.__main__ as ranks
 
 right = addp.allreduce_
 addp.allreduce_ = lambda x, average=False: right(x, average=True)  # averages where a sum is due
-sys.exit(bench.main(sys.argv[1:]))
+sys.exit(ranks.main(["comm", *sys.argv[1:]]))
 """
 
 

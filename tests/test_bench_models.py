@@ -89,7 +89,7 @@ def test_bad_options_give_one_line_errors(args, message):
 def test_mobilenet_v3_has_torchvisions_parameter_count_and_shape(image_size):
     import torch
 
-    from asyncddp.bench.models import build_model
+    from asyncddp.bench_ranks.models import build_model
 
     model = build_model("mobilenet_v3", image_size)
     # torchvision's mobilenet_v3_large at 1000 classes; ours (used without torchvision) must match it.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from asyncddp.bench import render
@@ -108,14 +110,16 @@ def test_output_lines_feed_progress_result_and_errors():
 
 
 def test_oversubscribed_launch_is_noted_beside_the_results(monkeypatch):
-    from asyncddp.bench.runner import YIELD_ENV, LaunchOptions, _launch_notes, _plan
+    from asyncddp.bench.runner import YIELD_ENV, _launch_notes, _plan
+    from asyncddp.launcher.config import RunOptions
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     monkeypatch.delenv(YIELD_ENV, raising=False)
-    plan, _ = _plan("asyncddp.bench.comm", ("{}", "/tmp/r.json"), 4, LaunchOptions(), "/tmp")
+    plan = _plan("comm", ("{}", "/tmp/r.json"), 4, RunOptions(), "/tmp").plan
     assert plan.env[YIELD_ENV] == "1"
+    assert plan.argv[-8:] == (sys.executable, "-m", "mpi4py", "-m", "asyncddp.bench_ranks", "comm", "{}", "/tmp/r.json")
     assert _launch_notes(plan, 4) == (f"4 ranks on 2 cores: oversubscribed, launched with {YIELD_ENV}=1",)
-    plan, _ = _plan("asyncddp.bench.comm", ("{}", "/tmp/r.json"), 2, LaunchOptions(), "/tmp")
+    plan = _plan("comm", ("{}", "/tmp/r.json"), 2, RunOptions(), "/tmp").plan
     assert YIELD_ENV not in plan.env and _launch_notes(plan, 2) == ()
 
 

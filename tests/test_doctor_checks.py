@@ -119,6 +119,7 @@ def test_report_exit_codes_and_verdict():
 def test_probe_parsers():
     assert parse_mpirun_version("mpirun (Open MPI) 5.0.11\n\nReport bugs") == {
         "implementation": "Open MPI", "version": "5.0.11"}
+    assert parse_mpirun_version("mpirun.openmpi (OpenRTE) 4.1.4\n") == {"implementation": "Open MPI", "version": "4.1.4"}
     assert parse_mpirun_version("HYDRA build details:\n    Version:    4.2.0\n") == {
         "implementation": "MPICH", "version": "4.2.0"}
     assert parse_ompi_cuda("mca:opal:base:param:opal_built_with_cuda_support:value:true\n") is True

@@ -7,7 +7,7 @@ import pytest
 from asyncddp.launcher.config import RunConfig
 from asyncddp.errors import LaunchError
 from asyncddp.launcher.hosts import HostSpec
-from asyncddp.launcher.job import find_failure, parse_tagged_line
+from asyncddp.launcher.job import find_failure, split_tagged_line
 from asyncddp.launcher.plan import (
     MpiFlavor,
     MpiInstall,
@@ -68,23 +68,25 @@ def test_open_mpi_5_localhost_default_as_root():
         "/venv/bin/mpirun", "-np", "4", "--host", "localhost:4", "--map-by", "slot", "--bind-to", "none",
         "--output", "tag", "--allow-run-as-root",
         "-x", "PYTHONUNBUFFERED", "-x", "OMPI_ALLOW_RUN_AS_ROOT", "-x", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM",
-        "-x", "OMPI_MCA_osc",
         PY, "-m", "mpi4py", "train.py", "--lr", "0.1",
     ]
     assert result.env == {"PYTHONUNBUFFERED": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1",
-                          "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_osc": "^ucx"}
+                          "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     assert result.rank_hosts == ("localhost",) * 4 and result.files == {}
 
 
-def test_open_mpi_5_oversubscribes_only_past_the_slots_and_keeps_user_osc():
+def test_open_mpi_5_oversubscribes_only_past_the_slots_and_leaves_osc_to_each_rank():
+    # The one-sided component is each rank's choice (asyncddp.comm.mpi_env looks for InfiniBand
+    # on the rank's own node), so the plan neither sets nor forwards OMPI_MCA_osc.
     config = local(num_ranks=3, hosts=(HostSpec("localhost", 1),), command=("-m", "pkg.mod", "a"))
-    result = plan(config, euid=1000, environ={"OMPI_MCA_osc": "pt2pt"})
-    assert list(result.argv) == [
-        "/venv/bin/mpirun", "-np", "3", "--host", "localhost:1", "--map-by", "slot:OVERSUBSCRIBE",
-        "--bind-to", "none", "--output", "tag", "-x", "PYTHONUNBUFFERED", "-x", "OMPI_MCA_osc",
-        PY, "-m", "mpi4py", "-m", "pkg.mod", "a",
-    ]
-    assert result.env == {"PYTHONUNBUFFERED": "1", "OMPI_MCA_osc": "pt2pt"}
+    for environ in ({}, {"OMPI_MCA_osc": "pt2pt"}):
+        result = plan(config, euid=1000, environ=environ)
+        assert list(result.argv) == [
+            "/venv/bin/mpirun", "-np", "3", "--host", "localhost:1", "--map-by", "slot:OVERSUBSCRIBE",
+            "--bind-to", "none", "--output", "tag", "-x", "PYTHONUNBUFFERED",
+            PY, "-m", "mpi4py", "-m", "pkg.mod", "a",
+        ]
+        assert result.env == {"PYTHONUNBUFFERED": "1"}
 
 
 def test_open_mpi_4_flags_env_and_network():
@@ -97,7 +99,7 @@ def test_open_mpi_4_flags_env_and_network():
         "--tag-output", "--oversubscribe", "--allow-run-as-root",
         "--mca", "btl_tcp_if_include", "eth1", "--mca", "oob_tcp_if_include", "eth1", "-wdir", "/w",
         "-x", "NCCL_A", "-x", "NCCL_B", "-x", "HOME", "-x", "PYTHONUNBUFFERED", "-x", "OMPI_ALLOW_RUN_AS_ROOT",
-        "-x", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "-x", "OMPI_MCA_osc", "-x", "NCCL_SOCKET_IFNAME",
+        "-x", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "-x", "NCCL_SOCKET_IFNAME",
         "-x", "GLOO_SOCKET_IFNAME", "-x", "ASYNCDDP_TIMELINE", "-x", "A",
         "--mca", "pml", "ob1", "python", "-c", "print(1)",
     ]
@@ -109,7 +111,8 @@ def test_mpich_flags():
     config = local(num_ranks=2, env_set=(("A", "1"),), network="eth0", working_dir="/w")
     result = plan(config, flavor=MPICH, euid=0)
     assert list(result.argv) == [
-        "/venv/bin/mpirun", "-np", "2", "-hosts", "localhost:2", "-prepend-rank", "-iface", "eth0", "-wdir", "/w",
+        "/venv/bin/mpirun", "-np", "2", "-hosts", "localhost:2", "-prepend-pattern", "[%r]<asyncddp> ",
+        "-iface", "eth0", "-wdir", "/w",
         "-genvlist", "PYTHONUNBUFFERED,NCCL_SOCKET_IFNAME,GLOO_SOCKET_IFNAME,A",
         PY, "-m", "mpi4py", "train.py", "--lr", "0.1",
     ]
@@ -144,7 +147,7 @@ def test_remote_hosts_open_mpi_5_use_private_ssh_config_and_prefix():
     assert list(result.argv) == [
         "/venv/bin/mpirun", "-np", "3", "--host", "node1:2,node2:1", "--map-by", "slot", "--bind-to", "none",
         "--output", "tag", "--prefix", "/venv", "--mca", "plm_ssh_agent", f"ssh -F {path}",
-        "-x", "PYTHONUNBUFFERED", "-x", "OMPI_MCA_osc", PY, "-m", "mpi4py", "t.py",
+        "-x", "PYTHONUNBUFFERED", PY, "-m", "mpi4py", "t.py",
     ]
     assert result.rank_hosts == ("node1", "node1", "node2") and result.cwd is None
     assert "StrictHostKeyChecking yes" in ssh_config_text(REMOTE, None)
@@ -158,7 +161,7 @@ def test_remote_open_mpi_4_and_mpich_agents():
     assert ompi4.argv[10:15] == ("--prefix", "/venv", "--mca", "plm_rsh_agent", f"ssh -F {path}")
     mpich = plan(config, flavor=MPICH, euid=1000)
     wrapper = path + ".sh"
-    assert mpich.argv[5:10] == ("-prepend-rank", "-launcher", "ssh", "-launcher-exec", wrapper)
+    assert mpich.argv[5:11] == ("-prepend-pattern", "[%r]<asyncddp> ", "-launcher", "ssh", "-launcher-exec", wrapper)
     assert mpich.files[wrapper] == f'#!/bin/sh\nexec ssh -F {path} "$@"\n'
 
 
@@ -169,7 +172,7 @@ def test_hosts_with_different_pythons_get_one_app_context_each():
     path = next(iter(result.files))
     assert list(result.argv) == [
         "/venv/bin/mpirun", "--map-by", "slot", "--bind-to", "none", "--output", "tag",
-        "--mca", "plm_ssh_agent", f"ssh -F {path}", "-x", "PYTHONUNBUFFERED", "-x", "OMPI_MCA_osc",
+        "--mca", "plm_ssh_agent", f"ssh -F {path}", "-x", "PYTHONUNBUFFERED",
         "-np", "1", "--host", "node1:1", "/a/python", "-m", "mpi4py", "t.py", "x",
         ":", "-np", "2", "--host", "node2:2", PY, "-m", "mpi4py", "t.py", "x",
     ]
@@ -219,12 +222,32 @@ def test_dry_run_text_and_json():
     assert data["command_line"].endswith("-m mpi4py train.py --lr 0.1")
 
 
-def test_parse_tagged_lines():
-    assert parse_tagged_line("[1,2]<stdout>: hi  there", OMPI5) == (2, "stdout", "hi  there")
-    assert parse_tagged_line("[1,0]<stderr>: oops", OMPI5) == (0, "stderr", "oops")
-    assert parse_tagged_line("[1,3]<stdout>: x", OMPI4) == (3, "stdout", " x")
-    assert parse_tagged_line("prterun detected", OMPI5) == (None, "stderr", "prterun detected")
-    assert parse_tagged_line("[12] hello", MPICH) == (12, "stdout", "hello")
+def test_split_tagged_lines():
+    assert split_tagged_line("[1,2]<stdout>: hi  there", OMPI5) == [(2, "stdout", "hi  there")]
+    assert split_tagged_line("[1,0]<stderr>: oops", OMPI5) == [(0, "stderr", "oops")]
+    assert split_tagged_line("[1,3]<stdout>: x", OMPI4) == [(3, "stdout", " x")]
+    assert split_tagged_line("prterun detected", OMPI5) == [(None, "stderr", "prterun detected")]
+    assert split_tagged_line("[12]<asyncddp> hello [3] x", MPICH) == [(12, None, "hello [3] x")]
+    # Open MPI 4 tags every chunk a rank writes: print("a", "b") unbuffered is several chunks,
+    # and other ranks' chunks land in between.
+    assert split_tagged_line("[1,1]<stdout>:a[1,2]<stdout>:c[1,1]<stdout>: [1,1]<stdout>:b", OMPI4) == [
+        (1, "stdout", "a"), (2, "stdout", "c"), (1, "stdout", " "), (1, "stdout", "b")]
+
+
+def test_output_joins_each_ranks_chunks_into_its_lines(tmp_path):
+    import io
+
+    from asyncddp.launcher.job import _Output
+
+    out, err = io.StringIO(), io.StringIO()
+    output = _Output(OMPI4, str(tmp_path), out, err)
+    output.line("[1,1]<stdout>:a[1,2]<stdout>:c[1,1]<stdout>: [1,1]<stdout>:b")
+    output.line("[1,2]<stdout>:d")
+    output.line("[1,0]<stderr>:tail without newline[1,0]<stdout>:x[1,0]<stdout>:y")
+    output.close()
+    assert out.getvalue().splitlines() == ["[1] a b", "[2] cd", "[0] xy"]
+    assert err.getvalue().splitlines() == ["[0] tail without newline"]
+    assert (tmp_path / "rank.2.log").read_text() == "cd\n"
 
 
 def test_find_failure_in_mpirun_messages():
@@ -238,6 +261,36 @@ def test_find_failure_in_mpirun_messages():
     assert find_failure(ompi5) == (2, 7)
     assert find_failure(ompi4) == (3, 9)
     assert find_failure(abort) == (1, 5)
+    ompi4_abort = "MPI_ABORT was invoked on rank 2 in communicator MPI_COMM_WORLD\nwith errorcode 7.\n"
+    assert find_failure(ompi4_abort) == find_failure(ompi4_abort, OMPI4) == (2, 7)
     assert find_failure(signalled) == (0, 137)
     assert find_failure(mpich) == (2, 7)
     assert find_failure("all good") is None
+
+
+def test_debian_open_mpi_4_version_line():
+    assert parse_mpi_version("mpirun.openmpi (OpenRTE) 4.1.4\n\nReport bugs to http://www.open-mpi.org/\n") == \
+        MpiFlavor("openmpi", "4.1.4", 4)
+
+
+def test_ranks_of_another_mpi_load_its_library_for_mpi4py():
+    config = local(num_ranks=2)
+    ompi4 = MpiInstall("/usr/bin/mpirun.openmpi", OMPI4, None, "/usr/lib/x86_64-linux-gnu/libmpi.so.40")
+    result = build_plan(config, ompi4, python=PY, euid=1000, environ={}, private_dir="/priv")
+    assert result.env["MPI4PY_LIBMPI"] == "/usr/lib/x86_64-linux-gnu/libmpi.so.40" and result.links == {}
+    assert ("-x", "MPI4PY_LIBMPI") in result.groups
+    # Debian names MPICH's library libmpich.so.12; mpi4py's extension needs libmpi.so.12: a link.
+    mpich = MpiInstall("/usr/bin/mpirun.mpich", MPICH, None, "/usr/lib/x86_64-linux-gnu/libmpich.so.12")
+    result = build_plan(config, mpich, python=PY, euid=1000, environ={"LD_LIBRARY_PATH": "/opt/lib"}, private_dir="/priv")
+    assert result.env["MPI4PY_LIBMPI"] == "/usr/lib/x86_64-linux-gnu/libmpich.so.12"
+    assert result.env["LD_LIBRARY_PATH"] == "/priv/mpi4py-lib:/opt/lib"
+    assert result.links == {"/priv/mpi4py-lib/libmpi.so.12": "/usr/lib/x86_64-linux-gnu/libmpich.so.12"}
+    assert ("-genvlist", "PYTHONUNBUFFERED,MPI4PY_LIBMPI,LD_LIBRARY_PATH") in result.groups
+    assert "link /priv/mpi4py-lib/libmpi.so.12 -> /usr/lib/x86_64-linux-gnu/libmpich.so.12" in format_plan(result)
+    # The user's own choice wins; a link on remote hosts cannot be made from here.
+    mine = build_plan(config, mpich, python=PY, euid=1000, environ={"MPI4PY_LIBMPI": "/x.so"}, private_dir="/priv")
+    assert "MPI4PY_LIBMPI" not in mine.env and mine.links == {}
+    with pytest.raises(LaunchError, match=r"^mpi4py needs libmpi.so.12 but MPICH here is /usr/lib/x86_64-linux-gnu/"
+                                          r"libmpich.so.12: on every host link"):
+        build_plan(local(num_ranks=2, hosts=(HostSpec("node1", 2),)), mpich, python=PY, euid=1000, environ={},
+                   private_dir="/priv")

@@ -17,6 +17,12 @@ __all__ = ["BenchError", "BandwidthBelowBound", "OPS", "DTYPES", "CommBenchOptio
            "ModelBenchResult", "StragglerOptions", "StragglerResult", "parse_methods", "parse_num_ranks"]
 
 # The ops ``bench comm`` knows, in table order.
+# What rank 0 prints for the parent (asyncddp.bench.runner) to parse, each followed by one JSON
+# object: the result also travels on stdout because a rank 0 on another host cannot write the
+# parent's result file.
+PROGRESS_TAG = "ASYNCDDP_BENCH_PROGRESS"
+RESULT_TAG = "ASYNCDDP_BENCH_RESULT"
+
 OPS = ("neighbor_allreduce", "neighbor_allreduce_one_peer", "allreduce", "allgather", "broadcast", "win_put")
 DTYPES = ("float32", "float64")  # MPI reduces these natively on both sides (ours and raw numpy)
 

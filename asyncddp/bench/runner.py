@@ -1,9 +1,9 @@
-"""Launch a benchmark's per-rank body through ``asyncddp run``'s code path and collect its result.
+"""Launch a benchmark's ranks through ``asyncddp run``'s planning path and collect rank 0's result.
 
-The ranks run ``python -m mpi4py -m asyncddp.bench.<body> OPTIONS_JSON RESULT_PATH`` (``comm``,
-``training`` once per (method, np), ``straggler``), planned by
-``asyncddp.launcher.plan.build_plan`` from the same ``RunOptions``/``merge_run_config`` as ``asyncddp run``
-(so ``--hostfile/-H/--config`` mean the same) and executed by ``asyncddp.launcher.job.run_plan``. Rank 0's
+Every benchmark runs ``python -m mpi4py -m asyncddp.bench_ranks WORKLOAD OPTIONS_JSON RESULT_PATH``
+(workload ``comm``, ``training`` once per (method, np), ``straggler``), planned by
+``asyncddp.launcher.prepare.plan_job`` from the same ``RunOptions`` as ``asyncddp run`` (so
+``--hostfile/-H/--config`` mean the same) and executed by ``asyncddp.launcher.job.run_plan``. Rank 0's
 stdout is parsed line by line: progress lines feed ``on_progress``, and its result arrives both
 as a file (local rank 0) and as one tagged line (rank 0 on another host). A failed job becomes a
 ``BenchError`` naming the rank and the error it printed.
@@ -17,47 +17,20 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from asyncddp.bench.results import (BenchError, CommBenchOptions, CommBenchResult, ModelBenchOptions,
-                                    ModelBenchResult, ModelRun, StragglerOptions, StragglerResult)
-from asyncddp.errors import LaunchError
+from asyncddp.bench.results import (PROGRESS_TAG, RESULT_TAG, BenchError, CommBenchOptions, CommBenchResult,
+                                    ModelBenchOptions, ModelBenchResult, ModelRun, StragglerOptions, StragglerResult)
+from asyncddp.launcher.config import RunOptions
 
-__all__ = ["LaunchOptions", "run_comm_bench", "run_model_bench", "run_straggler_bench", "mpi_install"]
+__all__ = ["run_comm_bench", "run_model_bench", "run_straggler_bench"]
 
-PROGRESS_TAG = "ASYNCDDP_BENCH_PROGRESS"  # the same strings as asyncddp.bench.comm (which imports torch)
-RESULT_TAG = "ASYNCDDP_BENCH_RESULT"
-MPIRUN_ENV = "ASYNCDDP_MPIRUN"
-YIELD_ENV = "OMPI_MCA_mpi_yield_when_idle"  # set by build_plan when local ranks outnumber cores
+YIELD_ENV = "OMPI_MCA_mpi_yield_when_idle"  # set by the plan when local ranks outnumber cores
 FAILURE_TAIL_LINES = 60
 _RANK_LINE = re.compile(r"^\[(\d+)\] (.*)$")
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
-
-
-@dataclass(frozen=True)
-class LaunchOptions:
-    """Where the ranks run: the ``asyncddp run`` flags a benchmark accepts."""
-
-    hostfile: str | None = None
-    host_list: str | None = None
-    config: str | None = None
-    env: tuple[str, ...] = ()
-    mpi_args: str | None = None
-    oversubscribe: bool = False
-    timeout: float | None = None
-
-
-def mpi_install():
-    """The mpirun ``asyncddp run`` would use (``ASYNCDDP_MPIRUN`` first), with its flavour."""
-    from asyncddp.launcher.job import mpi_version_text
-    from asyncddp.launcher.plan import MpiInstall, find_mpirun, parse_mpi_version, venv_prefix
-
-    mpirun = os.environ.get(MPIRUN_ENV) or find_mpirun()
-    if not (os.path.isfile(mpirun) and os.access(mpirun, os.X_OK)):
-        raise LaunchError(f"{MPIRUN_ENV}={mpirun} is not an executable file; fix or unset it")
-    return MpiInstall(mpirun, parse_mpi_version(mpi_version_text(mpirun)), venv_prefix(mpirun))
 
 
 class _Lines:
@@ -100,17 +73,11 @@ class _Lines:
         return None
 
 
-def _plan(module: str, args: tuple[str, ...], num_ranks: int, launch: LaunchOptions, private_dir: str):
-    from asyncddp.launcher.config import RunOptions, load_config, merge_run_config
-    from asyncddp.launcher.plan import build_plan
+def _plan(workload: str, args: tuple[str, ...], num_ranks: int, launch: RunOptions, private_dir: str):
+    from asyncddp.launcher.prepare import plan_job
 
-    options = RunOptions(command=("-m", module, *args), num_ranks=num_ranks, hostfile=launch.hostfile,
-                         host_list=launch.host_list, config=launch.config, env=launch.env,
-                         mpi_args=launch.mpi_args, timeout=launch.timeout, oversubscribe=launch.oversubscribe)
-    cluster = load_config(launch.config) if launch.config else None
-    run_config = merge_run_config(options, cluster)
-    return build_plan(run_config, mpi_install(), python=sys.executable, euid=os.geteuid(),
-                      private_dir=private_dir, check_dir=os.getcwd(), cpu_count=os.cpu_count()), run_config.timeout
+    options = replace(launch, command=("-m", "asyncddp.bench_ranks", workload, *args), num_ranks=num_ranks)
+    return plan_job(options, private_dir)
 
 
 def _launch_notes(plan, num_ranks: int) -> tuple[str, ...]:
@@ -120,17 +87,19 @@ def _launch_notes(plan, num_ranks: int) -> tuple[str, ...]:
     return ()
 
 
-def _run_ranks(module: str, payload: dict, num_ranks: int, launch: LaunchOptions, what: str,
+def _run_ranks(workload: str, payload: dict, num_ranks: int, launch: RunOptions, what: str,
                on_progress: Callable[[dict], None] | None = None) -> tuple[dict, tuple[str, ...]]:
-    """Launch ``module OPTIONS_JSON RESULT_PATH`` on ``num_ranks`` ranks; rank 0's JSON and launch notes."""
+    """Launch ``workload OPTIONS_JSON RESULT_PATH`` on ``num_ranks`` ranks; rank 0's JSON and launch notes."""
     from asyncddp.launcher.job import run_plan
+    from asyncddp.launcher.prepare import check_ssh
 
     with tempfile.TemporaryDirectory(prefix="asyncddp-bench-") as workdir:
         result_path = str(Path(workdir) / "result.json")
-        plan, timeout = _plan(module, (json.dumps(payload), result_path), num_ranks, launch, workdir)
-        notes = _launch_notes(plan, num_ranks)
+        planned = _plan(workload, (json.dumps(payload), result_path), num_ranks, launch, workdir)
+        check_ssh(planned.config)
+        notes = _launch_notes(planned.plan, num_ranks)
         out, err = _Lines(on_progress), _Lines(None)
-        job = run_plan(plan, timeout=timeout, out=out, err=err)
+        job = run_plan(planned.plan, timeout=planned.config.timeout, out=out, err=err)
         if job.exit_code != 0:
             summary = (job.summary or f"job exited with code {job.exit_code}").removeprefix("asyncddp: ")
             cause = err.rank_error() or out.rank_error()
@@ -149,19 +118,19 @@ def _run_ranks(module: str, payload: dict, num_ranks: int, launch: LaunchOptions
     return data, notes
 
 
-def run_comm_bench(options: CommBenchOptions, launch: LaunchOptions = LaunchOptions(),
+def run_comm_bench(options: CommBenchOptions, launch: RunOptions = RunOptions(),
                    on_progress: Callable[[dict], None] | None = None) -> CommBenchResult:
-    """Run ``asyncddp.bench.comm`` on ``options.num_ranks`` ranks and return rank 0's result."""
-    data, notes = _run_ranks("asyncddp.bench.comm", options.to_dict(), options.num_ranks, launch, "bench comm",
+    """Run workload ``comm`` on ``options.num_ranks`` ranks and return rank 0's result."""
+    data, notes = _run_ranks("comm", options.to_dict(), options.num_ranks, launch, "bench comm",
                              on_progress)
     result = CommBenchResult.from_dict(data)
     return replace(result, notes=(*result.notes, *notes))
 
 
 def run_model_bench(base: ModelBenchOptions, methods: tuple[str, ...], rank_counts: tuple[int, ...],
-                    launch: LaunchOptions = LaunchOptions(),
+                    launch: RunOptions = RunOptions(),
                     on_progress: Callable[[dict], None] | None = None) -> ModelBenchResult:
-    """One launch of ``asyncddp.bench.training`` per (np, method); a failed launch is a row with its error.
+    """One launch of workload ``training`` per (np, method); a failed launch is a row with its error.
 
     ``on_progress`` gets ``{"done", "total", "method", "num_ranks", "starting"}`` before and after each run.
     """
@@ -173,7 +142,7 @@ def run_model_bench(base: ModelBenchOptions, methods: tuple[str, ...], rank_coun
             on_progress({**event, "starting": True})
         options = replace(base, method=method, num_ranks=num_ranks)
         try:
-            data, notes = _run_ranks("asyncddp.bench.training", options.to_dict(), num_ranks, launch,
+            data, notes = _run_ranks("training", options.to_dict(), num_ranks, launch,
                                      f"bench {base.model} {method} -np {num_ranks}")
             run = ModelRun.from_dict(data["run"])
             runs.append(replace(run, notes=(*run.notes, *notes)))
@@ -187,9 +156,9 @@ def run_model_bench(base: ModelBenchOptions, methods: tuple[str, ...], rank_coun
                             num_parameters=params, runs=tuple(runs), host=host)
 
 
-def run_straggler_bench(options: StragglerOptions, launch: LaunchOptions = LaunchOptions()) -> StragglerResult:
-    """Run ``asyncddp.bench.straggler`` once; errors propagate as ``BenchError``."""
-    data, notes = _run_ranks("asyncddp.bench.straggler", options.to_dict(), options.num_ranks, launch,
+def run_straggler_bench(options: StragglerOptions, launch: RunOptions = RunOptions()) -> StragglerResult:
+    """Run workload ``straggler`` once; errors propagate as ``BenchError``."""
+    data, notes = _run_ranks("straggler", options.to_dict(), options.num_ranks, launch,
                              "bench straggler")
     result = StragglerResult.from_dict(data)
     return replace(result, notes=(*result.notes, *notes))

@@ -3,7 +3,8 @@
 Each sub-command parses its flags into an options dataclass, calls one runner function in
 ``asyncddp.bench`` (which launches the ranks through ``asyncddp run``'s code path), and renders the
 result (rich table, ``--plain`` nccl-tests text, ``--json``, ``--plot``). Add a benchmark with a
-function decorated ``@bench_app.command("name")`` that reuses ``_launch_options``.
+function decorated ``@bench_app.command("name")`` whose launch flags are those of
+``asyncddp.cli.launch_flags``, declared once for every command that starts ranks.
 """
 
 from __future__ import annotations
@@ -14,20 +15,12 @@ import sys
 
 import typer
 
+from asyncddp.cli import launch_flags as flags
 from asyncddp.errors import ConfigError
 
 bench_app = typer.Typer(help="Benchmarks: communication ops in nccl-tests form (comm), training throughput per "
                         "method (resnet18, resnet50, vgg16, mobilenet_v3, transformer, mlp), a slow rank (straggler).",
                         no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
-
-
-def _launch_options(hostfile, hosts, config, env, mpi_args, oversubscribe, timeout):
-    from asyncddp.bench.runner import LaunchOptions
-
-    if timeout is not None and timeout <= 0:
-        raise ConfigError(f"--timeout {timeout}: give a positive number of seconds")
-    return LaunchOptions(hostfile=hostfile, host_list=hosts, config=config, env=tuple(env or ()),
-                         mpi_args=mpi_args, oversubscribe=oversubscribe, timeout=timeout)
 
 
 def _check_plot_path(path: str | None) -> None:
@@ -85,15 +78,9 @@ def register(app: typer.Typer) -> None:
 
 
 @bench_app.command("comm")
+@flags.with_launch_flags
 def comm_command(
     num_ranks: int = typer.Option(2, "-np", "--np", "-n", help="Number of ranks (at least 2)."),
-    hostfile: str = typer.Option(None, "--hostfile", help="Open MPI hostfile, as for asyncddp run."),
-    hosts: str = typer.Option(None, "-H", "--host", help="Hosts, e.g. a:4,b:4."),
-    config: str = typer.Option(None, "--config", help="YAML cluster config, as for asyncddp run."),
-    env: list[str] = typer.Option(None, "-x", help="Forward NAME or set NAME=value on the ranks; repeatable."),
-    mpi_args: str = typer.Option(None, "--mpi-args", help="Extra mpirun arguments, one quoted string."),
-    oversubscribe: bool = typer.Option(False, "--oversubscribe", help="Allow more ranks than slots."),
-    timeout: float = typer.Option(None, "--timeout", help="Kill the benchmark after this many seconds."),
     min_bytes: str = typer.Option("1K", "--min-bytes", "-b", help="Smallest size (K/M/G suffixes)."),
     max_bytes: str = typer.Option("64M", "--max-bytes", "-e", help="Largest size (K/M/G suffixes)."),
     step_factor: int = typer.Option(4, "--step-factor", "-f", help="Multiply the size by this each step."),
@@ -107,13 +94,13 @@ def comm_command(
     plain: bool = typer.Option(False, "--plain", help="Print nccl-tests-style plain text instead of a rich table."),
     min_busbw: float = typer.Option(None, "--min-busbw", help="Exit 1 when the average busbw (GB/s) is below this."),
     plot: str = typer.Option(None, "--plot", help="Write busbw-vs-size per op to this PNG."),
+    launch=None,
 ) -> None:
     """Time neighbour averaging, collectives and window puts against raw mpi4py, nccl-tests style."""
     from asyncddp.bench.results import BandwidthBelowBound
 
     options = _comm_options(num_ranks, min_bytes, max_bytes, step_factor, iters, warmup, dtype, ops, device,
                             progress=True)
-    launch = _launch_options(hostfile, hosts, config, env, mpi_args, oversubscribe, timeout)
     _check_plot_path(plot)
     result = _run_with_progress(options, launch, quiet=as_json)
     from asyncddp.bench import render
@@ -146,6 +133,7 @@ def _print_table(table) -> None:
 
 
 def _model_command(model: str):
+    @flags.with_launch_flags
     def command(
         num_ranks: str = typer.Option("1,2", "-np", "--np", "-n", help="Rank counts, comma-separated, e.g. 1,2,4."),
         methods: list[str] = typer.Option(None, "--methods", help="Subset, comma-separated or repeated (local, ddp, "
@@ -155,15 +143,9 @@ def _model_command(model: str):
         warmup: int = typer.Option(2, "--warmup", help="Untimed steps before timing."),
         iters: int = typer.Option(10, "--iters", help="Timed steps per run."),
         device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-        hostfile: str = typer.Option(None, "--hostfile", help="Open MPI hostfile, as for asyncddp run."),
-        hosts: str = typer.Option(None, "-H", "--host", help="Hosts, e.g. a:4,b:4."),
-        config: str = typer.Option(None, "--config", help="YAML cluster config, as for asyncddp run."),
-        env: list[str] = typer.Option(None, "-x", help="Forward NAME or set NAME=value on the ranks; repeatable."),
-        mpi_args: str = typer.Option(None, "--mpi-args", help="Extra mpirun arguments, one quoted string."),
-        oversubscribe: bool = typer.Option(False, "--oversubscribe", help="Allow more ranks than slots."),
-        timeout: float = typer.Option(None, "--timeout", help="Kill each run after this many seconds."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         plot: str = typer.Option(None, "--plot", help="Write throughput and efficiency vs np per method to this PNG."),
+        launch=None,
     ) -> None:
         from asyncddp.bench import render
         from asyncddp.bench.results import ModelBenchOptions, parse_methods, parse_num_ranks
@@ -174,7 +156,6 @@ def _model_command(model: str):
                               f"{warmup}: need batch >= 1, image size >= 32, iters >= 1, warmup >= 0")
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {device}: choose cpu or cuda")
-        launch = _launch_options(hostfile, hosts, config, env, mpi_args, oversubscribe, timeout)
         _check_plot_path(plot)
         base = ModelBenchOptions(model=model, batch_size=batch_size, image_size=image_size, warmup=warmup,
                                  iters=iters, device=device)
@@ -214,6 +195,7 @@ for _model in ("resnet18", "resnet50", "vgg16", "mobilenet_v3", "transformer", "
 
 
 @bench_app.command("straggler")
+@flags.with_launch_flags
 def straggler_command(
     num_ranks: int = typer.Option(4, "-np", "--np", "-n", help="Number of ranks (at least 2)."),
     slow_rank: int = typer.Option(1, "--slow-rank", help="The rank made slower."),
@@ -223,14 +205,8 @@ def straggler_command(
     image_size: int = typer.Option(32, "--image-size", help="Synthetic image side in pixels."),
     iters: int = typer.Option(30, "--iters", help="Timed steps per rank and phase."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed steps before timing."),
-    hostfile: str = typer.Option(None, "--hostfile", help="Open MPI hostfile, as for asyncddp run."),
-    hosts: str = typer.Option(None, "-H", "--host", help="Hosts, e.g. a:4,b:4."),
-    config: str = typer.Option(None, "--config", help="YAML cluster config, as for asyncddp run."),
-    env: list[str] = typer.Option(None, "-x", help="Forward NAME or set NAME=value on the ranks; repeatable."),
-    mpi_args: str = typer.Option(None, "--mpi-args", help="Extra mpirun arguments, one quoted string."),
-    oversubscribe: bool = typer.Option(False, "--oversubscribe", help="Allow more ranks than slots."),
-    timeout: float = typer.Option(None, "--timeout", help="Kill the benchmark after this many seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    launch=None,
 ) -> None:
     """One slow rank: fast ranks' throughput with synchronous neighbour averaging vs asynchronous win-put."""
     from asyncddp.bench import render
@@ -248,7 +224,6 @@ def straggler_command(
                           "need batch >= 1, image size >= 32, iters >= 1, warmup >= 0")
     options = StragglerOptions(num_ranks=num_ranks, slow_rank=slow_rank, slow_factor=slow_factor, model=model,
                                batch_size=batch_size, image_size=image_size, iters=iters, warmup=warmup)
-    launch = _launch_options(hostfile, hosts, config, env, mpi_args, oversubscribe, timeout)
     result = run_straggler_bench(options, launch)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))

@@ -10,6 +10,7 @@ import json
 
 import typer
 
+from asyncddp.cli import launch_flags as flags
 from asyncddp.errors import ConfigError
 
 ipy_app = typer.Typer(help="Interactive mode: an ipyparallel controller plus MPI engines (BlueFog's ibfrun).",
@@ -26,9 +27,9 @@ def _show(status, as_json: bool, text: str) -> None:
 @ipy_app.command("start")
 def start_command(
     num_ranks: int = typer.Option(..., "-np", "--num-ranks", help="Number of engines (MPI ranks)."),
-    hostfile: str = typer.Option(None, "--hostfile", help="Open MPI hostfile (host slots=N)."),
-    hosts: str = typer.Option(None, "-H", "--host", help="Hosts, e.g. a:4,b:4."),
-    env: list[str] = typer.Option(None, "-x", help="Forward NAME or set NAME=value on every engine."),
+    hostfile: str = flags.HOSTFILE,
+    hosts: str = flags.HOSTS,
+    env: list[str] = flags.ENV,
     profile: str = _PROFILE,
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for every engine to register."),
     as_json: bool = _JSON,

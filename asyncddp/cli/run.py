@@ -1,9 +1,10 @@
 """``asyncddp run``: launch a script, module or command on every rank through mpirun.
 
-Thin layer: flags -> ``RunOptions``; ``merge_run_config`` applies the config file; ``build_plan``
-makes the mpirun command; ``--dry-run`` prints it, otherwise ``run_plan`` runs it and its exit code
-becomes ours. Everything after the script (or ``-m module``, or a command) goes to the ranks
-untouched: click stops parsing at the first positional argument.
+Thin layer: flags (the shared launch flags of ``asyncddp.cli.launch_flags`` plus run's own) ->
+``RunOptions``; ``plan_job`` applies the config file, finds the MPI and makes
+the mpirun command; ``--dry-run`` prints it, otherwise ``check_ssh`` and ``run_plan`` run it and its
+exit code becomes ours. Everything after the script (or ``-m module``, or a command) goes to the
+ranks untouched: click stops parsing at the first positional argument.
 """
 
 from __future__ import annotations
@@ -13,47 +14,11 @@ import os
 import shutil
 import sys
 import tempfile
-from pathlib import Path
+from dataclasses import replace
 
 import typer
 
-MPIRUN_ENV = "ASYNCDDP_MPIRUN"  # an explicit mpirun, overriding the search
-
-
-def _mpi_install():
-    from asyncddp.errors import LaunchError
-    from asyncddp.launcher.job import mpi_version_text
-    from asyncddp.launcher.plan import MpiInstall, find_mpirun, parse_mpi_version, venv_prefix
-
-    mpirun = os.environ.get(MPIRUN_ENV) or find_mpirun()
-    if not (os.path.isfile(mpirun) and os.access(mpirun, os.X_OK)):
-        raise LaunchError(f"{MPIRUN_ENV}={mpirun} is not an executable file; fix or unset it")
-    return MpiInstall(mpirun, parse_mpi_version(mpi_version_text(mpirun)), venv_prefix(mpirun))
-
-
-def _check_dir(working_dir: str | None) -> str | None:
-    # A working directory that exists only on the remote hosts cannot be checked from here.
-    if working_dir is None:
-        return os.getcwd()
-    return working_dir if os.path.isdir(working_dir) else None
-
-
-def _preflight(run_config, requested: bool | None) -> None:
-    """Refuse to start mpirun when a remote host cannot be reached: mpirun would hang or fail late."""
-    from asyncddp.doctor.core import is_local
-
-    remote = [host for host in run_config.hosts if not is_local(host)]
-    if requested is False or not remote:
-        return
-    from asyncddp.doctor import ssh_preflight
-    from asyncddp.errors import LaunchError
-
-    problems = ssh_preflight(remote, known_hosts=run_config.known_hosts)
-    if problems:
-        raise LaunchError(
-            "SSH preflight failed, mpirun not started: " + "; ".join(problems)
-            + " (details: asyncddp doctor; skip the check: --no-preflight)"
-        )
+from asyncddp.cli import launch_flags as flags
 
 
 def register(app: typer.Typer) -> None:
@@ -61,56 +26,43 @@ def register(app: typer.Typer) -> None:
         "run",
         context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
     )
+    @flags.with_launch_flags
     def run_command(
         command: list[str] = typer.Argument(None, metavar="SCRIPT.py [ARGS] | -m MODULE [ARGS] | COMMAND [ARGS]",
                                             help="What every rank runs."),
         num_ranks: int = typer.Option(None, "-np", "--np", "-n", help="Number of ranks."),
-        hostfile: str = typer.Option(None, "--hostfile", help="Open MPI hostfile (host slots=N)."),
-        hosts: str = typer.Option(None, "-H", "--host", help="Hosts, e.g. a:4,b:4."),
-        config: str = typer.Option(None, "--config", help="YAML cluster config (see configs/)."),
-        env: list[str] = typer.Option(None, "-x", help="Forward NAME, NAME=value or a glob like NCCL_*; repeatable."),
         network: str = typer.Option(None, "--network-interface", help="Interface name or CIDR subnet for MPI traffic."),
-        mpi_args: str = typer.Option(None, "--mpi-args", "--extra-mpi-flags", help="Extra mpirun arguments, one quoted string."),
         output_dir: str = typer.Option(None, "--output-dir", help="Also write each rank's output to DIR/rank.N.log."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the mpirun command and rank map; run nothing."),
         as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as JSON."),
-        timeout: float = typer.Option(None, "--timeout", help="Kill the job after this many seconds (exit 124)."),
         timeline: str = typer.Option(None, "--timeline", "--timeline-filename",
                                      help="Ranks write a communication timeline to PATH."),
-        oversubscribe: bool = typer.Option(False, "--oversubscribe", help="Allow more ranks than slots."),
         ssh_port: int = typer.Option(None, "-p", "--ssh-port", help="ssh port for hosts that set none (bfrun's -p)."),
         use_infiniband: bool = typer.Option(False, "--use-infiniband",
                                             help="bfrun's flag: use Open MPI's UCX transport (--mca pml ucx)."),
         preflight: bool = typer.Option(
             None, "--preflight/--no-preflight",
             help="Check SSH to every remote host before starting mpirun (default: on when any host is remote)."),
+        launch=None,
     ) -> None:
         """Run a script, -m module or command on every rank: asyncddp run -np 4 train.py ARGS..."""
-        from asyncddp.launcher.config import RunOptions, load_config, merge_run_config
-        from asyncddp.launcher.plan import build_plan, format_plan
+        from asyncddp.launcher.plan import format_plan
+        from asyncddp.launcher.prepare import check_ssh, plan_job
 
-        options = RunOptions(
-            command=tuple(command or ()), num_ranks=num_ranks, hostfile=hostfile, host_list=hosts,
-            config=config, env=tuple(env or ()), network=network, mpi_args=mpi_args, output_dir=output_dir,
-            timeout=timeout, timeline=timeline, oversubscribe=oversubscribe, ssh_port=ssh_port,
-            use_infiniband=use_infiniband,
-        )
-        cluster = load_config(config) if config else None
-        run_config = merge_run_config(options, cluster)
+        options = replace(launch, command=tuple(command or ()), num_ranks=num_ranks, network=network,
+                          output_dir=output_dir, timeline=timeline, ssh_port=ssh_port, use_infiniband=use_infiniband)
         # The private ssh_config lives with the logs (--output-dir), else in a 0700 directory of
         # this run alone, removed when the job ends.
         private_dir = output_dir or tempfile.mkdtemp(prefix=f"asyncddp-{os.getuid()}-")
         try:
-            plan = build_plan(run_config, _mpi_install(), python=sys.executable, euid=os.geteuid(),
-                              private_dir=str(Path(private_dir).absolute()),
-                              check_dir=_check_dir(run_config.working_dir), cpu_count=os.cpu_count())
+            job = plan_job(options, private_dir)
             if dry_run:
-                typer.echo(json.dumps(plan.to_dict(), indent=2) if as_json else format_plan(plan))
+                typer.echo(json.dumps(job.plan.to_dict(), indent=2) if as_json else format_plan(job.plan))
                 return
-            _preflight(run_config, preflight)
+            check_ssh(job.config, preflight)
             from asyncddp.launcher.job import run_plan
 
-            result = run_plan(plan, output_dir=output_dir, timeout=run_config.timeout)
+            result = run_plan(job.plan, output_dir=output_dir, timeout=job.config.timeout)
         finally:
             if not output_dir:
                 shutil.rmtree(private_dir, ignore_errors=True)

@@ -91,7 +91,9 @@ def check_mpi(probe: dict) -> CheckResult:
     if not mpi.get("version"):
         return CheckResult("mpi", WARN, f"{mpi['mpirun']}: version unknown ({mpi.get('implementation')})")
     cuda = {True: "CUDA-aware", False: "not CUDA-aware", None: "CUDA-awareness unknown"}
-    return CheckResult("mpi", OK, f"{mpi['implementation']} {mpi['version']}, {cuda[mpi.get('cuda_aware')]}")
+    tolerant = {True: ", tolerates dead ranks (ULFM)", False: ", no fault tolerance", None: ""}
+    return CheckResult("mpi", OK, f"{mpi['implementation']} {mpi['version']}, {cuda[mpi.get('cuda_aware')]}"
+                                  f"{tolerant[mpi.get('fault_tolerance')]}")
 
 
 def check_mpi4py(probe: dict) -> CheckResult:
@@ -99,10 +101,12 @@ def check_mpi4py(probe: dict) -> CheckResult:
     if not mpi.get("mpi4py"):
         return CheckResult("mpi4py", FAIL, "not installed", "pip install mpi4py")
     library = mpi.get("mpi4py_library") or {}
+    if library.get("one_line"):  # the launcher's own verdict: it already names the cause and the fix
+        return CheckResult("mpi4py", FAIL, f"{mpi['mpi4py']}: {library['error']}")
     if "error" in library:
         return CheckResult("mpi4py", FAIL, f"{mpi['mpi4py']}: MPI init failed: {library['error']}",
                            "rebuild mpi4py against the installed MPI (pip install --no-cache mpi4py)")
-    text = library.get("library_version", "")
+    text = " ".join((library.get("library_version") or "").split("\n")[0].split())
     version = mpi.get("version")
     detail = f"{mpi['mpi4py']} on {text.split(',')[0]}"
     if version and version not in text:

@@ -6,15 +6,19 @@ that mean this machine (``localhost``, a loopback address, this hostname; no SSH
 are probed in a local subprocess without SSH, as mpirun starts their ranks without SSH.
 Each node is probed with the host's configured Python, else with this interpreter's path: the one a
 job launched from here would run, so a node where that path is missing fails with a clear line.
+On this machine the probe is told what ``asyncddp run`` itself decides (``asyncddp.launcher.mpi``:
+which mpirun, which library mpi4py loads), so doctor and run report the same MPI.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -74,8 +78,38 @@ def _parse_probe(code: int | None, out: str, err: str, python: str) -> tuple[dic
                              "run the probe by hand: python3 - < asyncddp/doctor/probe.py")
 
 
+def _launcher_view(python: str, private_dir: str) -> dict:
+    """What ``asyncddp run`` decides about MPI on this machine (the same functions), for the probe:
+    the mpirun, and how mpi4py loads its library or the one line saying why it cannot."""
+    from asyncddp.errors import LaunchError
+    from asyncddp.launcher.mpi import (MpiInstall, find_mpirun, library_env, mpi4py_library, mpi_version_text,
+                                       parse_mpi_version, venv_prefix)
+
+    try:
+        mpirun = find_mpirun(python)
+        flavor = parse_mpi_version(mpi_version_text(mpirun))
+    except LaunchError:
+        return {}  # no mpirun, or one asyncddp cannot drive: the probe's own checks say so
+    view = {"mpirun": mpirun, "fault_tolerance": flavor.implementation.fault_tolerance}
+    try:
+        install = MpiInstall(mpirun, flavor, venv_prefix(mpirun), mpi4py_library(mpirun, flavor, python))
+    except LaunchError as error:
+        return {**view, "mpi4py_error": str(error)}
+    env, links = library_env(install, private_dir, dict(os.environ))
+    for path, target in links.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, path)
+    return {**view, "mpi4py_env": env}
+
+
 def _probe_local(host: HostSpec, argument: str, timeout: float) -> tuple[dict | None, CheckResult]:
     python = host.python or sys.executable
+    with tempfile.TemporaryDirectory(prefix="asyncddp-doctor-") as private_dir:
+        argument = json.dumps({**json.loads(argument), **_launcher_view(python, private_dir)})
+        return _run_local_probe(python, argument, timeout)
+
+
+def _run_local_probe(python: str, argument: str, timeout: float) -> tuple[dict | None, CheckResult]:
     try:
         done = subprocess.run([python, "-", argument], input=PROBE_TEXT, capture_output=True,
                               text=True, timeout=timeout)

@@ -51,11 +51,11 @@ print(json.dumps({"library_version": MPI.Get_library_version().strip("\x00 \n"),
 """
 
 
-def _run(argv: list[str], timeout: float) -> tuple[int | None, str]:
+def _run(argv: list[str], timeout: float, env: dict | None = None) -> tuple[int | None, str]:
     """Run a command; (exit code or None when missing / timed out, combined output)."""
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, env=_CHILD_ENV,
+            argv, capture_output=True, text=True, timeout=timeout, env={**_CHILD_ENV, **(env or {})},
             stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired) as error:
@@ -63,8 +63,8 @@ def _run(argv: list[str], timeout: float) -> tuple[int | None, str]:
     return done.returncode, done.stdout + done.stderr
 
 
-def _python_json(snippet: str, timeout: float) -> dict:
-    code, out = _run([sys.executable, "-c", snippet], timeout)
+def _python_json(snippet: str, timeout: float, env: dict | None = None) -> dict:
+    code, out = _run([sys.executable, "-c", snippet], timeout, env)
     lines = out.strip().splitlines()
     if code == 0 and lines:
         try:
@@ -151,7 +151,7 @@ def parse_mpirun_version(text: str) -> dict:
     """Implementation and version from ``mpirun --version`` output (Open MPI, MPICH, Intel MPI)."""
     patterns = (
         (r"\(Open MPI\) (\S+)", "Open MPI"),
-        (r"\(Open(?: |-)RTE\) (\S+)", "Open MPI"),
+        (r"\(Open(?: |-)?RTE\) (\S+)", "Open MPI"),
         (r"Intel\(R\) MPI Library.*?Version (\S+)", "Intel MPI"),
         (r"HYDRA.*?Version:\s*(\S+)", "MPICH"),
     )
@@ -169,22 +169,41 @@ def parse_ompi_cuda(text: str) -> bool | None:
     return None if found is None else found.group(1) == "true"
 
 
-def _mpi() -> dict:
-    mpirun = shutil.which("mpirun")
+def find_mpirun() -> str | None:
+    """The mpirun a job would use on this node, by ``asyncddp.launcher.mpi.find_mpirun``'s rule
+    (``$ASYNCDDP_MPIRUN``, then beside this Python, then PATH), restated because a node may lack
+    asyncddp; tests hold the two to the same answers."""
+    explicit = os.environ.get("ASYNCDDP_MPIRUN")
+    if explicit:
+        return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
     beside = os.path.join(os.path.dirname(sys.executable), "mpirun")
-    launcher = mpirun or (beside if os.access(beside, os.X_OK) else None)
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("mpirun")
+
+
+def _mpi(options: dict) -> dict:
+    """``options`` may carry what the launcher itself decided on this machine: ``mpirun``, the
+    environment under which mpi4py loads its library (``mpi4py_env``) or why it cannot
+    (``mpi4py_error``), and whether the implementation tolerates a dead rank (``fault_tolerance``)."""
+    launcher = options.get("mpirun") or find_mpirun()
     info: dict = {"mpirun": launcher, "implementation": None, "version": None, "cuda_aware": None}
     if launcher:
         code, out = _run([launcher, "--version"], 20)
         if code == 0:
             info.update(parse_mpirun_version(out))
         ompi_info = os.path.join(os.path.dirname(launcher), "ompi_info")
-        if os.access(ompi_info, os.X_OK):
+        # Only Open MPI's own ompi_info speaks for it (Debian puts MPICH's mpirun beside Open MPI's tools).
+        if info["implementation"] == "Open MPI" and os.access(ompi_info, os.X_OK):
             code, out = _run([ompi_info, "--parsable", "--all"], 30)
             info["cuda_aware"] = parse_ompi_cuda(out) if code == 0 else None
+    if "fault_tolerance" in options:
+        info["fault_tolerance"] = options["fault_tolerance"]
     info["mpi4py"] = _package_version("mpi4py")
-    if info["mpi4py"]:
-        info["mpi4py_library"] = _python_json(_MPI4PY_SNIPPET, 30)
+    if info["mpi4py"] and options.get("mpi4py_error"):
+        info["mpi4py_library"] = {"error": options["mpi4py_error"], "one_line": True}
+    elif info["mpi4py"]:
+        info["mpi4py_library"] = _python_json(_MPI4PY_SNIPPET, 30, options.get("mpi4py_env"))
     return info
 
 
@@ -255,7 +274,7 @@ def probe(options: dict) -> dict:
         "asyncddp": _package_version("asyncddp"),
         "torch": torch,
         "nvml": nvml,
-        "mpi": _mpi(),
+        "mpi": _mpi(options),
         "path": path_dirs,
         "on_path": {name: shutil.which(name) for name in ("mpirun", "orted", "prted")},
         "interfaces": _interfaces_ip() or _interfaces_ioctl(),

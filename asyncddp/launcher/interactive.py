@@ -1,7 +1,7 @@
 """Interactive mode (BlueFog's ``ibfrun``): an ipyparallel cluster whose engines are MPI ranks.
 
 ``start`` runs an ipyparallel controller on this machine, then launches ``-np N`` engines
-(``python -m ipyparallel.engine``) with ``asyncddp run`` — the same plan builder and job runner as
+(``python -m ipyparallel.engine``) with ``asyncddp run``: the same ``plan_job`` and job runner as
 any training job, so ``--hostfile``/``-H`` mean the same. A notebook then connects with
 ``ipyparallel.Client(profile=...)`` and every ``%%px`` cell runs on every rank; each engine calls
 ``asyncddp.init()`` itself. The profile directory (``$IPYTHONDIR/profile_<name>``, default profile
@@ -120,15 +120,20 @@ def _engine_argv(num_ranks: int, directory: Path, hostfile, host_list, env) -> l
 
 
 def _check_plan(num_ranks: int, hostfile, host_list, env, directory: Path) -> bool:
-    """Build the engines' launch plan here first: a bad hostfile or -np fails now, in one line.
-    Returns whether every host is this machine (then the controller listens on loopback only)."""
-    from asyncddp.launcher.config import RunOptions, merge_run_config
+    """Plan the engines' job here first (``plan_job``, as ``asyncddp run`` will): a bad hostfile,
+    -np or MPI fails now, in one line. Returns whether every host is this machine (then the
+    controller listens on loopback only)."""
+    import tempfile
+
+    from asyncddp.launcher.config import RunOptions
     from asyncddp.launcher.hosts import is_local_host
+    from asyncddp.launcher.prepare import plan_job
 
     options = RunOptions(command=("-m", "ipyparallel.engine", f"--profile-dir={directory}"),
                          num_ranks=num_ranks, hostfile=hostfile, host_list=host_list, env=tuple(env))
-    config = merge_run_config(options)
-    return all(is_local_host(host.name) for host in config.hosts)
+    with tempfile.TemporaryDirectory(prefix="asyncddp-ipy-") as private_dir:
+        job = plan_job(options, private_dir)
+    return all(is_local_host(host.name) for host in job.config.hosts)
 
 
 def start(num_ranks: int, profile: str = DEFAULT_PROFILE, *, hostfile: str | None = None,

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import IO
 
 from asyncddp.errors import LaunchError
-from asyncddp.launcher.plan import LaunchPlan, MpiFlavor
+from asyncddp.launcher.mpi import MpiFlavor, find_failure, mpi_version_text, split_tagged_line
+from asyncddp.launcher.plan import LaunchPlan
 
-__all__ = ["JobResult", "parse_tagged_line", "find_failure", "mpi_version_text", "run_plan"]
+__all__ = ["JobResult", "split_tagged_line", "find_failure", "mpi_version_text", "run_plan"]
 
 TIMEOUT_EXIT = 124
 INTERRUPT_EXIT = 130
@@ -47,60 +48,6 @@ class JobResult:
         return asdict(self)
 
 
-_OMPI_TAG = re.compile(r"^\[\d+,(\d+)\]<(stdout|stderr|stddiag)>:")
-_MPICH_TAG = re.compile(r"^\[(\d+)\] ")
-
-
-def parse_tagged_line(line: str, flavor: MpiFlavor) -> tuple[int | None, str, str]:
-    """(rank or None for mpirun's own text, stream, text) of one output line."""
-    if flavor.family == "openmpi":
-        match = _OMPI_TAG.match(line)
-        if match:
-            text = line[match.end():]
-            # Open MPI 5 puts one space after the tag, 4 none.
-            if flavor.major >= 5 and text.startswith(" "):
-                text = text[1:]
-            return int(match.group(1)), "stderr" if match.group(2) != "stdout" else "stdout", text
-        return None, "stderr", line
-    match = _MPICH_TAG.match(line)
-    if match:
-        return int(match.group(1)), "stdout", line[match.end():]
-    return None, "stderr", line
-
-
-# What Open MPI 4/5 and MPICH print when a rank fails; the first one found wins.
-_FAILURE_PATTERNS = (
-    re.compile(r"Process name:\s*\[\S*?,(?P<rank>\d+)\]\s*\n\s*Exit code:\s*(?P<code>\d+)"),
-    re.compile(r"MPI_ABORT was invoked on rank (?P<rank>\d+).*?Errorcode:\s*(?P<code>\d+)", re.S),
-    re.compile(r"process rank (?P<rank>\d+) with PID \d+ on\s+node (?P<host>\S+) exited on signal (?P<signal>\d+)"),
-    re.compile(r"process rank (?P<rank>\d+) with PID \d+ on\s+node (?P<host>\S+)"),
-    re.compile(r"RANK (?P<rank>\d+) PID \d+ RUNNING AT (?P<host>\S+)\s*\n.*?EXIT (?:CODE|STATUS): (?P<code>\d+)", re.S),
-)
-
-
-def find_failure(text: str) -> tuple[int, int | None] | None:
-    """(rank, exit code or None) of the first failing rank named in mpirun's messages."""
-    for pattern in _FAILURE_PATTERNS:
-        match = pattern.search(text)
-        if match:
-            groups = match.groupdict()
-            code = groups.get("code")
-            if groups.get("signal"):
-                code = 128 + int(groups["signal"])
-            return int(groups["rank"]), int(code) if code is not None else None
-    return None
-
-
-def mpi_version_text(mpirun: str) -> str:
-    """The output of ``mpirun --version`` (LaunchError when it cannot run)."""
-    try:
-        done = subprocess.run([mpirun, "--version"], capture_output=True, text=True, timeout=30,
-                              stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise LaunchError(f"cannot run {mpirun} --version ({error}); reinstall Open MPI or fix PATH") from None
-    return done.stdout + done.stderr
-
-
 class _Output:
     """Routes mpirun's lines to the console and per-rank log files; watches for failures."""
 
@@ -113,6 +60,7 @@ class _Output:
         self.diagnostics: list[str] = []  # all text that may name a failing rank
         self.failure_seen_at: float | None = None
         self.stack_lines = 0  # faulthandler's "Thread 0x... (most recent call first):" headers seen
+        self.pending: dict[tuple[str, int | None, str], str] = {}
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -123,35 +71,51 @@ class _Output:
             self.files[name] = open(self.dir / name, "w", buffering=1)
         return self.files[name]
 
-    def line(self, raw: str) -> None:
-        rank, stream, text = parse_tagged_line(raw, self.flavor)
+    def line(self, raw: str, pipe: str = "stdout") -> None:
+        """One line of mpirun's ``pipe``: its pieces that end a rank's line are shown, the others
+        wait in ``pending`` for the rest of that rank's line."""
+        pieces = split_tagged_line(raw, self.flavor)
         with self.lock:
-            if rank is None:
-                self.err.write(f"[mpirun] {text}\n")
-                log = self._file("mpirun.log")
-            else:
-                (self.out if stream == "stdout" else self.err).write(f"[{rank}] {text}\n")
-                log = self._file(f"rank.{rank}.log")
-            if log is not None:
-                log.write(text + "\n")
-            if rank is not None and text.endswith("(most recent call first):"):
-                self.stack_lines += 1
-            if rank is None or stream != "stdout":
-                self.diagnostics.append(text)
-                if len(self.diagnostics) > 2000:  # mpirun's verdict comes last; keep memory bounded
-                    del self.diagnostics[:1000]
-                if self.failure_seen_at is None and find_failure("\n".join(self.diagnostics[-8:])):
-                    self.failure_seen_at = time.monotonic()
-            (self.out if stream == "stdout" and rank is not None else self.err).flush()
+            for index, (rank, stream, text) in enumerate(pieces):
+                stream = stream or pipe
+                key = (pipe, rank, stream)
+                if rank is not None and index < len(pieces) - 1:
+                    self.pending[key] = self.pending.get(key, "") + text
+                else:
+                    self._show(rank, stream, self.pending.pop(key, "") + text)
+
+    def _show(self, rank: int | None, stream: str, text: str) -> None:
+        """Write one whole line of a rank (or of mpirun) to the console, its log and the watch; lock held."""
+        if rank is None:
+            self.err.write(f"[mpirun] {text}\n")
+            log = self._file("mpirun.log")
+        else:
+            (self.out if stream == "stdout" else self.err).write(f"[{rank}] {text}\n")
+            log = self._file(f"rank.{rank}.log")
+        if log is not None:
+            log.write(text + "\n")
+        if rank is not None and text.endswith("(most recent call first):"):
+            self.stack_lines += 1
+        if rank is None or stream != "stdout":
+            self.diagnostics.append(text)
+            if len(self.diagnostics) > 2000:  # mpirun's verdict comes last; keep memory bounded
+                del self.diagnostics[:1000]
+            if self.failure_seen_at is None and find_failure("\n".join(self.diagnostics[-8:]), self.flavor):
+                self.failure_seen_at = time.monotonic()
+        (self.out if stream == "stdout" and rank is not None else self.err).flush()
 
     def close(self) -> None:
+        with self.lock:
+            for (_, rank, stream), text in self.pending.items():  # a last line without its newline
+                self._show(rank, stream, text)
+            self.pending.clear()
         for handle in self.files.values():
             handle.close()
 
 
-def _pump(pipe: IO[bytes], output: _Output) -> None:
+def _pump(pipe: IO[bytes], name: str, output: _Output) -> None:
     for raw in iter(pipe.readline, b""):
-        output.line(raw.decode("utf-8", "replace").rstrip("\r\n"))
+        output.line(raw.decode("utf-8", "replace").rstrip("\r\n"), name)
     pipe.close()
 
 
@@ -207,10 +171,14 @@ def _write_files(plan: LaunchPlan) -> None:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700 if path.endswith(".sh") else 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(text)
+    for path, target in plan.links.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        Path(path).unlink(missing_ok=True)
+        os.symlink(target, path)
 
 
 def _summary(plan: LaunchPlan, output: _Output, returncode: int) -> JobResult:
-    failure = find_failure("\n".join(output.diagnostics))
+    failure = find_failure("\n".join(output.diagnostics), plan.flavor)
     if returncode == 0 and failure is None:
         return JobResult(0, "ok")
     rank, code = failure if failure else (None, None)
@@ -249,8 +217,8 @@ def run_plan(plan: LaunchPlan, *, output_dir: str | None = None, timeout: float 
                                        start_new_session=True)
         except OSError as error:
             raise LaunchError(f"cannot start {plan.argv[0]} ({error}); check the mpirun installation") from None
-        pumps = [threading.Thread(target=_pump, args=(pipe, output), daemon=True)
-                 for pipe in (process.stdout, process.stderr)]
+        pumps = [threading.Thread(target=_pump, args=(pipe, name, output), daemon=True)
+                 for pipe, name in ((process.stdout, "stdout"), (process.stderr, "stderr"))]
         for pump in pumps:
             pump.start()
         result = _watch(process, output, timeout, started, interrupted)

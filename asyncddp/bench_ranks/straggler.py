@@ -1,6 +1,6 @@
 """The per-rank body of ``asyncddp bench straggler``: one slow rank, synchronous vs asynchronous.
 
-Run as ``python -m mpi4py -m asyncddp.bench.straggler OPTIONS_JSON RESULT_PATH``. Rank
+Workload ``straggler`` of ``asyncddp.bench_ranks``. Rank
 ``slow_rank`` sleeps (slow_factor − 1) × its own compute time after every step, emulating a
 machine ``slow_factor`` times slower. Two phases from the same initial weights (each rank on its
 own random batch): static Exp-2 neighbour averaging (``DistributedNeighborAllreduceOptimizer``:
@@ -12,18 +12,15 @@ has finished the phase.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
 import asyncddp.comm as addp
-from asyncddp.bench.models import NUM_CLASSES, build_model
+from asyncddp.bench_ranks.models import NUM_CLASSES, build_model
 from asyncddp.bench.results import BenchError, StragglerOptions, StragglerResult
 
-RESULT_TAG = "ASYNCDDP_BENCH_RESULT"
 
 
 def _consensus_error(model) -> float:
@@ -81,20 +78,7 @@ def run(options: StragglerOptions) -> StragglerResult | None:
                            sync_consensus_error=sync_error, async_consensus_error=async_error)
 
 
-def main(argv: list[str]) -> int:
-    options = StragglerOptions(**json.loads(argv[0]))
-    torch.set_num_threads(1)
-    addp.init()
-    try:
-        result = run(options)
-        if result is not None:
-            with open(argv[1], "w") as handle:
-                json.dump(result.to_dict(), handle)
-            print(RESULT_TAG, json.dumps(result.to_dict()), flush=True)
-    finally:
-        addp.shutdown()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def run_rank(payload: dict) -> dict | None:
+    """Both phases for ``StragglerOptions`` as a dict; rank 0 returns the result as a dict."""
+    result = run(StragglerOptions(**payload))
+    return result.to_dict() if result is not None else None

@@ -1,4 +1,4 @@
-"""The per-rank body of ``asyncddp bench comm`` (run as ``python -m mpi4py -m asyncddp.bench.comm``).
+"""The per-rank body of ``asyncddp bench comm`` (workload ``comm`` of ``asyncddp.bench_ranks``).
 
 For every (op, size): time asyncddp's op, time raw mpi4py moving the same bytes to the same peers
 on numpy buffers and, for the neighbour ops, also the whole operation hand-written in
@@ -16,20 +16,16 @@ into a preallocated tensor keep allocation out of the timings, as raw's prealloc
 from __future__ import annotations
 
 import json
-import os
 import socket
-import sys
 import time
 
 import numpy as np
 import torch
 
 import asyncddp.comm as addp
-from asyncddp.bench.results import BenchError, CommBenchOptions, CommBenchResult, CommRow, bus_factor
+from asyncddp.bench.results import PROGRESS_TAG, BenchError, CommBenchOptions, CommBenchResult, CommRow, bus_factor
 from asyncddp.topology.schedules import one_peer_exponential_two
 
-PROGRESS_TAG = "ASYNCDDP_BENCH_PROGRESS"
-RESULT_TAG = "ASYNCDDP_BENCH_RESULT"  # the result also on stdout: reaches the parent from a remote rank 0
 _NP_DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
@@ -262,30 +258,7 @@ def run(options: CommBenchOptions) -> CommBenchResult:
                            host=socket.gethostname(), mpi_library=MPI.Get_library_version().splitlines()[0].strip())
 
 
-def _write_result(result: CommBenchResult, path: str) -> None:
-    partial = path + ".part"
-    try:
-        with open(partial, "w") as handle:
-            json.dump(result.to_dict(), handle)
-        os.replace(partial, path)  # the parent never reads a half-written file
-    except OSError:
-        pass  # rank 0 on another host has no such directory: the RESULT_TAG line carries it
-
-
-def main(argv: list[str]) -> int:
-    """``OPTIONS_JSON RESULT_PATH``: run the benchmark; rank 0 writes the result to RESULT_PATH."""
-    options = CommBenchOptions.from_dict(json.loads(argv[0]))
-    torch.set_num_threads(1)
-    addp.init()
-    try:
-        result = run(options)
-        if addp.rank() == 0:
-            _write_result(result, argv[1])
-            print(RESULT_TAG, json.dumps(result.to_dict()), flush=True)
-    finally:
-        addp.shutdown()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def run_rank(payload: dict) -> dict | None:
+    """The benchmark for ``CommBenchOptions`` as a dict; rank 0 returns the result as a dict."""
+    result = run(CommBenchOptions.from_dict(payload))
+    return result.to_dict() if addp.rank() == 0 else None

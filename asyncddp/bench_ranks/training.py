@@ -1,6 +1,6 @@
 """The per-rank body of ``asyncddp bench MODEL``: one (method, np) run, launched by the runner.
 
-Run as ``python -m mpi4py -m asyncddp.bench.training OPTIONS_JSON RESULT_PATH``. Every rank builds
+Workload ``training`` of ``asyncddp.bench_ranks``. Every rank builds
 the same model (seed 0), a synthetic batch of random ImageNet-shaped images and labels (seeded by
 rank), and first times plain forward/backward/SGD steps (the compute-only reference of
 ``ModelRun.compute_ms``); then installs the method's wrapper and times the same steps again.
@@ -10,7 +10,6 @@ rank: ranks share the cores, and np=1 must not get all of them.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -20,10 +19,9 @@ import torch
 import torch.nn.functional as F
 
 import asyncddp.comm as addp
-from asyncddp.bench.models import NUM_CLASSES, build_model
+from asyncddp.bench_ranks.models import NUM_CLASSES, build_model
 from asyncddp.bench.results import BenchError, ModelBenchOptions, ModelRun
 
-RESULT_TAG = "ASYNCDDP_BENCH_RESULT"
 
 
 def _device(options: ModelBenchOptions) -> tuple[torch.device, list[str]]:
@@ -68,9 +66,9 @@ def _ddp(model, device: torch.device, shared_gpu: bool):
 
 # DDP's reducer and gloo process group are never torn down in this process: their C++
 # destructor joins gloo worker threads while holding the GIL, and a worker still finishing a
-# future callback needs the GIL, so the rank hangs (seen in CI and here about once in 15 runs,
-# in an explicit teardown as well as in garbage collection at exit). They are kept here, and
-# ``main`` ends a ddp run with MPI_Finalize and os._exit once the result is written.
+# future callback needs the GIL, so the rank can hang, in an explicit teardown as well as in
+# garbage collection at exit. They are kept here, and
+# ``after_shutdown`` ends a ddp run with MPI_Finalize and os._exit once the result is written.
 _NEVER_FREED: list = []
 
 
@@ -149,30 +147,23 @@ def run(options: ModelBenchOptions) -> ModelRun | None:
                     iter_ms_per_rank=tuple(1e3 * t for t in iter_s), notes=tuple(notes))
 
 
-def main(argv: list[str]) -> int:
-    """``OPTIONS_JSON RESULT_PATH``: run; rank 0 writes ``{"run": ..., "num_parameters": ...}``."""
-    options = ModelBenchOptions(**json.loads(argv[0]))
-    torch.set_num_threads(1)
-    addp.init()
-    try:
-        result = run(options)
-        if result is not None:
-            params = sum(p.numel() for p in build_model(options.model, options.image_size).parameters())
-            data = {"run": result.to_dict(), "num_parameters": params, "host": socket.gethostname()}
-            with open(argv[1], "w") as handle:
-                json.dump(data, handle)
-            print(RESULT_TAG, json.dumps(data), flush=True)
-    finally:
-        addp.shutdown()
-    if _NEVER_FREED:  # success only: an error keeps its traceback and exit status
+def run_rank(payload: dict) -> dict | None:
+    """One run for ``ModelBenchOptions`` as a dict; rank 0 returns ``{"run", "num_parameters", "host"}``."""
+    options = ModelBenchOptions(**payload)
+    result = run(options)
+    if result is None:
+        return None
+    params = sum(p.numel() for p in build_model(options.model, options.image_size).parameters())
+    return {"run": result.to_dict(), "num_parameters": params, "host": socket.gethostname()}
+
+
+def after_shutdown() -> None:
+    """End a ddp run with MPI_Finalize and os._exit (see ``_NEVER_FREED``); success only, so an
+    error keeps its traceback and exit status."""
+    if _NEVER_FREED:
         from mpi4py import MPI
 
         sys.stdout.flush()
         sys.stderr.flush()
         MPI.Finalize()
         os._exit(0)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

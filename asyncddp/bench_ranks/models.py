@@ -264,4 +264,5 @@ def build_model(name: str, image_size: int) -> nn.Module:
         return TransformerClassifier(image_size)
     if name == "mlp":
         return MLP()
-    raise BenchError(f"model {name!r} is listed in bench.results.MODELS but has no definition in bench.models")
+    raise BenchError(f"model {name!r} is listed in asyncddp.bench.results.MODELS but has no definition "
+                     "in asyncddp.bench_ranks.models")

