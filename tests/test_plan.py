@@ -7,16 +7,8 @@ import pytest
 from asyncddp.launcher.config import RunConfig
 from asyncddp.errors import LaunchError
 from asyncddp.launcher.hosts import HostSpec
-from asyncddp.launcher.job import find_failure, split_tagged_line
-from asyncddp.launcher.plan import (
-    MpiFlavor,
-    MpiInstall,
-    build_plan,
-    find_mpirun,
-    format_plan,
-    parse_mpi_version,
-    ssh_config_text,
-)
+from asyncddp.launcher.mpi import MpiFlavor, MpiInstall, find_failure, find_mpirun, parse_mpi_version, split_tagged_line
+from asyncddp.launcher.plan import build_plan, format_plan, ssh_config_text
 
 OMPI5 = MpiFlavor("openmpi", "5.0.11", 5)
 OMPI4 = MpiFlavor("openmpi", "4.1.6", 4)

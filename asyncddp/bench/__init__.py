@@ -1,6 +1,7 @@
-"""``asyncddp bench``: benchmarks launched through the same path as ``asyncddp run``.
+"""``asyncddp bench``, the parent side: benchmarks launched through the same path as ``asyncddp run``.
 
-``comm`` (communication micro-benchmarks in nccl-tests form) runs on every rank; ``runner``
-launches it and collects rank 0's result; ``render`` turns results into tables and plots.
+``runner`` launches a workload of ``asyncddp.bench_ranks`` (what every rank runs) and collects
+rank 0's result; ``results`` holds the options and results both sides exchange as JSON (and the
+tags of rank 0's progress and result lines); ``render`` turns results into tables and plots.
 Importing this package stays cheap: torch and mpi4py are imported only inside the ranks.
 """

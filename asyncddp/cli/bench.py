@@ -9,6 +9,7 @@ function decorated ``@bench_app.command("name")`` whose launch flags are those o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -55,22 +56,24 @@ def _comm_options(num_ranks, min_bytes, max_bytes, step_factor, iters, warmup, d
                             ops=parse_ops(ops), device=device, progress=progress)
 
 
-def _run_with_progress(options, launch, quiet: bool):
+@contextlib.contextmanager
+def _progress_bar(description: str, total: int, quiet: bool):
+    """A transient progress bar on stderr; yields ``update(done, description)``."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True, disable=quiet) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda done, text: progress.update(task, completed=done, description=text)
+
+
+def _run_with_progress(options, launch, quiet: bool):
     from asyncddp.bench.runner import run_comm_bench
 
-    console = Console(stderr=True)
     total = len(options.ops) * len(options.sizes)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
-        task = progress.add_task(f"bench comm on {options.num_ranks} ranks: starting", total=total)
-
-        def on_progress(event: dict) -> None:
-            progress.update(task, completed=event["done"], description=f"{event['op']} {event['size']} B")
-
-        return run_comm_bench(options, launch, on_progress)
+    with _progress_bar(f"bench comm on {options.num_ranks} ranks: starting", total, quiet) as update:
+        return run_comm_bench(options, launch, lambda event: update(event["done"], f"{event['op']} {event['size']} B"))
 
 
 def register(app: typer.Typer) -> None:
@@ -174,20 +177,11 @@ def _model_command(model: str):
 
 
 def _run_models_with_progress(base, methods, rank_counts, launch, quiet: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from asyncddp.bench.runner import run_model_bench
 
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True, disable=quiet) as progress:
-        task = progress.add_task(f"bench {base.model}", total=len(methods) * len(rank_counts))
-
-        def on_progress(event: dict) -> None:
-            progress.update(task, completed=event["done"],
-                            description=f"bench {base.model}: {event['method']} -np {event['num_ranks']}")
-
-        return run_model_bench(base, methods, rank_counts, launch, on_progress)
+    with _progress_bar(f"bench {base.model}", len(methods) * len(rank_counts), quiet) as update:
+        return run_model_bench(base, methods, rank_counts, launch, lambda event: update(
+            event["done"], f"bench {base.model}: {event['method']} -np {event['num_ranks']}"))
 
 
 for _model in ("resnet18", "resnet50", "vgg16", "mobilenet_v3", "transformer", "mlp"):

@@ -2,8 +2,10 @@
 a job, and never inside a rank.
 
 ``hosts`` and ``slurm`` say which hosts and slots a job has, ``config`` merges the YAML cluster
-file with command-line options, ``plan`` turns them into an mpirun argv and environment,
-``job`` runs that plan and watches its ranks, ``interactive`` starts ipyparallel engines. Nothing
+file with command-line options, ``mpi`` knows each MPI implementation (and finds the mpirun),
+``plan`` turns options into an mpirun argv and environment, ``prepare.plan_job`` is the one path
+from options to a plan on this machine, ``job`` runs that plan and watches its ranks,
+``interactive`` starts ipyparallel engines. Nothing
 here imports MPI or torch; the runtime half (``asyncddp.comm``, ``optim``, ``topology``) never
 imports this package.
 """

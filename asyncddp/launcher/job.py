@@ -1,7 +1,8 @@
-"""Run a ``LaunchPlan``: the one module of asyncddp that starts processes.
+"""Run a ``LaunchPlan``: the one module of asyncddp that starts a job.
 
 mpirun runs without a shell in its own process group. Its tagged output (``[1,2]<stdout>:`` from
-Open MPI, ``[2]`` from MPICH) becomes ``[2] line`` on the console and, with an output directory,
+Open MPI, ``[2]<asyncddp>`` from MPICH; Open MPI 4 and MPICH tag each chunk a rank writes, which
+is joined back into that rank's lines) becomes ``[2] line`` on the console and, with an output directory,
 ``rank.2.log``; mpirun's own messages become ``[mpirun] ...`` and ``mpirun.log``. The job ends with
 the first failing rank's exit code and a one-line summary naming rank, host and code; a timeout
 kills it with 124, Ctrl-C with 130.
@@ -21,10 +22,10 @@ from pathlib import Path
 from typing import IO
 
 from asyncddp.errors import LaunchError
-from asyncddp.launcher.mpi import MpiFlavor, find_failure, mpi_version_text, split_tagged_line
+from asyncddp.launcher.mpi import MpiFlavor, find_failure, split_tagged_line
 from asyncddp.launcher.plan import LaunchPlan
 
-__all__ = ["JobResult", "split_tagged_line", "find_failure", "mpi_version_text", "run_plan"]
+__all__ = ["JobResult", "run_plan"]
 
 TIMEOUT_EXIT = 124
 INTERRUPT_EXIT = 130
@@ -205,8 +206,8 @@ def run_plan(plan: LaunchPlan, *, output_dir: str | None = None, timeout: float 
     started = time.monotonic()
     # Ctrl-C sets a flag that the loop below checks, instead of raising KeyboardInterrupt
     # wherever the main thread happens to be: raised inside Popen.poll() it can leave Popen's
-    # waitpid lock held, and the wait() in _stop then blocks forever (a likely cause of a Ctrl-C
-    # test that hung once in CI); raised between Popen and the loop it would orphan mpirun.
+    # waitpid lock held, and the wait() in _stop then blocks forever; raised between Popen and
+    # the loop it would orphan mpirun.
     interrupted = threading.Event()
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if on_main else None

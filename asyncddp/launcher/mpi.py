@@ -27,7 +27,8 @@ from pathlib import Path
 from asyncddp.errors import LaunchError
 
 __all__ = ["MpiFlavor", "MpiInstall", "MpiImplementation", "MPIRUN_ENV", "IMPLEMENTATIONS", "find_mpirun",
-           "parse_mpi_version", "mpi_version_text", "venv_prefix", "detect_mpi", "library_env", "find_failure", "split_tagged_line"]
+           "parse_mpi_version", "mpi_version_text", "venv_prefix", "mpi4py_library", "library_env", "detect_mpi",
+           "find_failure", "split_tagged_line"]
 
 MPIRUN_ENV = "ASYNCDDP_MPIRUN"  # an explicit mpirun, overriding the search
 
@@ -70,7 +71,8 @@ class MpiImplementation:
     fault_tolerance = False  # ULFM: a dead rank can be revoked and the survivors continue
     host_flag = "--host"
     wdir_flag = "-wdir"
-    tag: re.Pattern[str] = re.compile(r"$^")  # a rank's output tag: group 1 the rank, group 2 the stream if any
+    # A rank's output tag, found anywhere in a line: group 1 the rank, group 2 (if any) the stream.
+    tag: re.Pattern[str] = re.compile(r"$^")
     tag_space = False  # whether a space follows the tag
     failure_patterns: tuple[re.Pattern[str], ...] = ()
 
@@ -97,9 +99,11 @@ class MpiImplementation:
 
     def split_line(self, line: str) -> list[tuple[int | None, str | None, str]]:
         """The pieces of one line of mpirun's output: (rank, stream, text), rank None for mpirun's
-        own text, stream None where the tag does not say (MPICH: the stream is the pipe's). Open MPI 4 and MPICH tag every chunk a rank writes, not every line, so one
-        line can hold several tagged pieces, of one rank or several; only the last piece ends
-        its rank's line (the caller joins the others to that rank's next piece)."""
+        own text, stream None where the tag does not say (MPICH: the stream is the pipe's).
+
+        Open MPI 4 and MPICH tag every chunk a rank writes, not every line, so one line can hold
+        several tagged pieces, of one rank or several; only the last piece ends its rank's line
+        (the caller joins the others to that rank's next piece)."""
         matches = list(self.tag.finditer(line))
         pieces: list[tuple[int | None, str | None, str]] = []
         if not matches or matches[0].start() > 0:

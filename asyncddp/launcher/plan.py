@@ -21,11 +21,9 @@ from pathlib import Path
 from asyncddp.launcher.config import RunConfig
 from asyncddp.errors import LaunchError
 from asyncddp.launcher.hosts import HostSpec, is_local_host, rank_hosts
-from asyncddp.launcher.mpi import (MpiFlavor, MpiImplementation, MpiInstall, find_mpirun, library_env,
-                                   parse_mpi_version, venv_prefix)
+from asyncddp.launcher.mpi import MpiFlavor, MpiImplementation, MpiInstall, library_env
 
-__all__ = ["MpiFlavor", "MpiInstall", "LaunchPlan", "parse_mpi_version", "find_mpirun", "venv_prefix",
-           "resolve_command", "ssh_config_text", "build_plan", "format_plan"]
+__all__ = ["LaunchPlan", "resolve_command", "ssh_config_text", "build_plan", "format_plan"]
 
 
 @dataclass(frozen=True)
