@@ -65,13 +65,18 @@ def size_steps(min_bytes: int, max_bytes: int, step_factor: int) -> tuple[int, .
     return tuple(sizes)
 
 
+def _parse_subset(items: list[str] | None, choices: tuple[str, ...], flag: str, what: str) -> tuple[str, ...]:
+    """A subset of ``choices`` given comma-separated or repeated, in table order; all when empty."""
+    names = [part.strip() for item in items or () for part in item.split(",") if part.strip()]
+    unknown = [name for name in names if name not in choices]
+    if unknown:
+        raise ConfigError(f"{flag} {unknown[0]!r} is not {what}; choose from {', '.join(choices)}")
+    return tuple(name for name in choices if name in names) if names else choices
+
+
 def parse_ops(items: list[str] | None) -> tuple[str, ...]:
     """The ``--ops`` subset (comma-separated or repeated), in table order; all when empty."""
-    names = [part.strip() for item in items or () for part in item.split(",") if part.strip()]
-    unknown = [name for name in names if name not in OPS]
-    if unknown:
-        raise ConfigError(f"--ops {unknown[0]!r} is not a benchmarked op; choose from {', '.join(OPS)}")
-    return tuple(op for op in OPS if op in names) if names else OPS
+    return _parse_subset(items, OPS, "--ops", "a benchmarked op")
 
 
 def bus_factor(op: str, num_ranks: int, degree: int) -> float:
@@ -183,11 +188,7 @@ METHODS = ("local", "ddp", "allreduce", "dear", "neighbor-exp2", "neighbor-one-p
 
 def parse_methods(items: list[str] | None) -> tuple[str, ...]:
     """The ``--methods`` subset (comma-separated or repeated), in table order; all when empty."""
-    names = [part.strip() for item in items or () for part in item.split(",") if part.strip()]
-    unknown = [name for name in names if name not in METHODS]
-    if unknown:
-        raise ConfigError(f"--methods {unknown[0]!r} is not a method; choose from {', '.join(METHODS)}")
-    return tuple(m for m in METHODS if m in names) if names else METHODS
+    return _parse_subset(items, METHODS, "--methods", "a method")
 
 
 def parse_num_ranks(text: str) -> tuple[int, ...]:
