@@ -101,3 +101,14 @@ def test_profile_dir_follows_ipythondir(tmp_path, monkeypatch):
     assert interactive.profile_dir("bf") == tmp_path / "profile_bf"
     with pytest.raises(ConfigError, match="--profile"):
         interactive.profile_dir("a/b")
+
+
+def test_engines_are_launched_with_the_users_launch_flags(tmp_path):
+    from asyncddp.launcher.config import RunOptions
+
+    launch = RunOptions(host_list="localhost:2", config="c.yaml", env=("A=1", "B"), mpi_args="--mca btl self",
+                        oversubscribe=True)
+    assert interactive._engine_argv(3, tmp_path, launch) == [
+        sys.executable, "-m", "asyncddp", "run", "-np", "3", "-H", "localhost:2", "--config", "c.yaml",
+        "--mpi-args", "--mca btl self", "-x", "A=1", "-x", "B", "--oversubscribe",
+        "-m", "ipyparallel.engine", f"--profile-dir={tmp_path}", "--log-level=WARN"]

@@ -29,7 +29,10 @@ def start_command(
     num_ranks: int = typer.Option(..., "-np", "--num-ranks", help="Number of engines (MPI ranks)."),
     hostfile: str = flags.HOSTFILE,
     hosts: str = flags.HOSTS,
+    config: str = flags.CONFIG,
     env: list[str] = flags.ENV,
+    mpi_args: str = flags.MPI_ARGS,
+    oversubscribe: bool = flags.OVERSUBSCRIBE,
     profile: str = _PROFILE,
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for every engine to register."),
     as_json: bool = _JSON,
@@ -41,8 +44,9 @@ def start_command(
         raise ConfigError(f"-np {num_ranks}: give at least 1 engine")
     if timeout <= 0:
         raise ConfigError(f"--timeout {timeout}: give a positive number of seconds")
-    status = interactive.start(num_ranks, profile, hostfile=hostfile, host_list=hosts, env=tuple(env or ()),
-                               timeout=timeout)
+    launch = flags.launch_options({"hostfile": hostfile, "hosts": hosts, "config": config, "env": env,
+                                   "mpi_args": mpi_args, "oversubscribe": oversubscribe})
+    status = interactive.start(num_ranks, profile, launch=launch, timeout=timeout)
     _show(status, as_json, f"started {status.num_engines} engines (profile {profile}); in Python: "
           f"ipyparallel.Client(profile={profile!r}), or %%px cells after "
           f"rc = ipyparallel.Client(profile={profile!r}); rc[:].activate()")

@@ -22,7 +22,7 @@ CONFIG = typer.Option(None, "--config", help="YAML cluster config (see configs/)
 ENV = typer.Option(None, "-x", help="Forward NAME, NAME=value or a glob like NCCL_*; repeatable.")
 MPI_ARGS = typer.Option(None, "--mpi-args", "--extra-mpi-flags", help="Extra mpirun arguments, one quoted string.")
 OVERSUBSCRIBE = typer.Option(False, "--oversubscribe", help="Allow more ranks than slots.")
-TIMEOUT = typer.Option(None, "--timeout", help="Kill the job after this many seconds (exit 124).")
+TIMEOUT = typer.Option(None, "--timeout", help="Kill the ranks after this many seconds (run then exits 124).")
 
 # (parameter, type, option, RunOptions field)
 _FLAGS = (

@@ -2,8 +2,8 @@
 
 ``start`` runs an ipyparallel controller on this machine, then launches ``-np N`` engines
 (``python -m ipyparallel.engine``) with ``asyncddp run``: the same ``plan_job`` and job runner as
-any training job, so ``--hostfile``/``-H`` mean the same. A notebook then connects with
-``ipyparallel.Client(profile=...)`` and every ``%%px`` cell runs on every rank; each engine calls
+any training job, so ``--hostfile``/``-H``/``--config``/``-x`` mean the same. A notebook then
+connects with ``ipyparallel.Client(profile=...)`` and every ``%%px`` cell runs on every rank; each engine calls
 ``asyncddp.init()`` itself. The profile directory (``$IPYTHONDIR/profile_<name>``, default profile
 ``asyncddp``) is created for the user; ``asyncddp_ipy.json`` in it records the two processes
 started, so that ``stop`` and ``status`` (another shell, later) find them. ``stop`` interrupts the
@@ -20,10 +20,11 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from asyncddp.errors import AsyncDDPError, ConfigError, LaunchError
+from asyncddp.launcher.config import RunOptions
 
 __all__ = ["IpyStatus", "profile_dir", "require_ipyparallel", "start", "stop", "status"]
 
@@ -108,38 +109,40 @@ def status(profile: str = DEFAULT_PROFILE, ipython_dir: str | None = None, count
     return IpyStatus(profile, str(directory), running, engines, controller, runner, state.get("log"))
 
 
-def _engine_argv(num_ranks: int, directory: Path, hostfile, host_list, env) -> list[str]:
+def _engine_argv(num_ranks: int, directory: Path, launch: RunOptions) -> list[str]:
+    """``asyncddp run`` with the user's launch options, starting one engine per rank."""
     argv = [sys.executable, "-m", "asyncddp", "run", "-np", str(num_ranks)]
-    if hostfile:
-        argv += ["--hostfile", hostfile]
-    if host_list:
-        argv += ["-H", host_list]
-    for item in env:
+    for flag, value in (("--hostfile", launch.hostfile), ("-H", launch.host_list), ("--config", launch.config),
+                        ("--mpi-args", launch.mpi_args)):
+        if value:
+            argv += [flag, value]
+    for item in launch.env:
         argv += ["-x", item]
+    if launch.oversubscribe:
+        argv.append("--oversubscribe")
     return argv + ["-m", "ipyparallel.engine", f"--profile-dir={directory}", "--log-level=WARN"]
 
 
-def _check_plan(num_ranks: int, hostfile, host_list, env, directory: Path) -> bool:
+def _check_plan(num_ranks: int, launch: RunOptions, directory: Path) -> bool:
     """Plan the engines' job here first (``plan_job``, as ``asyncddp run`` will): a bad hostfile,
     -np or MPI fails now, in one line. Returns whether every host is this machine (then the
     controller listens on loopback only)."""
     import tempfile
 
-    from asyncddp.launcher.config import RunOptions
     from asyncddp.launcher.hosts import is_local_host
     from asyncddp.launcher.prepare import plan_job
 
-    options = RunOptions(command=("-m", "ipyparallel.engine", f"--profile-dir={directory}"),
-                         num_ranks=num_ranks, hostfile=hostfile, host_list=host_list, env=tuple(env))
+    options = replace(launch, command=("-m", "ipyparallel.engine", f"--profile-dir={directory}"),
+                      num_ranks=num_ranks)
     with tempfile.TemporaryDirectory(prefix="asyncddp-ipy-") as private_dir:
         job = plan_job(options, private_dir)
     return all(is_local_host(host.name) for host in job.config.hosts)
 
 
-def start(num_ranks: int, profile: str = DEFAULT_PROFILE, *, hostfile: str | None = None,
-          host_list: str | None = None, env: tuple[str, ...] = (), ipython_dir: str | None = None,
-          timeout: float = 120.0) -> IpyStatus:
-    """Start the controller and ``num_ranks`` MPI engines; returns once all engines registered."""
+def start(num_ranks: int, profile: str = DEFAULT_PROFILE, *, launch: RunOptions = RunOptions(),
+          ipython_dir: str | None = None, timeout: float = 120.0) -> IpyStatus:
+    """Start the controller and ``num_ranks`` MPI engines where ``launch`` (hosts, config, -x, mpirun
+    arguments; as for ``asyncddp run``) says; returns once all engines registered."""
     require_ipyparallel()
     directory = profile_dir(profile, ipython_dir)
     current = status(profile, ipython_dir, count_engines=False)
@@ -148,7 +151,7 @@ def start(num_ranks: int, profile: str = DEFAULT_PROFILE, *, hostfile: str | Non
                           f"{current.controller_pid}); run asyncddp ipy stop --profile {profile} first")
     if current.controller_pid or current.runner_pid:
         _stop_processes(directory, _read_state(directory))  # half of an old cluster: clear it
-    local = _check_plan(num_ranks, hostfile, host_list, env, directory)
+    local = _check_plan(num_ranks, launch, directory)
     (directory / "log").mkdir(parents=True, exist_ok=True)
     (directory / "security").mkdir(parents=True, exist_ok=True)
     for stale in (directory / "security").glob("ipcontroller-*.json"):
@@ -165,7 +168,7 @@ def start(num_ranks: int, profile: str = DEFAULT_PROFILE, *, hostfile: str | Non
         _wait_for(lambda: (directory / "security" / "ipcontroller-engine.json").exists(), controller,
                   timeout, f"the ipyparallel controller did not start within {timeout:g} s; see {log}")
         with open(log, "a") as sink:
-            runner = subprocess.Popen(_engine_argv(num_ranks, directory, hostfile, host_list, env),
+            runner = subprocess.Popen(_engine_argv(num_ranks, directory, launch),
                                       stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
                                       start_new_session=True)
         state["runner_pid"] = runner.pid
