@@ -240,7 +240,7 @@ def find_failure(text: str, flavor: MpiFlavor | None = None) -> tuple[int, int |
     (``flavor`` None: any implementation's messages)."""
     if flavor is not None:
         return flavor.implementation.find_failure(text)
-    return _first_failure(text, [p for impl in IMPLEMENTATIONS[1:] for p in impl.failure_patterns])
+    return _first_failure(text, dict.fromkeys(p for impl in IMPLEMENTATIONS for p in impl.failure_patterns))
 
 
 def split_tagged_line(line: str, flavor: MpiFlavor) -> list[tuple[int | None, str | None, str]]:
@@ -302,7 +302,7 @@ def mpi_version_text(mpirun: str) -> str:
 
 
 def library_dirs(mpirun: str) -> list[Path]:
-    """Where an MPI installed at ``mpirun``'s prefix keeps its libraries (distributions use lib/<triplet>)."""
+    """Where the MPI installed at ``mpirun``'s prefix keeps its libraries (Debian: lib/<triplet>)."""
     prefix = Path(os.path.realpath(mpirun)).parent.parent
     multiarch = sysconfig.get_config_var("MULTIARCH")
     dirs = [prefix / "lib", prefix / "lib64"] + ([prefix / "lib" / multiarch] if multiarch else [])
