@@ -123,12 +123,12 @@ def _check_plan(num_ranks: int, hostfile, host_list, env, directory: Path) -> bo
     """Build the engines' launch plan here first: a bad hostfile or -np fails now, in one line.
     Returns whether every host is this machine (then the controller listens on loopback only)."""
     from asyncddp.launcher.config import RunOptions, merge_run_config
-    from asyncddp.launcher.hosts import is_local_host
+    from asyncddp.launcher.hosts import launches_over_ssh
 
     options = RunOptions(command=("-m", "ipyparallel.engine", f"--profile-dir={directory}"),
                          num_ranks=num_ranks, hostfile=hostfile, host_list=host_list, env=tuple(env))
     config = merge_run_config(options)
-    return all(is_local_host(host.name) for host in config.hosts)
+    return not any(launches_over_ssh(host) for host in config.hosts)
 
 
 def start(num_ranks: int, profile: str = DEFAULT_PROFILE, *, hostfile: str | None = None,
