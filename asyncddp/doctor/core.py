@@ -25,6 +25,7 @@ from asyncddp.doctor import checks
 from asyncddp.doctor.report import FAIL, OK, CheckResult, DoctorReport, NodeReport
 from asyncddp.doctor.ssh import SshOptions, connect, run_remote
 from asyncddp.launcher.hosts import HostSpec, launches_over_ssh
+from asyncddp.launcher.validation import check_seconds
 
 __all__ = ["DoctorOptions", "run_doctor", "ssh_preflight", "is_local", "PROBE_TEXT"]
 
@@ -39,6 +40,10 @@ class DoctorOptions:
     ssh: SshOptions = SshOptions()
     probe_timeout: float = 180.0
     peer_timeout: float = 3.0
+
+    def __post_init__(self) -> None:
+        check_seconds(self.probe_timeout, "--probe-timeout")
+        check_seconds(self.peer_timeout, "peer_timeout")
 
 
 def is_local(host: HostSpec) -> bool:

@@ -24,6 +24,7 @@ import paramiko
 
 from asyncddp.doctor.report import FAIL, OK, CheckResult
 from asyncddp.launcher.hosts import HostSpec
+from asyncddp.launcher.validation import check_seconds
 
 __all__ = ["SshOptions", "Connection", "connect", "fingerprint", "run_remote"]
 
@@ -37,6 +38,10 @@ class SshOptions:
     known_hosts: str | None = None
     accept_new_host_keys: bool = False
     timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        # inf or nan would reach socket and thread timeouts, which overflow or never expire.
+        check_seconds(self.timeout, "--timeout")
 
     @property
     def known_hosts_path(self) -> Path:
