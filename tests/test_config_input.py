@@ -193,3 +193,18 @@ def test_timeout_flag_on_the_cli(value):
     shown = {"nan": "nan", "inf": "inf", "0": "0", "-3": "-3"}[value]
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith(f"asyncddp: error: --timeout {shown}: give a positive number of seconds"), done.stderr
+
+
+def test_timeline_path_is_checked_where_rank_0_writes_it(tmp_path):
+    def merge(path, hosts="localhost:1"):
+        return merge_run_config(RunOptions(command=("t.py",), num_ranks=1, host_list=hosts, timeline=str(path)),
+                                environ={})
+
+    assert merge(tmp_path / "new" / "t.json").timeline == str(tmp_path / "new" / "t.json")
+    assert not (tmp_path / "new").exists()  # checked, not created
+    with pytest.raises(ConfigError, match=r"^--timeline .*: is a folder; give a file name such as"):
+        merge(tmp_path)
+    with pytest.raises(ConfigError, match=r"^--timeline /proc/none/t.json: cannot write in /proc"):
+        merge("/proc/none/t.json")
+    # Rank 0 on another host: the path is that host's, so it is passed on unchecked.
+    assert merge("/proc/none/t.json", hosts="node1:1").timeline == "/proc/none/t.json"

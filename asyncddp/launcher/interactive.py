@@ -135,6 +135,9 @@ def start(num_ranks: int, profile: str = DEFAULT_PROFILE, *, hostfile: str | Non
           host_list: str | None = None, env: tuple[str, ...] = (), ipython_dir: str | None = None,
           timeout: float = 120.0) -> IpyStatus:
     """Start the controller and ``num_ranks`` MPI engines; returns once all engines registered."""
+    from asyncddp.launcher.validation import check_seconds
+
+    check_seconds(timeout, "--timeout")
     require_ipyparallel()
     directory = profile_dir(profile, ipython_dir)
     current = status(profile, ipython_dir, count_engines=False)
