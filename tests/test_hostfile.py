@@ -104,6 +104,8 @@ def test_loopback_with_its_own_ssh_port_is_reached_over_ssh_under_an_alias():
         ("a..b\n", "hosts.txt:1: host 'a..b' is not a host name"),
         ("node1 slots=99999999999999999999999\n", "hosts.txt:1: slots='99999999999999999999999' is not a positive whole number (at most 1048576)"),
         ("node1 slots=2000000\n", "hosts.txt:1: slots='2000000' is not a positive whole number"),
+        ("node1 slots=\u00b2\n", "hosts.txt:1: slots='\u00b2' is not a positive whole number"),
+        ("node1 slots=04\n", "hosts.txt:1: slots='04' is not a positive whole number"),
     ],
 )
 def test_hostfile_names_and_counts_are_validated(text, message):

@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["json_requested", "StdoutWatch", "error_document"]
+__all__ = ["json_requested", "StdoutWatch", "error_document", "print_error_document"]
 
 
 def json_requested(command: Any, args: list[str]) -> bool:

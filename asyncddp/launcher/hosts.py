@@ -55,9 +55,10 @@ class HostSpec:
 
 
 def _count(text: str, what: str, where: str) -> int:
-    # Digits only, so a huge number costs nothing to convert.
-    value = int(text.lstrip("+")) if text.lstrip("+").isdigit() and len(text) <= 8 else 0
-    if not 1 <= value <= MAX_SLOTS or str(value) != text.lstrip("+"):
+    # ASCII digits only, at most 8: nothing to convert can be huge or raise.
+    digits = text.lstrip("+")
+    value = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 8 else 0
+    if not 1 <= value <= MAX_SLOTS or str(value) != digits:
         raise HostfileError(f"{where}: {what}={quote(text)} is not a positive whole number (at most {MAX_SLOTS}); "
                             f"write e.g. {what}=4")
     return value
