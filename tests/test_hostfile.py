@@ -140,3 +140,20 @@ def test_every_shipped_hostfile_loads():
     assert [(h.name, h.slots, h.max_slots) for h in loaded["localhost"]] == [("localhost", 4, None)]
     assert [(h.name, h.slots, h.max_slots) for h in loaded["two-nodes.example"]] == [
         ("node1", 4, None), ("node2", 4, 8)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"name": "a\nHost *\n  ProxyCommand x"}, "api:1: host 'a\\nHost *\\n  ProxyCommand x' is not a host name"),
+        ({"ssh_user": "bob\nProxyCommand x"}, "api:1: user 'bob\\nProxyCommand x' is not a login name"),
+        ({"ssh_port": 0}, "api:1: an ssh port must be a whole number from 1 to 65535, got 0"),
+        ({"identity_file": "/k/id\nProxyCommand x"}, "api:1: path '/k/id\\nProxyCommand x' holds '\\n'"),
+        ({"python": "/usr/bin/python\0"}, "api:1: '/usr/bin/python\\x00' holds the control character"),
+    ],
+)
+def test_hostspec_built_in_code_is_validated_too(fields, message):
+    """A library caller's HostSpec never reaches an ssh_config line or an argv unchecked."""
+    with pytest.raises(HostfileError) as caught:
+        HostSpec(**{"name": "a", "slots": 1, "source": "api:1", **fields})
+    assert str(caught.value).startswith(message), str(caught.value)

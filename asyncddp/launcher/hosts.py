@@ -16,7 +16,8 @@ from pathlib import Path
 
 from asyncddp.errors import HostfileError
 from asyncddp.launcher.input_files import read_input_file
-from asyncddp.launcher.validation import MAX_HOSTS, MAX_SLOTS, check_host_name, quote
+from asyncddp.launcher.validation import (MAX_HOSTS, MAX_SLOTS, check_host_name, check_port, check_ssh_path,
+                                          check_text, check_user, quote)
 
 __all__ = [
     "HostSpec",
@@ -49,6 +50,20 @@ class HostSpec:
     identity_file: str | None = None
     python: str | None = None
     source: str = ""
+
+    def __post_init__(self) -> None:
+        # The parsers name file:line first; this catches a HostSpec built in code, before any
+        # ssh_config line or argv is made from it.
+        where = self.source or "host"
+        check_host_name(self.name, where, HostfileError)
+        if self.ssh_user is not None:
+            check_user(self.ssh_user, where, HostfileError)
+        if self.ssh_port is not None:
+            check_port(self.ssh_port, where, HostfileError)
+        if self.identity_file is not None:
+            check_ssh_path(self.identity_file, where, HostfileError)
+        if self.python is not None:
+            check_text(self.python, where, HostfileError)
 
     def to_dict(self) -> dict:
         return asdict(self)
