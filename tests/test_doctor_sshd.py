@@ -232,3 +232,12 @@ def test_loopback_host_with_its_own_port_runs_over_ssh_as_preflight_checks(sshd,
                       "examples/hello.py")
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.startswith("asyncddp: error: SSH preflight failed, mpirun not started: 127.0.0.1 (")
+
+
+def test_unreadable_known_hosts_is_a_failed_check_not_a_traceback(sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_bytes(b"\xff\xfe not text\n")
+    done = connect(sshd.host_spec(), SshOptions(str(known), timeout=5))
+    assert not done.ok
+    assert [(c.name, c.status) for c in done.checks] == [("dns", "ok"), ("tcp", "ok"), ("host key", "fail")]
+    assert done.checks[-1].detail.startswith(f"cannot read known_hosts {known}: 'utf-8' codec can't decode")

@@ -20,6 +20,8 @@ CASES = [
     (["doctor", "--json", "-H", "a", "--timeout", "inf"], 2, "ConfigError", "--timeout inf: give a positive number"),
     (["doctor", "--json", "--probe-timeout", "nan"], 2, "UsageError", "Invalid value for '--probe-timeout'"),
     (["doctor", "--json", "--timeout", "abc"], 2, "UsageError", "Invalid value for '--timeout'"),
+    (["doctor", "--json", "-H", "a", "--known-hosts", "/dev/zero"], 2, "ConfigError",
+     "known_hosts /dev/zero is not a regular file"),
     (["doctor", "--json", "--no-such-flag"], 2, "UsageError", "No such option: --no-such-flag"),
     (["run", "--dry-run", "--json", "-np", "2", "-x", "1X=2", "examples/hello.py"], 2, "ConfigError",
      "-x '1X=2': '1X' is not a variable name"),
