@@ -241,3 +241,12 @@ def test_unreadable_known_hosts_is_a_failed_check_not_a_traceback(sshd, tmp_path
     assert not done.ok
     assert [(c.name, c.status) for c in done.checks] == [("dns", "ok"), ("tcp", "ok"), ("host key", "fail")]
     assert done.checks[-1].detail.startswith(f"cannot read known_hosts {known}: 'utf-8' codec can't decode")
+
+
+def test_identity_file_that_is_a_device_fails_at_auth_at_once(sshd, tmp_path):
+    known = sshd.write_known_hosts(tmp_path / "known_hosts")
+    started = time.monotonic()
+    done = connect(sshd.host_spec(identity_file="/dev/zero"), SshOptions(str(known), timeout=5))
+    assert time.monotonic() - started < 5
+    assert [(c.name, c.status) for c in done.checks] == [("dns", "ok"), ("tcp", "ok"), ("auth", "fail")]
+    assert done.checks[-1].detail == "the identity_file is not a regular key file"

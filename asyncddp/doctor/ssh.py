@@ -195,6 +195,13 @@ def _handshake(host, user, port, sock, options: SshOptions, done: Connection) ->
     policy = _HostKeyPolicy(options)
     client.set_missing_host_key_policy(policy)
     name = _known_hosts_name(host.name, port)
+    key = Path(host.identity_file) if host.identity_file else None
+    if key is not None and key.exists() and (not key.is_file() or key.stat().st_size > MAX_INPUT_BYTES):
+        # paramiko would read a device such as /dev/zero forever looking for the key's first line.
+        sock.close()
+        done.checks.append(CheckResult("auth", FAIL, "the identity_file is not a regular key file",
+                                       "point identity_file at a private key file"))
+        return
     try:
         client.connect(
             host.name, port=port, username=user, sock=sock,
