@@ -36,7 +36,8 @@ def json_requested(command: Any, args: list[str]) -> bool:
             if sub is None:
                 return False
             ctx = sub.make_context(name, rest, parent=ctx, resilient_parsing=True)
-        return bool(ctx.params.get("as_json"))
+        flags = [param.name for param in ctx.command.params if "--json" in getattr(param, "opts", ())]
+        return any(ctx.params.get(name) for name in flags)
     except Exception:  # the parser's own failure on a line it cannot read: the cheap guess will do
         return "--json" in args
 
