@@ -30,3 +30,22 @@ def test_draw_refuses_bad_paths_and_sizes(tmp_path, args, message):
     assert done.stderr.startswith(f"asyncddp: error: {message.format(tmp=tmp_path)}"), done.stderr
     assert len(done.stderr.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("equi-dyn", {"seed": float("nan")}, "equi_dyn_schedule: seed must be a whole number >= 0, got nan"),
+        ("u-equi-static", {"seed": -1}, "equi_static_graph: seed must be a whole number >= 0, got -1"),
+        ("equi-static", {"seed": 1.5}, "equi_static_graph: seed must be a whole number >= 0, got 1.5"),
+        ("equi-static", {"degree": 10**9}, "equi_static_graph: degree must be a whole number from 1 to n=8"),
+        ("equi-dyn", {"eta": "x"}, "equi_dyn_schedule: eta must be in (0, 1], got 'x'"),
+    ],
+)
+def test_random_topology_parameters_are_checked(name, params, message):
+    from asyncddp.errors import TopologyError
+    from asyncddp.topology.reports import describe_topology
+
+    with pytest.raises(TopologyError) as caught:
+        describe_topology(name, 8, **params)
+    assert str(caught.value).startswith(message), str(caught.value)
