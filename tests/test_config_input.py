@@ -71,6 +71,7 @@ def test_alias_bomb_is_one_line_in_bounded_time_and_memory(tmp_path, levels, com
          "c.yaml: lists or mappings nested too deeply to read"),
         ("hosts:\n  - name: a\n? [x, y]\n: 1\n", "c.yaml:3: not valid YAML (a key must be plain text"),
         ("hosts:\n  - {name: a, ? {b: 1} : 2}\n", "c.yaml:2: not valid YAML (a key must be plain text"),
+        ("hosts:\n  - name: a\n    slots: " + "9" * 5000 + "\n", "c.yaml:3: not valid YAML (a number of more than 32 digits)"),
     ],
 )
 def test_self_reference_deep_nesting_and_list_keys(text, message):

@@ -47,7 +47,15 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Map:
     return result
 
 
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    # Python refuses to convert integers of more than 4300 digits, with a ValueError and no line.
+    if len(node.value) > 32:
+        raise yaml.constructor.ConstructorError(None, None, "a number of more than 32 digits", node.start_mark)
+    return loader.construct_yaml_int(node)
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
