@@ -59,7 +59,7 @@ def test_parse_small_config():
         ("hosts:\n  - name: a\nssh:\n  usr: x\n", "c.yaml:4: ssh.usr: unknown key 'usr'"),
         ("hosts:\n  - name: a\nenv:\n  forwrd: [A]\n", "c.yaml:4: env.forwrd: unknown key 'forwrd'"),
         ("hosts:\n  - name: a\n    slots: two\n", "c.yaml:3: hosts[0].slots: expected a positive whole number"),
-        ("hosts:\n  - name: a\n    port: 0\n", "c.yaml:3: hosts[0].port: expected a positive whole number"),
+        ("hosts:\n  - name: a\n    port: 0\n", "c.yaml:3: hosts[0].port: an ssh port must be a whole number from 1 to 65535"),
         ("hosts:\n  - slots: 2\n", "c.yaml:2: hosts[0]: every host needs a 'name'"),
         ("hosts: []\n", "c.yaml:1: hosts: give a non-empty list of hosts"),
         ("np: 2\n", "c.yaml:1: hosts: give a non-empty list"),

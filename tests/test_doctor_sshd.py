@@ -203,3 +203,50 @@ def test_cli_wrong_port_one_clear_line(sshd, tmp_path):
     done = doctor_cli("--config", str(config), "--timeout", "2")
     assert done.returncode == 2
     assert "FAIL cannot connect to 127.0.0.1:" in done.stdout and "Connection refused" in done.stdout
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asyncddp", "run", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=90, stdin=subprocess.DEVNULL)
+
+
+def test_loopback_host_with_its_own_port_runs_over_ssh_as_preflight_checks(sshd, tmp_path):
+    """127.0.0.1 with a port: is the sshd there, for doctor, the preflight and mpirun alike."""
+    config = write_config(tmp_path / "cluster.yaml", sshd, sshd.write_known_hosts(tmp_path / "kh"))
+    alias = f"asyncddp-127-0-0-1-port{sshd.port}.invalid"
+    plan = json.loads(run_cli("--dry-run", "--json", "--config", str(config), "examples/hello.py").stdout)
+    assert plan["argv"][plan["argv"].index("--host") + 1] == f"{alias}:2"
+    (ssh_config,) = plan["files"].values()
+    assert f"Host {alias}\n    HostName 127.0.0.1\n    User {getpass.getuser()}\n    Port {sshd.port}\n" in ssh_config
+
+    code = "import os; print(os.environ.get('SSH_CONNECTION', 'no ssh').split()[-1])"
+    done = run_cli("--config", str(config), sys.executable, "-c", code)
+    assert done.returncode == 0, done.stderr
+    # Each rank's parent daemon was started by this sshd: its SSH_CONNECTION ends in the sshd's port.
+    assert sorted(done.stdout.splitlines()) == [f"[0] {sshd.port}", f"[1] {sshd.port}"]
+
+    refused = run_cli("--config", str(write_config(tmp_path / "bad.yaml", sshd, tmp_path / "kh", free_port())),
+                      "examples/hello.py")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("asyncddp: error: SSH preflight failed, mpirun not started: 127.0.0.1 (")
+
+
+def test_unreadable_known_hosts_is_a_failed_check_not_a_traceback(sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_bytes(b"\xff\xfe not text\n")
+    done = connect(sshd.host_spec(), SshOptions(str(known), timeout=5))
+    assert not done.ok
+    assert [(c.name, c.status) for c in done.checks] == [("dns", "ok"), ("tcp", "ok"), ("host key", "fail")]
+    assert done.checks[-1].detail.startswith(f"cannot read known_hosts {known}: 'utf-8' codec can't decode")
+
+
+def test_identity_file_that_is_a_device_fails_at_auth_at_once(sshd, tmp_path):
+    known = sshd.write_known_hosts(tmp_path / "known_hosts")
+    started = time.monotonic()
+    done = connect(sshd.host_spec(identity_file="/dev/zero"), SshOptions(str(known), timeout=5))
+    assert time.monotonic() - started < 5
+    assert [(c.name, c.status) for c in done.checks] == [("dns", "ok"), ("tcp", "ok"), ("auth", "fail")]
+    assert done.checks[-1].detail == "the identity_file is not a regular key file"

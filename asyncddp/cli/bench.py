@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 
@@ -102,6 +103,8 @@ def comm_command(
     """Time neighbour averaging, collectives and window puts against raw mpi4py, nccl-tests style."""
     from asyncddp.bench.results import BandwidthBelowBound
 
+    if min_busbw is not None and not (math.isfinite(min_busbw) and min_busbw > 0):
+        raise ConfigError(f"--min-busbw {min_busbw:g}: give a positive bandwidth in GB/s")
     options = _comm_options(num_ranks, min_bytes, max_bytes, step_factor, iters, warmup, dtype, ops, device,
                             progress=True)
     _check_plot_path(plot)
@@ -209,8 +212,8 @@ def straggler_command(
 
     if num_ranks < 2 or not 0 <= slow_rank < num_ranks:
         raise ConfigError(f"-np {num_ranks} --slow-rank {slow_rank}: need at least 2 ranks and 0 <= slow rank < np")
-    if slow_factor < 1:
-        raise ConfigError(f"--slow-factor {slow_factor:g}: give a factor of at least 1")
+    if not (math.isfinite(slow_factor) and slow_factor >= 1):
+        raise ConfigError(f"--slow-factor {slow_factor:g}: give a finite factor of at least 1")
     if model not in MODELS:
         raise ConfigError(f"--model {model}: choose {', '.join(MODELS[:-1])} or {MODELS[-1]}")
     if batch_size < 1 or image_size < 32 or iters < 1 or warmup < 0:

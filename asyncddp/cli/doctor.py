@@ -1,8 +1,8 @@
-"""``asyncddp doctor``: check every node over SSH in parallel and print a nodes × checks table.
+"""``asyncddp doctor``: check every node over SSH in parallel and print a table of the results.
 
-Thin layer: turns --hostfile / -H / --config into ``HostSpec``s, calls ``run_doctor`` and renders the
-``DoctorReport`` (rich table and a one-line verdict, or ``--json``). Exit code 0 all ok, 1 warnings
-only, 2 failures.
+Thin layer: turns --hostfile / -H / --config into ``HostSpec``s, calls ``run_doctor`` and prints the
+``DoctorReport`` (``asyncddp.doctor.render``'s table and one-line verdict, or ``--json``). Exit code
+0 all ok, 1 warnings only, 2 failures.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from pathlib import Path
 import typer
 
 from asyncddp.errors import ConfigError
-
-_STYLE = {"ok": ("green", "ok"), "warn": ("yellow", "WARN"), "fail": ("red", "FAIL")}
 
 
 def load_hosts(hostfile: Path | None, hosts: str | None, config: Path | None):
@@ -47,45 +45,6 @@ def load_hosts(hostfile: Path | None, hosts: str | None, config: Path | None):
     return None, None
 
 
-def render(report) -> None:
-    """Print the nodes × checks table, the cross-node checks, the fixes and the verdict."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(soft_wrap=False)
-    table = Table(title="asyncddp doctor", show_lines=False)
-    table.add_column("check", style="bold")
-    for node in report.nodes:
-        table.add_column(node.host, overflow="fold")
-    # Connection stages first (local nodes have "ssh", remote ones dns..auth), then the probe's checks.
-    stages = ("ssh", "dns", "tcp", "host key", "auth")
-    found = list(dict.fromkeys(check.name for node in report.nodes for check in node.checks))
-    names = [name for name in stages if name in found] + [name for name in found if name not in stages]
-    for name in names:
-        cells = []
-        for node in report.nodes:
-            check = node.check(name)
-            color, word = _STYLE[check.status] if check else ("dim", "-")
-            cells.append(f"[{color}]{word}[/] {check.detail}" if check else "[dim]-[/]")
-        table.add_row(name, *cells)
-    console.print(table)
-    if report.cluster:
-        cluster = Table(title="across nodes")
-        cluster.add_column("check", style="bold")
-        cluster.add_column("result", overflow="fold")
-        for check in report.cluster:
-            color, word = _STYLE[check.status]
-            cluster.add_row(check.name, f"[{color}]{word}[/] {check.detail}")
-        console.print(cluster)
-    fixes = [(node.host, c) for node in report.nodes for c in node.checks if c.status != "ok"]
-    fixes += [("cluster", c) for c in report.cluster if c.status != "ok" or c.name == "shared subnet"]
-    for where, check in fixes:
-        if check.fix:
-            console.print(f"  {where}: {check.name}: {check.fix}", highlight=False)
-    color, _ = _STYLE[report.status]
-    console.print(f"[bold {color}]{report.verdict()}[/]", highlight=False)
-
-
 def register(app: typer.Typer) -> None:
     @app.command("doctor")
     def doctor_command(
@@ -111,5 +70,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(report.to_dict(), indent=2))
         else:
+            from asyncddp.doctor.render import render
+
             render(report)
         raise typer.Exit(report.exit_code)

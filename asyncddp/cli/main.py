@@ -1,8 +1,9 @@
 """Entry point of the ``asyncddp`` command: builds the Typer app and owns the one error path.
 
 Each command lives in its own module under ``asyncddp/cli/`` and exposes ``register(app)``. Errors
-the user can cause arrive here as ``AsyncDDPError`` and leave as one line on stderr with a non-zero
-exit code; ``--debug`` (or ``ASYNCDDP_DEBUG=1``) shows the traceback instead.
+the user can cause arrive here as ``AsyncDDPError`` (or as Typer's usage errors) and leave as one
+line on stderr with a non-zero exit code, plus a JSON document on stdout when the command was
+asked for ``--json`` (``json_errors``); ``--debug`` (or ``ASYNCDDP_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
@@ -53,12 +54,33 @@ def _register_commands() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI and exit with its status (Typer exits for usage errors itself)."""
+    """Run the CLI and exit with its status; errors leave as one line on stderr (and, for a
+    ``--json`` command, as a JSON document on stdout)."""
+    from typer import rich_utils
+    from typer.core import HAS_RICH
+
+    from asyncddp.cli.json_errors import StdoutWatch, json_requested, print_error_document
+
     _register_commands()
+    args = sys.argv[1:] if argv is None else list(argv)
+    watch, stdout = None, sys.stdout
+    if "--json" in args and json_requested(typer.main.get_command(app), args):
+        watch = sys.stdout = StdoutWatch(sys.stdout)
     try:
-        app(args=argv)
+        code = app(args=args, standalone_mode=False)
+    except typer.TyperException as error:  # a usage error: unknown flag, bad value (what Typer shows itself)
+        rich_utils.rich_format_error(error) if HAS_RICH else error.show()
+        print_error_document(watch, error.format_message(), error.exit_code, "UsageError")
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
     except AsyncDDPError as error:
         if _debug:
             raise
         print(f"asyncddp: error: {error}", file=sys.stderr)
+        print_error_document(watch, str(error), error.exit_code, type(error).__name__)
         sys.exit(error.exit_code)
+    finally:
+        sys.stdout = stdout
+    sys.exit(code if isinstance(code, int) else 0)

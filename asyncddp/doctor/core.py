@@ -2,8 +2,9 @@
 
 ``run_doctor`` returns a ``DoctorReport``; ``ssh_preflight`` runs only the SSH stages (no probe) and
 returns one message per host a job could not reach, for ``asyncddp run`` to refuse early. Hosts
-that mean this machine (``localhost``, a loopback address, this hostname; no SSH port or user set)
-are probed in a local subprocess without SSH, as mpirun starts their ranks without SSH.
+that mean this machine to mpirun (``localhost``, ``127.0.0.1``, this hostname; no SSH port or user
+set) are probed in a local subprocess without SSH, as mpirun starts their ranks without SSH; the
+launcher's ``launches_over_ssh`` decides this for doctor, the preflight and the launch plan alike.
 Each node is probed with the host's configured Python, else with this interpreter's path: the one a
 job launched from here would run, so a node where that path is missing fails with a clear line.
 On this machine the probe is told what ``asyncddp run`` itself decides (``asyncddp.launcher.mpi``:
@@ -27,7 +28,8 @@ from pathlib import Path
 from asyncddp.doctor import checks
 from asyncddp.doctor.report import FAIL, OK, CheckResult, DoctorReport, NodeReport
 from asyncddp.doctor.ssh import SshOptions, connect, run_remote
-from asyncddp.launcher.hosts import HostSpec, is_local_host
+from asyncddp.launcher.hosts import HostSpec, launches_over_ssh
+from asyncddp.launcher.validation import check_seconds
 
 __all__ = ["DoctorOptions", "run_doctor", "ssh_preflight", "is_local", "PROBE_TEXT"]
 
@@ -43,11 +45,14 @@ class DoctorOptions:
     probe_timeout: float = 180.0
     peer_timeout: float = 3.0
 
+    def __post_init__(self) -> None:
+        check_seconds(self.probe_timeout, "--probe-timeout")
+        check_seconds(self.peer_timeout, "peer_timeout")
+
 
 def is_local(host: HostSpec) -> bool:
-    """Probe without SSH where mpirun would start ranks without SSH (this machine's names),
-    unless the host entry sets an SSH port or user of its own."""
-    return is_local_host(host.name) and host.ssh_port is None and host.ssh_user is None
+    """Probe without SSH exactly where a job starts ranks without SSH."""
+    return not launches_over_ssh(host)
 
 
 def _peers(host: HostSpec, hosts: list[HostSpec]) -> list[list]:

@@ -23,7 +23,10 @@ from pathlib import Path
 import paramiko
 
 from asyncddp.doctor.report import FAIL, OK, CheckResult
+from asyncddp.errors import ConfigError
 from asyncddp.launcher.hosts import HostSpec
+from asyncddp.launcher.input_files import MAX_INPUT_BYTES
+from asyncddp.launcher.validation import check_seconds
 
 __all__ = ["SshOptions", "Connection", "connect", "fingerprint", "run_remote"]
 
@@ -37,6 +40,12 @@ class SshOptions:
     known_hosts: str | None = None
     accept_new_host_keys: bool = False
     timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        # inf or nan would reach socket and thread timeouts, which overflow or never expire.
+        check_seconds(self.timeout, "--timeout")
+        if self.known_hosts is not None:
+            _check_known_hosts(self.known_hosts_path)
 
     @property
     def known_hosts_path(self) -> Path:
@@ -53,6 +62,17 @@ class Connection:
     @property
     def ok(self) -> bool:
         return self.client is not None
+
+
+def _check_known_hosts(path: Path) -> None:
+    """A known_hosts file that exists must be a regular file of sane size: paramiko reads a folder
+    with a traceback and ``/dev/zero`` forever."""
+    if not path.exists():
+        return  # created when a new key is accepted
+    if not path.is_file():
+        raise ConfigError(f"known_hosts {path} is not a regular file; give a known_hosts file (or a new path)")
+    if path.stat().st_size > MAX_INPUT_BYTES:
+        raise ConfigError(f"known_hosts {path} is larger than {MAX_INPUT_BYTES >> 20} MiB; check the path")
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -162,13 +182,26 @@ def connect(host: HostSpec, options: SshOptions) -> Connection:
 def _handshake(host, user, port, sock, options: SshOptions, done: Connection) -> None:
     client = paramiko.SSHClient()
     path = options.known_hosts_path
-    if options.known_hosts is None:
-        client.load_system_host_keys()  # also reads ~/.ssh/known_hosts
-    elif path.exists():
-        client.load_host_keys(str(path))
+    try:
+        if options.known_hosts is None:
+            client.load_system_host_keys()  # also reads ~/.ssh/known_hosts
+        elif path.exists():
+            client.load_host_keys(str(path))
+    except (OSError, UnicodeDecodeError) as error:
+        sock.close()
+        done.checks.append(CheckResult("host key", FAIL, f"cannot read known_hosts {path}: {error}",
+                                       "make the file readable UTF-8 text, or point --known-hosts at another one"))
+        return
     policy = _HostKeyPolicy(options)
     client.set_missing_host_key_policy(policy)
     name = _known_hosts_name(host.name, port)
+    key = Path(host.identity_file) if host.identity_file else None
+    if key is not None and key.exists() and (not key.is_file() or key.stat().st_size > MAX_INPUT_BYTES):
+        # paramiko would read a device such as /dev/zero forever looking for the key's first line.
+        sock.close()
+        done.checks.append(CheckResult("auth", FAIL, "the identity_file is not a regular key file",
+                                       "point identity_file at a private key file"))
+        return
     try:
         client.connect(
             host.name, port=port, username=user, sock=sock,

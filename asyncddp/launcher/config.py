@@ -25,26 +25,40 @@ example)::
     python: /opt/venv/bin/python # default interpreter on every host
     np: 8                        # default number of ranks
 
-Unknown keys are errors naming the file, line and YAML path. Precedence is CLI flag > config file
-> default, applied by ``merge_run_config`` alone; list-valued settings (env, mpi_args) are joined,
-file first, so the CLI's come later and win where mpirun lets the last one win.
+Unknown keys are errors naming the file, line and YAML path, and so is every value that does not
+have its syntax (host names, users, ports, key paths, variable names: see ``validation``). The
+``ssh:`` defaults apply to the hosts a job reaches over ssh, not to ``localhost`` or ``127.0.0.1``,
+unless such an entry sets its own ``port:`` or ``user:``: then it is reached over ssh (an sshd on
+this machine, or one forwarded to a container) and takes the defaults too. Anchors and aliases are allowed, but a file whose aliases
+expand to more than ``MAX_NODES`` values is refused before anything walks it, as is one larger than
+``MAX_CONFIG_BYTES``: reading any config takes bounded time and memory.
+
+Precedence is CLI flag > config file > default, applied by ``merge_run_config`` alone; list-valued
+settings (env, mpi_args) are joined, file first, so the CLI's come later and win where mpirun lets
+the last one win.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from asyncddp.errors import ConfigError
-from asyncddp.launcher.hosts import HostSpec, check_unique
+from asyncddp.launcher.hosts import HostSpec, check_host_count, check_unique, is_local_host
 from asyncddp.launcher.input_files import read_input_file
+from asyncddp.launcher.yaml_tree import MAX_NODES, Map as _Map, load_yaml
+from asyncddp.launcher.validation import (MAX_SLOTS, check_env_name, check_host_name, check_port,
+                                          check_seconds, check_ssh_path, check_text, check_user, quote)
 
-__all__ = ["SshSettings", "ClusterConfig", "RunOptions", "RunConfig", "load_config", "parse_config_text", "merge_run_config", "parse_env_flag"]
+__all__ = ["SshSettings", "ClusterConfig", "RunOptions", "RunConfig", "load_config", "parse_config_text", "merge_run_config",
+           "parse_env_flag", "MAX_CONFIG_BYTES", "MAX_NODES"]
+
+# A config listing thousands of hosts is far below this; PyYAML reads about 0.3 MB/s.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -120,32 +134,7 @@ class RunConfig:
         return asdict(self)
 
 
-# --- YAML with line numbers -------------------------------------------------------------------
-
-class _Map(dict):
-    """A YAML mapping that remembers the line of itself and of each key."""
-
-    line: int = 0
-    key_lines: dict
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
-    result = _Map()
-    result.line = node.start_mark.line + 1
-    result.key_lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        result[key] = loader.construct_object(value_node, deep=True)
-        result.key_lines[key] = key_node.start_mark.line + 1
-    return result
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
-
+# --- typed access to the YAML tree ------------------------------------------------------------
 
 class _Reader:
     """Typed access to a parsed YAML tree; every error names file:line and the YAML path."""
@@ -156,13 +145,18 @@ class _Reader:
     def fail(self, line: int, path: str, message: str) -> ConfigError:
         return ConfigError(f"{self.source}:{line}: {path}: {message}")
 
+    def where(self, mapping: _Map, key: str, path: str) -> str:
+        """``file:line: path.key``, the prefix of the validation errors about that key's value."""
+        return f"{self.source}:{mapping.key_lines[key]}: {f'{path}.{key}' if path else key}"
+
     def mapping(self, value: Any, path: str, allowed: tuple[str, ...], line: int) -> _Map:
         if not isinstance(value, _Map):
             raise self.fail(line, path, f"expected a mapping with keys {', '.join(allowed)}")
         for key in value:
             if key not in allowed:
-                raise self.fail(value.key_lines[key], f"{path}.{key}" if path else str(key),
-                                f"unknown key {key!r}; allowed here: {', '.join(allowed)}")
+                shown = str(key)[:80]  # the key is the user's text: never echo a huge one
+                raise self.fail(value.key_lines[key], f"{path}.{shown}" if path else shown,
+                                f"unknown key {quote(key)}; allowed here: {', '.join(allowed)}")
         return value
 
     def get(self, mapping: _Map, key: str, kind: type, path: str, default: Any = None) -> Any:
@@ -171,19 +165,25 @@ class _Reader:
         value, line = mapping[key], mapping.key_lines[key]
         where = f"{path}.{key}" if path else key
         if kind is int:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise self.fail(line, where, f"expected a positive whole number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SLOTS:
+                shown = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else quote(value)
+                raise self.fail(line, where, f"expected a positive whole number (at most {MAX_SLOTS}), got {shown}")
             return value
         if kind is str:
             if isinstance(value, (dict, list)):
-                raise self.fail(line, where, f"expected text, got {type(value).__name__}")
-            return str(value)
+                raise self.fail(line, where, f"expected text, got {'a mapping' if isinstance(value, dict) else 'a list'}")
+            return check_text(str(value), f"{self.source}:{line}: {where}")
         if kind is list:
             if isinstance(value, str):
-                return shlex.split(value)
-            if not isinstance(value, list) or any(isinstance(item, (dict, list)) for item in value):
+                try:
+                    items = shlex.split(value)
+                except ValueError as problem:
+                    raise self.fail(line, where, f"{problem} in {quote(value)}; balance the quotes") from None
+            elif not isinstance(value, list) or any(isinstance(item, (dict, list)) for item in value):
                 raise self.fail(line, where, "expected a list of strings (or one string)")
-            return [str(item) for item in value]
+            else:
+                items = [str(item) for item in value]
+            return [check_text(item, f"{self.source}:{line}: {where}") for item in items]
         raise TypeError(kind)
 
 
@@ -197,23 +197,42 @@ def _expand(path: str | None) -> str | None:
     return os.path.expanduser(path) if path else path
 
 
+def _read_ssh_fields(reader: _Reader, block: _Map, path: str) -> SshSettings:
+    """The ssh keys of a host entry or of the ``ssh:`` block, each checked against its syntax."""
+    values: dict[str, Any] = {}
+    if (user := reader.get(block, "user", str, path)) is not None:
+        values["user"] = check_user(user, reader.where(block, "user", path))
+    if "port" in block and block["port"] is not None:
+        values["port"] = check_port(block["port"], reader.where(block, "port", path))
+    for key in ("identity_file", "known_hosts"):
+        if key in block and (value := reader.get(block, key, str, path)) is not None:
+            values[key] = check_ssh_path(_expand(value), reader.where(block, key, path))
+    return SshSettings(**values)
+
+
 def _read_host(reader: _Reader, entry: Any, index: int, ssh: SshSettings, line: int) -> HostSpec:
     path = f"hosts[{index}]"
     entry = reader.mapping(entry, path, _HOST_KEYS, line)
     name = reader.get(entry, "name", str, path)
     if not name:
         raise reader.fail(entry.line, path, "every host needs a 'name'")
+    check_host_name(name, reader.where(entry, "name", path))
     slots = reader.get(entry, "slots", int, path, 1)
     max_slots = reader.get(entry, "max_slots", int, path)
     if max_slots is not None and max_slots < slots:
         raise reader.fail(entry.key_lines["max_slots"], f"{path}.max_slots", f"{max_slots} is below slots={slots}")
+    own = _read_ssh_fields(reader, entry, path)
+    # The ssh: block is for hosts reached over ssh. This machine's names are not, unless their own
+    # entry sets a port or user (an sshd here, or forwarded to a container): then they take it too.
+    over_ssh = not is_local_host(name) or own.port is not None or own.user is not None
+    defaults = ssh if over_ssh else SshSettings()
     return HostSpec(
         name=name,
         slots=slots,
         max_slots=max_slots,
-        ssh_user=reader.get(entry, "user", str, path, ssh.user),
-        ssh_port=reader.get(entry, "port", int, path, ssh.port),
-        identity_file=_expand(reader.get(entry, "identity_file", str, path, ssh.identity_file)),
+        ssh_user=own.user or defaults.user,
+        ssh_port=own.port or defaults.port,
+        identity_file=own.identity_file or defaults.identity_file,
         python=reader.get(entry, "python", str, path),
         source=f"{reader.source}:{entry.line} {path}",
     )
@@ -224,36 +243,31 @@ def _read_env(reader: _Reader, top: _Map) -> tuple[tuple[str, ...], tuple[tuple[
         return (), ()
     env = reader.mapping(top["env"], "env", _ENV_KEYS, top.key_lines["env"])
     forward = tuple(reader.get(env, "forward", list, "env", []))
+    for name in forward:
+        check_env_name(name, reader.where(env, "forward", "env"), allow_glob=True)
     pairs = env.get("set") or _Map()
     if not isinstance(pairs, _Map) or any(isinstance(v, (dict, list)) for v in pairs.values()):
         raise reader.fail(env.key_lines.get("set", env.line), "env.set", "expected a mapping NAME: value")
+    for name, value in pairs.items():
+        where = f"{reader.source}:{pairs.key_lines[name]}: env.set"
+        check_env_name(str(name), where)
+        check_text("" if value is None else str(value), f"{where}.{name}", allow_newlines=True)
     return forward, tuple((str(name), "" if value is None else str(value)) for name, value in pairs.items())
 
 
 def parse_config_text(text: str, source: str) -> ClusterConfig:
     """Parse a YAML cluster config; ``source`` names it in errors."""
-    try:
-        top = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{source}{line}: not valid YAML ({problem}); fix the syntax") from None
+    top = load_yaml(text, source)
     reader = _Reader(source)
     top = reader.mapping(top, "", _TOP_KEYS, 1)
     ssh = SshSettings()
     if top.get("ssh") is not None:
-        block = reader.mapping(top["ssh"], "ssh", _SSH_KEYS, top.key_lines["ssh"])
-        ssh = SshSettings(
-            user=reader.get(block, "user", str, "ssh"),
-            port=reader.get(block, "port", int, "ssh"),
-            identity_file=_expand(reader.get(block, "identity_file", str, "ssh")),
-            known_hosts=_expand(reader.get(block, "known_hosts", str, "ssh")),
-        )
+        ssh = _read_ssh_fields(reader, reader.mapping(top["ssh"], "ssh", _SSH_KEYS, top.key_lines["ssh"]), "ssh")
     entries = top.get("hosts")
     if not isinstance(entries, list) or not entries:
         raise reader.fail(top.key_lines.get("hosts", 1), "hosts", "give a non-empty list of hosts (- name: node1, slots: 4)")
     hosts = [_read_host(reader, entry, index, ssh, top.key_lines["hosts"]) for index, entry in enumerate(entries)]
+    check_host_count(hosts, f"{source}:{top.key_lines['hosts']}: hosts")
     check_unique(hosts)
     forward, pairs = _read_env(reader, top)
     return ClusterConfig(
@@ -273,18 +287,20 @@ def parse_config_text(text: str, source: str) -> ClusterConfig:
 def load_config(path: str | Path) -> ClusterConfig:
     """Read and parse the YAML cluster config at ``path``."""
     path = Path(path)
-    text = read_input_file(path, "config", "--config", "YAML file", ConfigError)
+    text = read_input_file(path, "config", "--config", "YAML file", ConfigError, MAX_CONFIG_BYTES)
     return parse_config_text(text, str(path))
 
 
 # --- the merge ---------------------------------------------------------------------------------
 
 def parse_env_flag(item: str) -> tuple[str, str | None]:
-    """``-x NAME`` -> (NAME, None); ``-x NAME=value`` -> (NAME, value)."""
+    """``-x NAME`` -> (NAME, None); ``-x NAME=value`` -> (NAME, value); ``-x NCCL_*`` a glob."""
     name, equals, value = item.partition("=")
-    if not name or not (name.replace("_", "a").isalnum() or any(c in name for c in "*?[")):
-        raise ConfigError(f"-x {item!r}: expected NAME, NAME=value or a glob like NCCL_*")
-    return name, (value if equals else None)
+    where = f"-x {quote(item)}"
+    if not name:
+        raise ConfigError(f"{where}: expected NAME, NAME=value or a glob like NCCL_*")
+    check_env_name(name, where, allow_glob=not equals)
+    return name, (check_text(value, where, allow_newlines=True) if equals else None)
 
 
 def _hosts_from_flags(options: RunOptions, cluster: ClusterConfig | None) -> tuple[tuple[HostSpec, ...], str, bool]:
@@ -299,6 +315,35 @@ def _hosts_from_flags(options: RunOptions, cluster: ClusterConfig | None) -> tup
     if cluster is not None:
         return cluster.hosts, cluster.source, False
     return (), "default", True
+
+
+def _check_output_file(path: str, flag: str) -> str:
+    """``path`` made absolute, refused when it is a folder or no folder above it can be written:
+    rank 0 writes it when the job ends, too late to learn that it cannot."""
+    target = Path(os.path.abspath(path))
+    if target.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file name such as {target / 'timeline.json'}")
+    ancestor = target.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    try:  # a real file, not os.access: root passes access checks on read-only and virtual filesystems
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{flag} {path}: cannot write in {ancestor} ({error.strerror or error}); "
+                          "give a path you can write") from None
+    return str(target)
+
+
+def _timeline(path: str | None, hosts: tuple[HostSpec, ...], num_ranks: int) -> str | None:
+    if not path:
+        return None
+    check_text(path, "--timeline")
+    from asyncddp.launcher.hosts import launches_over_ssh, rank_hosts
+
+    # Rank 0 writes the file on its own host: only a path on this machine can be checked here.
+    first = next(host for host in hosts if host.name == rank_hosts(list(hosts), 1)[0])
+    return os.path.abspath(path) if launches_over_ssh(first) else _check_output_file(path, "--timeline")
 
 
 def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
@@ -324,6 +369,8 @@ def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
         num_ranks = sum(host.slots for host in hosts)
     if num_ranks < 1:
         raise ConfigError(f"-np {num_ranks}: the number of ranks must be at least 1")
+    if num_ranks > MAX_SLOTS:
+        raise ConfigError(f"-np {num_ranks}: more ranks than asyncddp launches (at most {MAX_SLOTS})")
     if is_default:
         hosts = (HostSpec("localhost", num_ranks, source="default"),)
     forward = list(cluster.env_forward if cluster else ())
@@ -339,14 +386,18 @@ def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
     if options.ssh_port is not None:
         if not 0 < options.ssh_port < 65536:
             raise ConfigError(f"-p/--ssh-port {options.ssh_port}: give a port between 1 and 65535")
-        hosts = tuple(replace(host, ssh_port=host.ssh_port or options.ssh_port) for host in hosts)
+        # Like the config's ssh: block, a default for the hosts reached over ssh: localhost stays local.
+        hosts = tuple(host if is_local_host(host.name) else replace(host, ssh_port=host.ssh_port or options.ssh_port)
+                      for host in hosts)
     mpi_args = list(cluster.mpi_args if cluster else ())
     if options.use_infiniband:
         mpi_args += ["--mca", "pml", "ucx"]
     if options.mpi_args:
         mpi_args += shlex.split(options.mpi_args)
-    if options.timeout is not None and options.timeout <= 0:
-        raise ConfigError(f"--timeout {options.timeout}: give a positive number of seconds")
+    if options.timeout is not None:
+        check_seconds(options.timeout, "--timeout")
+    if options.network is not None:
+        check_text(options.network, "--network-interface")
     return RunConfig(
         command=tuple(options.command),
         num_ranks=num_ranks,
@@ -362,5 +413,5 @@ def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
         known_hosts=cluster.ssh.known_hosts if cluster else None,
         output_dir=options.output_dir,
         timeout=options.timeout,
-        timeline=os.path.abspath(options.timeline) if options.timeline else None,
+        timeline=_timeline(options.timeline, hosts, num_ranks),
     )

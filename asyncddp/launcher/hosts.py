@@ -16,6 +16,8 @@ from pathlib import Path
 
 from asyncddp.errors import HostfileError
 from asyncddp.launcher.input_files import read_input_file
+from asyncddp.launcher.validation import (MAX_HOSTS, MAX_SLOTS, check_host_name, check_port, check_ssh_path,
+                                          check_text, check_user, quote)
 
 __all__ = [
     "HostSpec",
@@ -23,8 +25,11 @@ __all__ = [
     "parse_hostfile_text",
     "parse_host_list",
     "check_unique",
+    "check_host_count",
     "total_slots",
     "is_local_host",
+    "launches_over_ssh",
+    "mpirun_host_name",
     "rank_hosts",
 ]
 
@@ -46,22 +51,37 @@ class HostSpec:
     python: str | None = None
     source: str = ""
 
+    def __post_init__(self) -> None:
+        # The parsers name file:line first; this catches a HostSpec built in code, before any
+        # ssh_config line or argv is made from it.
+        where = self.source or "host"
+        check_host_name(self.name, where, HostfileError)
+        if self.ssh_user is not None:
+            check_user(self.ssh_user, where, HostfileError)
+        if self.ssh_port is not None:
+            check_port(self.ssh_port, where, HostfileError)
+        if self.identity_file is not None:
+            check_ssh_path(self.identity_file, where, HostfileError)
+        if self.python is not None:
+            check_text(self.python, where, HostfileError)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def _count(text: str, what: str, where: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1 or str(value) != text.lstrip("+"):
-        raise HostfileError(f"{where}: {what}={text!r} is not a positive whole number; write e.g. {what}=4")
+    # ASCII digits only, at most 8: nothing to convert can be huge or raise.
+    digits = text.lstrip("+")
+    value = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 8 else 0
+    if not 1 <= value <= MAX_SLOTS or str(value) != digits:
+        raise HostfileError(f"{where}: {what}={quote(text)} is not a positive whole number (at most {MAX_SLOTS}); "
+                            f"write e.g. {what}=4")
     return value
 
 
 def _parse_line(line: str, where: str) -> HostSpec:
     name, *tokens = line.split()
+    check_host_name(name, where, HostfileError)
     slots: int | None = None
     max_slots: int | None = None
     for token in tokens:
@@ -73,13 +93,19 @@ def _parse_line(line: str, where: str) -> HostSpec:
             max_slots = _count(value, "max_slots", where)
         else:
             raise HostfileError(
-                f"{where}: unknown token {token!r} after host {name!r}; "
+                f"{where}: unknown token {quote(token)} after host {name!r}; "
                 "a hostfile line is 'host slots=N [max_slots=M]'"
             )
     slots = 1 if slots is None else slots
     if max_slots is not None and max_slots < slots:
         raise HostfileError(f"{where}: max_slots={max_slots} is below slots={slots} for {name!r}; raise max_slots or drop it")
     return HostSpec(name=name, slots=slots, max_slots=max_slots, source=where)
+
+
+def check_host_count(hosts: list[HostSpec], where: str) -> None:
+    """Refuse more than ``MAX_HOSTS`` hosts: no real cluster has that many, a runaway file might."""
+    if len(hosts) > MAX_HOSTS:
+        raise HostfileError(f"{where}: more than {MAX_HOSTS} hosts; split the job or check the host list")
 
 
 def check_unique(hosts: list[HostSpec]) -> None:
@@ -102,6 +128,7 @@ def parse_hostfile_text(text: str, source: str) -> list[HostSpec]:
         line = raw.split("#", 1)[0].strip()
         if line:
             hosts.append(_parse_line(line, f"{source}:{number}"))
+            check_host_count(hosts, f"{source}:{number}")
     if not hosts:
         raise HostfileError(f"{source}: no hosts in this hostfile; add lines like 'node1 slots=4'")
     check_unique(hosts)
@@ -120,13 +147,15 @@ def parse_host_list(text: str, source: str = "-H") -> list[HostSpec]:
     hosts: list[HostSpec] = []
     for index, item in enumerate(text.split(","), start=1):
         item = item.strip()
-        where = f"{source} entry {index} ({item!r})"
+        where = f"{source} entry {index} ({quote(item)})"
         # A bare IPv6 address is all colons: take it whole (one slot).
         name, colon, count = (item, "", "") if _is_ip(item) or ":" not in item else item.rpartition(":")
         if not name:
             raise HostfileError(f"{where}: empty host name; write -H host1:4,host2:4")
+        check_host_name(name, where, HostfileError)
         slots = _count(count, "slots", where) if colon else 1
         hosts.append(HostSpec(name=name, slots=slots, source=f"{source} {name}"))
+        check_host_count(hosts, source)
     check_unique(hosts)
     return hosts
 
@@ -143,14 +172,32 @@ def total_slots(hosts: list[HostSpec]) -> int:
     return sum(host.slots for host in hosts)
 
 
+# The names Open MPI's launcher starts ranks for without ssh. Other loopback addresses (127.0.0.2)
+# are not among them: mpirun reaches those over ssh like any remote host.
+_LOCAL_NAMES = ("localhost", "localhost.localdomain", "127.0.0.1", "::1")
+
+
 def is_local_host(name: str) -> bool:
-    """True for names that mean this machine (mpirun starts those ranks without ssh)."""
-    if name in ("localhost", "localhost.localdomain", "::1", socket.gethostname()):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    """True for names that mean this machine to mpirun (it starts those ranks without ssh)."""
+    return name in _LOCAL_NAMES or name == socket.gethostname()
+
+
+def launches_over_ssh(host: HostSpec) -> bool:
+    """Whether a job reaches ``host`` over ssh: every remote host, and a name of this machine whose
+    entry sets an ssh port or user of its own (an sshd on 127.0.0.1:2222 in front of a container or
+    a test node means "log in there", not "run here")."""
+    return not is_local_host(host.name) or host.ssh_port is not None or host.ssh_user is not None
+
+
+def mpirun_host_name(host: HostSpec) -> str:
+    """The name mpirun is given for ``host``: its own name, except for a name of this machine that
+    is reached over ssh, where mpirun would start the ranks locally and skip ssh. That one gets an
+    alias mpirun cannot take for this machine, which the generated ssh_config maps back to the
+    host's address and port (``.invalid`` never resolves, RFC 6761)."""
+    if not is_local_host(host.name) or not launches_over_ssh(host):
+        return host.name
+    label = host.name.replace(".", "-").replace(":", "-")
+    return f"asyncddp-{label}-port{host.ssh_port or 22}.invalid"
 
 
 def rank_hosts(hosts: list[HostSpec], num_ranks: int) -> list[str]:

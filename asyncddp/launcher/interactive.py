@@ -129,20 +129,23 @@ def _check_plan(num_ranks: int, launch: RunOptions, directory: Path) -> bool:
     controller listens on loopback only)."""
     import tempfile
 
-    from asyncddp.launcher.hosts import is_local_host
+    from asyncddp.launcher.hosts import launches_over_ssh
     from asyncddp.launcher.prepare import plan_job
 
     options = replace(launch, command=("-m", "ipyparallel.engine", f"--profile-dir={directory}"),
                       num_ranks=num_ranks)
     with tempfile.TemporaryDirectory(prefix="asyncddp-ipy-") as private_dir:
         job = plan_job(options, private_dir)
-    return all(is_local_host(host.name) for host in job.config.hosts)
+    return not any(launches_over_ssh(host) for host in job.config.hosts)
 
 
 def start(num_ranks: int, profile: str = DEFAULT_PROFILE, *, launch: RunOptions = RunOptions(),
           ipython_dir: str | None = None, timeout: float = 120.0) -> IpyStatus:
     """Start the controller and ``num_ranks`` MPI engines where ``launch`` (hosts, config, -x, mpirun
     arguments; as for ``asyncddp run``) says; returns once all engines registered."""
+    from asyncddp.launcher.validation import check_seconds
+
+    check_seconds(timeout, "--timeout")
     require_ipyparallel()
     directory = profile_dir(profile, ipython_dir)
     current = status(profile, ipython_dir, count_engines=False)

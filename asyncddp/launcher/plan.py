@@ -20,7 +20,7 @@ from pathlib import Path
 
 from asyncddp.launcher.config import RunConfig
 from asyncddp.errors import LaunchError
-from asyncddp.launcher.hosts import HostSpec, is_local_host, rank_hosts
+from asyncddp.launcher.hosts import HostSpec, launches_over_ssh, mpirun_host_name, rank_hosts
 from asyncddp.launcher.mpi import MpiFlavor, MpiImplementation, MpiInstall, library_env
 
 __all__ = ["LaunchPlan", "resolve_command", "ssh_config_text", "build_plan", "format_plan"]
@@ -81,7 +81,7 @@ def ssh_config_text(hosts: tuple[HostSpec, ...], known_hosts: str | None) -> str
     """
     lines = ["# written by asyncddp run: per-host ssh settings for mpirun's daemons"]
     for host in hosts:
-        lines += [f"Host {host.name}", f"    HostName {host.name}"]
+        lines += [f"Host {mpirun_host_name(host)}", f"    HostName {host.name}"]
         if host.ssh_user:
             lines.append(f"    User {host.ssh_user}")
         if host.ssh_port:
@@ -141,7 +141,7 @@ def _app_contexts(config: RunConfig, ranks: list[str], python: str, check_dir: s
         count = ranks.count(host.name)
         if count:
             command = resolve_command(config.command, pythons[host.name], check_dir)
-            contexts.append(("-np", str(count), mpi.host_flag, f"{host.name}:{count}", *command))
+            contexts.append(("-np", str(count), mpi.host_flag, f"{mpirun_host_name(host)}:{count}", *command))
     return contexts
 
 
@@ -173,8 +173,8 @@ def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executab
     impl = mpi.flavor.implementation
     ranks = rank_hosts(list(config.hosts), config.num_ranks)
     _check_slots(config, ranks)
-    remote = tuple(host for host in config.hosts if not is_local_host(host.name))
-    host_arg = ",".join(f"{host.name}:{host.slots}" for host in config.hosts)
+    remote = tuple(host for host in config.hosts if launches_over_ssh(host))
+    host_arg = ",".join(f"{mpirun_host_name(host)}:{host.slots}" for host in config.hosts)
     oversubscribe = config.oversubscribe and config.num_ranks > sum(host.slots for host in config.hosts)
 
     env: dict[str, str] = {"PYTHONUNBUFFERED": environ.get("PYTHONUNBUFFERED", "1")}

@@ -5,7 +5,9 @@ Pure parsing, no Slurm daemon needed: ``SLURM_JOB_NODELIST`` in Slurm's compress
 ``SLURM_TASKS_PER_NODE`` (``4(x3),2``) to one slot count per host. Without a tasks-per-node
 variable ``SLURM_NTASKS`` is spread over the nodes as Slurm's block distribution does; with neither,
 each node gets one slot. Every malformed value raises ``HostfileError`` naming the variable and the
-offending text, so a job never silently falls back to localhost inside an allocation.
+offending text, so a job never silently falls back to localhost inside an allocation; host names
+are held to host name syntax and a list expanding past ``MAX_HOSTS`` hosts is refused before it is
+built.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Mapping
 
 from asyncddp.errors import HostfileError
 from asyncddp.launcher.hosts import HostSpec, check_unique
+from asyncddp.launcher.validation import MAX_HOSTS, MAX_SLOTS, check_host_name, quote
 
 __all__ = ["expand_nodelist", "expand_tasks_per_node", "slurm_hosts", "in_slurm_allocation"]
 
@@ -23,8 +26,9 @@ NODELIST_VARS = ("SLURM_JOB_NODELIST", "SLURM_NODELIST")
 TASKS_VAR = "SLURM_TASKS_PER_NODE"
 NTASKS_VAR = "SLURM_NTASKS"
 
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
-_TASKS = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
+# At most 9 digits: the numbers stay small enough to convert and compare at no cost.
+_RANGE = re.compile(r"^(\d{1,9})(?:-(\d{1,9}))?$")
+_TASKS = re.compile(r"^(\d{1,9})(?:\(x(\d{1,9})\))?$")
 
 
 def _split_top_level(text: str, where: str) -> list[str]:
@@ -54,10 +58,12 @@ def _expand_ranges(body: str, where: str) -> list[str]:
     for part in body.split(","):
         match = _RANGE.match(part.strip())
         if not match:
-            raise HostfileError(f"{where}: bad range {part!r} inside [{body}]; write e.g. [01-04,07]")
+            raise HostfileError(f"{where}: bad range {quote(part)} inside [{quote(body)[1:-1]}]; write e.g. [01-04,07]")
         first, last = match[1], match[2] if match[2] is not None else match[1]
         if int(last) < int(first):
             raise HostfileError(f"{where}: range {part!r} runs backwards; write the smaller number first")
+        if len(numbers) + int(last) - int(first) >= MAX_HOSTS:
+            raise _too_many(where)
         width = len(first) if first.startswith("0") else 0
         numbers += [str(value).zfill(width) for value in range(int(first), int(last) + 1)]
     return numbers
@@ -68,8 +74,14 @@ def _expand_item(item: str, where: str) -> list[str]:
     names = [""]
     for literal, bracket, body in re.findall(r"([^\[]*)(\[([^\]]*)\])?", item):
         choices = _expand_ranges(body, where) if bracket else [""]
+        if len(names) * len(choices) > MAX_HOSTS:
+            raise _too_many(where)
         names = [name + literal + choice for name in names for choice in choices]
     return names
+
+
+def _too_many(where: str) -> HostfileError:
+    return HostfileError(f"{where}: the node list expands to more than {MAX_HOSTS} hosts; check the variable")
 
 
 def expand_nodelist(text: str, where: str = "SLURM_JOB_NODELIST") -> list[str]:
@@ -83,6 +95,10 @@ def expand_nodelist(text: str, where: str = "SLURM_JOB_NODELIST") -> list[str]:
         if not item or item.startswith("["):
             raise HostfileError(f"{where}: empty host name in {text!r}")
         names += _expand_item(item, where)
+        if len(names) > MAX_HOSTS:
+            raise _too_many(where)
+    for name in names:
+        check_host_name(name, f"{where}={quote(text)}", HostfileError)
     return names
 
 
@@ -91,9 +107,12 @@ def expand_tasks_per_node(text: str, where: str = TASKS_VAR) -> list[int]:
     counts: list[int] = []
     for part in text.strip().split(","):
         match = _TASKS.match(part.strip())
-        if not match or int(match[1]) < 1 or (match[2] is not None and int(match[2]) < 1):
-            raise HostfileError(f"{where}={text!r}: bad entry {part!r}; Slurm writes counts like 4(x3),2")
-        counts += [int(match[1])] * (int(match[2]) if match[2] is not None else 1)
+        if not match or not 1 <= int(match[1]) <= MAX_SLOTS or (match[2] is not None and int(match[2]) < 1):
+            raise HostfileError(f"{where}={quote(text)}: bad entry {quote(part)}; Slurm writes counts like 4(x3),2")
+        repeat = int(match[2]) if match[2] is not None else 1
+        if len(counts) + repeat > MAX_HOSTS:
+            raise HostfileError(f"{where}={quote(text)}: more than {MAX_HOSTS} counts; check the variable")
+        counts += [int(match[1])] * repeat
     return counts
 
 
@@ -123,8 +142,8 @@ def slurm_hosts(environ: Mapping[str, str] | None = None) -> list[HostSpec]:
             )
     elif environ.get(NTASKS_VAR):
         text = environ[NTASKS_VAR].strip()
-        if not text.isdigit() or int(text) < 1:
-            raise HostfileError(f"{NTASKS_VAR}={text!r} is not a positive whole number")
+        if not (text.isascii() and text.isdigit()) or len(text) > 9 or not 1 <= int(text) <= MAX_SLOTS:
+            raise HostfileError(f"{NTASKS_VAR}={quote(text)} is not a positive whole number (at most {MAX_SLOTS})")
         if int(text) < len(names):
             raise HostfileError(f"{NTASKS_VAR}={text} is fewer than the {len(names)} nodes of {variable}")
         counts = _block_counts(int(text), len(names))

@@ -9,6 +9,7 @@ step in its own colour; ``step=k`` draws step k alone.
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from asyncddp.errors import TopologyError
 from asyncddp.topology import schedules
 from asyncddp.topology.registry import get_topology
+from asyncddp.topology.reports import check_report_size
 
 __all__ = ["draw_topology", "plot_comparison"]
 
@@ -29,8 +31,38 @@ def _pyplot():
     return plt
 
 
+# A circle of more nodes is a blur of labels, and each edge is one matplotlib annotation.
+MAX_DRAWN_RANKS = 256
+
+
+def _check_output(path: str | Path) -> Path:
+    """The PNG path to write, refused up front when its folder is missing or not writable."""
+    path = Path(path)
+    parent = path.absolute().parent
+    if path.suffix.lower() != ".png":
+        raise TopologyError(f"-o {path}: give a .png file name")
+    if not parent.is_dir():
+        raise TopologyError(f"-o {path}: folder {parent} does not exist or is not writable")
+    try:  # a real file, not os.access: root passes access checks on read-only and virtual filesystems
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as error:
+        raise TopologyError(f"-o {path}: cannot write it ({error.strerror or error})") from None
+    return path
+
+
+def _save(fig, path: Path) -> None:
+    try:
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+    except OSError as error:
+        raise TopologyError(f"-o {path}: cannot write it ({error.strerror or error})") from None
+
+
 def _edges(name: str, n: int, step: int | None, params: dict) -> tuple[list[tuple[int, int, float, int]], str]:
     """(src, dst, weight, colour index) for every drawn edge, and a title."""
+    if isinstance(n, int) and n > MAX_DRAWN_RANKS:
+        raise TopologyError(f"-n {n}: a drawing shows at most {MAX_DRAWN_RANKS} ranks; use topology show for more")
+    check_report_size(n, step, "--step")
     entry = get_topology(name)
     if entry.kind == "static":
         graph = entry.graph(n, **params)
@@ -54,6 +86,7 @@ def _edges(name: str, n: int, step: int | None, params: dict) -> tuple[list[tupl
 
 def draw_topology(name: str, n: int, path: str | Path, step: int | None = None, **params) -> Path:
     """Draw the registered topology ``name`` on n ranks to a PNG at ``path``; returns the path."""
+    path = _check_output(path)
     edges, title = _edges(name, n, step, params)
     plt = _pyplot()
     angles = [math.pi / 2 - 2 * math.pi * r / n for r in range(n)]
@@ -80,14 +113,14 @@ def draw_topology(name: str, n: int, path: str | Path, step: int | None = None, 
     ax.set_ylim(-1.25, 1.25)
     ax.set_aspect("equal")
     ax.axis("off")
-    path = Path(path)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _save(fig, path)
     plt.close(fig)
     return path
 
 
 def plot_comparison(comparison, path: str | Path) -> Path:
     """Log-scale plot of a ``Comparison``'s error per step to a PNG at ``path``."""
+    path = _check_output(path)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     floor = 1e-16  # exact zeros cannot sit on a log axis; draw them at the float64 floor
@@ -98,7 +131,6 @@ def plot_comparison(comparison, path: str | Path) -> Path:
     ax.set_title(f"consensus error, n={comparison.n}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    path = Path(path)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _save(fig, path)
     plt.close(fig)
     return path

@@ -48,11 +48,12 @@ def equi_static_graph(
     _check_size(n)
     if degree is None:
         degree = max(1, math.ceil(math.log(n)))
-    if not isinstance(degree, (int, np.integer)) or degree < 1:
-        raise TopologyError(f"equi_static_graph: degree must be a positive integer, got {degree!r}")
+    # More offsets than n only repeats them (and a huge count would allocate that many).
+    if not isinstance(degree, (int, np.integer)) or isinstance(degree, bool) or not 1 <= degree <= max(n, 1):
+        raise TopologyError(f"equi_static_graph: degree must be a whole number from 1 to n={n}, got {degree!r}")
     if n == 1:
         return graph_from_matrix([[1.0]])
-    offsets = np.random.default_rng(seed).integers(1, n, size=int(degree))
+    offsets = _rng(seed, "equi_static_graph").integers(1, n, size=int(degree))
     w = np.zeros((n, n))
     for u in offsets:
         basis = equi_basis(n, int(u))
@@ -60,8 +61,15 @@ def equi_static_graph(
     return graph_from_matrix(w / degree)
 
 
+def _rng(seed, where: str) -> np.random.Generator:
+    """The generator every rank draws the same offsets from; the seed must be a whole number >= 0."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise TopologyError(f"{where}: seed must be a whole number >= 0, got {seed!r}")
+    return np.random.default_rng(seed)
+
+
 def _check_eta(eta: float) -> float:
-    if not 0.0 < float(eta) <= 1.0:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float, np.floating)) or not 0.0 < float(eta) <= 1.0:
         raise TopologyError(f"equi_dyn_schedule: eta must be in (0, 1], got {eta!r}")
     return float(eta)
 
@@ -89,7 +97,7 @@ def equi_dyn_schedule(
     """
     _check_size(n)
     _check_rank(n, rank, "equi_dyn_schedule")
-    return _equi_dyn_steps(n, rank, _check_eta(eta), np.random.default_rng(seed), undirected)
+    return _equi_dyn_steps(n, rank, _check_eta(eta), _rng(seed, "equi_dyn_schedule"), undirected)
 
 
 def _equi_dyn_steps(n: int, rank: int, eta: float, rng, undirected: bool) -> Iterator[NeighborStep]:

@@ -13,14 +13,30 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from asyncddp.errors import TopologyError
 from asyncddp.topology import analysis, schedules
 from asyncddp.topology.registry import get_topology
 from asyncddp.topology.simulate import consensus_states, simulate_consensus, step_matrix
 
-__all__ = ["TopologyReport", "Comparison", "describe_topology", "compare_topologies", "EXACT_TOL"]
+__all__ = ["TopologyReport", "Comparison", "describe_topology", "compare_topologies", "check_report_size", "EXACT_TOL",
+           "MAX_REPORT_RANKS", "MAX_REPORT_STEPS"]
 
 # An error below this counts as exact consensus (float64 rounding of averages of n <= 10^4 values).
 EXACT_TOL = 1e-9
+# Reports work on dense n x n matrices (spectra, products of steps): 512 ranks take seconds, 2048
+# most of a minute, so a mistyped -n is refused instead of running for hours.
+MAX_REPORT_RANKS = 1024
+MAX_REPORT_STEPS = 1000
+
+
+def check_report_size(n, steps=None, flag: str = "--steps") -> None:
+    """Refuse more ranks or steps than a report (or drawing) can work through in seconds."""
+    if isinstance(n, int) and not isinstance(n, bool) and n > MAX_REPORT_RANKS:
+        raise TopologyError(f"-n {n}: topology reports analyse dense n x n matrices; give at most "
+                            f"{MAX_REPORT_RANKS} ranks")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
+                              or not 0 <= steps <= MAX_REPORT_STEPS):
+        raise TopologyError(f"{flag} {steps}: give a whole number of steps from 0 to {MAX_REPORT_STEPS}")
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,7 @@ def _dynamic_report(entry, n: int, params: dict, steps: int | None) -> TopologyR
 
 def describe_topology(name: str, n: int, steps: int | None = None, **params) -> TopologyReport:
     """Summarise the registered topology ``name`` on n ranks (``steps`` only for dynamic ones)."""
+    check_report_size(n, steps)
     entry = get_topology(name)
     if entry.kind == "static":
         return _static_report(entry, n, params)
@@ -116,6 +133,7 @@ def compare_topologies(names: list[str], n: int, steps: int, x0=None, **params) 
 
     ``params`` go to every topology that accepts them (e.g. ``seed``, ``local_size``).
     """
+    check_report_size(n, steps)
     errors, exact = {}, {}
     for name in names:
         entry = get_topology(name)

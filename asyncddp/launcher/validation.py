@@ -1,0 +1,129 @@
+"""Syntax checks for the names, numbers and paths a user gives the launcher, run before anything is
+written or started.
+
+Host names, users, ports and key paths end up in a generated ssh_config, on mpirun's command line
+and in ssh's argv. There a newline adds ssh_config directives (``ProxyCommand`` runs a command), a
+leading ``-`` turns a host into an ssh option, ``%`` is expanded as an ssh token and a NUL byte makes
+``subprocess`` raise. So each value is held to the syntax it must have, and a refusal names where
+the value came from (``file:line``, ``-H``, a flag) and what to write instead. ``quote`` bounds how
+much of a value an error repeats, so no input can make an error message large.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import reprlib
+from typing import Any
+
+from asyncddp.errors import ConfigError
+
+__all__ = ["MAX_SLOTS", "MAX_HOSTS", "MAX_SECONDS", "quote", "check_host_name", "check_user", "check_port",
+           "check_count", "check_ssh_path", "check_text", "check_env_name", "check_seconds"]
+
+# Ranks on one host or in one job, hosts in one job: far above any real cluster, low enough that a
+# typo like slots=4000000000 is refused instead of building a rank map of that many entries.
+MAX_SLOTS = 1 << 20
+MAX_HOSTS = 1 << 18
+# Longer than any job runs; keeps timeouts below what threading and time_t accept.
+MAX_SECONDS = 1e8
+
+_repr = reprlib.Repr()
+_repr.maxstring = 80
+_repr.maxother = 80
+_repr.maxlevel = 2
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 4
+
+
+def quote(value: Any) -> str:
+    """``repr(value)`` cut to about 80 characters, in time independent of the value's size."""
+    return _repr.repr(value)
+
+
+# RFC 1123 labels, plus '_' which real clusters use in /etc/hosts names and ssh accepts.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}\$?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_GLOB = re.compile(r"[A-Za-z0-9_*?\[\]!]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_host_name(name: str, where: str, error: type[ConfigError] = ConfigError) -> str:
+    """``name`` when it is a DNS host name or an IPv4/IPv6 address, else ``error`` naming ``where``."""
+    if "%" not in name:  # a scoped IPv6 address (fe80::1%eth0) would be read as an ssh token
+        try:
+            ipaddress.ip_address(name)
+            return name
+        except ValueError:
+            pass
+    if len(name) <= 253 and _HOST_NAME.fullmatch(name):
+        return name
+    raise error(f"{where}: host {quote(name)} is not a host name or IP address; a name is letters, digits, "
+                "'-' and '_' in dot-separated parts (node1, gpu-07.cluster), an address is like 10.0.0.5")
+
+
+def check_user(user: str, where: str, error: type[ConfigError] = ConfigError) -> str:
+    """An ssh login name: letters, digits, ``_ . @ -`` (not first), at most 64 characters."""
+    if _USER.fullmatch(user):
+        return user
+    raise error(f"{where}: user {quote(user)} is not a login name; use letters, digits, '_', '.', '@' and '-' "
+                "(not first), at most 64 characters")
+
+
+def check_count(value: Any, where: str, what: str, error: type[ConfigError] = ConfigError,
+                maximum: int = MAX_SLOTS) -> int:
+    """A whole number from 1 to ``maximum`` (YAML's true/false are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise error(f"{where}: {what} must be a whole number from 1 to {maximum}, got {quote(value)}")
+    return value
+
+
+def check_port(value: Any, where: str, error: type[ConfigError] = ConfigError) -> int:
+    """A TCP port, 1 to 65535."""
+    return check_count(value, where, "an ssh port", error, 65535)
+
+
+def check_ssh_path(path: str, where: str, error: type[ConfigError] = ConfigError) -> str:
+    """A file path written into ssh_config (``IdentityFile``, ``UserKnownHostsFile``).
+
+    ssh_config splits its arguments on blanks, strips quotes and expands ``%`` tokens, so a path
+    holding any of these would silently name another file: refuse it rather than guess.
+    """
+    bad = sorted({char for char in path if char.isspace() or char in '"\'%' or _CONTROL.match(char)})
+    if not path or bad:
+        shown = " ".join(repr(char) for char in bad) or "nothing"
+        raise error(f"{where}: path {quote(path)} holds {shown}, which ssh_config cannot take; "
+                    "move or link the file to a path without blanks, quotes or '%'")
+    return path
+
+
+def check_text(text: str, where: str, error: type[ConfigError] = ConfigError, *, allow_newlines: bool = False) -> str:
+    """Text that goes into an argv or the environment: no control characters (a NUL never fits),
+    except newlines and tabs where ``allow_newlines`` (environment values may span lines)."""
+    for char in text:
+        if _CONTROL.match(char) and not (allow_newlines and char in "\n\t\r"):
+            raise error(f"{where}: {quote(text)} holds the control character {char!r}; remove it")
+    return text
+
+
+def check_env_name(name: str, where: str, *, allow_glob: bool = False,
+                   error: type[ConfigError] = ConfigError) -> str:
+    """An environment variable name (``[A-Za-z_][A-Za-z0-9_]*``), or a glob like ``NCCL_*`` where allowed."""
+    if _ENV_NAME.fullmatch(name):
+        return name
+    if allow_glob and any(char in name for char in "*?[") and _ENV_GLOB.fullmatch(name) and not name[0].isdigit():
+        return name
+    kinds = "a NAME, NAME=value or a glob like NCCL_*" if allow_glob else "a NAME"
+    raise error(f"{where}: {quote(name)} is not a variable name; write {kinds}, a name being letters, digits "
+                "and '_', not starting with a digit")
+
+
+def check_seconds(value: Any, flag: str, error: type[ConfigError] = ConfigError) -> float:
+    """A positive, finite number of seconds up to ``MAX_SECONDS`` (nan, inf, 0 and below are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 < value <= MAX_SECONDS:
+        shown = f"{value:g}" if isinstance(value, (int, float)) else quote(value)
+        raise error(f"{flag} {shown}: give a positive number of seconds, at most {MAX_SECONDS:.0f}")
+    return float(value)
