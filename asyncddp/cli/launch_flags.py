@@ -14,7 +14,6 @@ import inspect
 
 import typer
 
-from asyncddp.errors import ConfigError
 
 HOSTFILE = typer.Option(None, "--hostfile", help="Open MPI hostfile (host slots=N).")
 HOSTS = typer.Option(None, "-H", "--host", help="Hosts, e.g. a:4,b:4.")
@@ -37,13 +36,10 @@ _FLAGS = (
 
 
 def launch_options(values: dict):
-    """The ``RunOptions`` of the shared flags' values (by parameter name); bad values fail here,
-    before anything starts."""
+    """The ``RunOptions`` of the shared flags' values (by parameter name); ``merge_run_config``
+    checks them before anything starts."""
     from asyncddp.launcher.config import RunOptions
 
-    timeout = values.get("timeout")
-    if timeout is not None and timeout <= 0:
-        raise ConfigError(f"--timeout {timeout}: give a positive number of seconds")
     fields = {field: values.get(name) for name, _, _, field in _FLAGS}
     fields["env"] = tuple(fields["env"] or ())
     fields["oversubscribe"] = bool(fields["oversubscribe"])
