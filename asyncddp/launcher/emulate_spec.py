@@ -73,14 +73,15 @@ def _fail(source: str, message: str) -> ConfigError:
 
 def parse_rate(text: str, source: str = "--emulate", key: str = "bandwidth") -> int:
     """``1gbit`` -> 1_000_000_000 bits/s."""
+    sep = "" if key.endswith(":") else "="
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([a-z]+)", text.strip().lower())
     if match is None or match.group(2) not in _RATE_UNITS:
         hint = " (tc reads 'bps' as bytes/s; write bits, e.g. 800mbit)" if text.lower().endswith("bps") else ""
-        raise _fail(source, f"{key}={text!r} is not a rate{hint}; write a number and one of "
-                            f"{'/'.join(_RATE_UNITS)}, e.g. {key}=1gbit")
+        raise _fail(source, f"{key}{sep}{text!r} is not a rate{hint}; write a number and one of "
+                            f"{'/'.join(_RATE_UNITS)}, e.g. {key}{sep}1gbit")
     value = float(match.group(1)) * _RATE_UNITS[match.group(2)]
     if value < 8000:
-        raise _fail(source, f"{key}={text!r} is below 8kbit, too slow for MPI to start; write e.g. {key}=10mbit")
+        raise _fail(source, f"{key}{sep}{text!r} is below 8kbit, too slow for MPI to start; write e.g. {key}{sep}10mbit")
     return int(value)
 
 
@@ -137,10 +138,13 @@ def parse_emulate_spec(text: str, source: str = "--emulate") -> EmulateSpec:
     num_nodes = _parse_count(values["nodes"], source, "nodes", 1, MAX_NODES)
     slow_nodes: dict[int, int] = {}
     for index_text, rate_text in slow:
-        index = _parse_count(index_text, source, "slow_node index", 0, num_nodes - 1)
+        if not re.fullmatch(r"\d+", index_text) or int(index_text) >= num_nodes:
+            raise _fail(source, f"slow_node={index_text}:{rate_text} names no node (nodes are 0 to {num_nodes - 1}); "
+                                f"write e.g. slow_node={num_nodes - 1}:200mbit")
+        index = int(index_text)
         if index in slow_nodes:
             raise _fail(source, f"slow_node={index}:... is given twice; keep one per node")
-        slow_nodes[index] = parse_rate(rate_text, source, "slow_node rate")
+        slow_nodes[index] = parse_rate(rate_text, source, f"slow_node={index}:")
     return EmulateSpec(
         num_nodes=num_nodes,
         ranks_per_node=_parse_count(values.get("ranks_per_node", "1"), source, "ranks_per_node", 1, 256),
