@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -56,6 +57,19 @@ def _preflight(run_config, requested: bool | None) -> None:
         )
 
 
+def _emulated_cluster(flag: str | None, cluster, options):
+    """The planned emulated cluster of ``--emulate`` (over the config's ``emulate:``), or None."""
+    if flag is None and (cluster is None or cluster.emulate is None):
+        return None
+    from asyncddp.errors import ConfigError
+    from asyncddp.launcher.emulate import new_cluster
+    from asyncddp.launcher.emulate_spec import parse_emulate_spec
+
+    if options.hostfile is not None or options.host_list is not None:
+        raise ConfigError("--emulate makes its own hosts (emu0, emu1, ...); drop --hostfile/-H")
+    return new_cluster(parse_emulate_spec(flag) if flag is not None else cluster.emulate)
+
+
 def register(app: typer.Typer) -> None:
     @app.command(
         "run",
@@ -84,6 +98,10 @@ def register(app: typer.Typer) -> None:
         preflight: bool = typer.Option(
             None, "--preflight/--no-preflight",
             help="Check SSH to every remote host before starting mpirun (default: on when any host is remote)."),
+        emulate: str = typer.Option(
+            None, "--emulate",
+            help="Run on an emulated cluster on this machine (root and iproute2): "
+                 "nodes=N[,ranks_per_node=K][,bandwidth=RATE][,latency=T][,loss=P][,slow_node=I:RATE]."),
     ) -> None:
         """Run a script, -m module or command on every rank: asyncddp run -np 4 train.py ARGS..."""
         from asyncddp.launcher.config import RunOptions, load_config, merge_run_config
@@ -96,6 +114,10 @@ def register(app: typer.Typer) -> None:
             use_infiniband=use_infiniband,
         )
         cluster = load_config(config) if config else None
+        emulated = _emulated_cluster(emulate, cluster, options)
+        if emulated is not None:
+            options = replace(options, host_list=emulated.host_list(),
+                              num_ranks=options.num_ranks or emulated.spec.num_ranks)
         run_config = merge_run_config(options, cluster)
         # The private ssh_config lives with the logs (--output-dir), else in a 0700 directory of
         # this run alone, removed when the job ends.
@@ -104,13 +126,27 @@ def register(app: typer.Typer) -> None:
             plan = build_plan(run_config, _mpi_install(), python=sys.executable, euid=os.geteuid(),
                               private_dir=str(Path(private_dir).absolute()),
                               check_dir=_check_dir(run_config.working_dir), cpu_count=os.cpu_count())
+            if emulated is not None:
+                from asyncddp.launcher.emulate import emulate_plan
+
+                plan = emulate_plan(plan, emulated, cpu_count=os.cpu_count())
             if dry_run:
-                typer.echo(json.dumps(plan.to_dict(), indent=2) if as_json else format_plan(plan))
+                if as_json:
+                    data = {**plan.to_dict(), **({"emulate": emulated.to_dict()} if emulated else {})}
+                    typer.echo(json.dumps(data, indent=2))
+                else:
+                    typer.echo((emulated.describe() + "\n\n" if emulated else "") + format_plan(plan))
                 return
-            _preflight(run_config, preflight)
             from asyncddp.launcher.job import run_plan
 
-            result = run_plan(plan, output_dir=output_dir, timeout=run_config.timeout)
+            if emulated is None:
+                _preflight(run_config, preflight)
+                result = run_plan(plan, output_dir=output_dir, timeout=run_config.timeout)
+            else:
+                from asyncddp.launcher.emulate import emulated_cluster
+
+                with emulated_cluster(emulated):
+                    result = run_plan(plan, output_dir=output_dir, timeout=run_config.timeout)
         finally:
             if not output_dir:
                 shutil.rmtree(private_dir, ignore_errors=True)

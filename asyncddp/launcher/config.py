@@ -1,6 +1,6 @@
 """YAML cluster configs and the one merge of defaults, config file and CLI flags into ``RunConfig``.
 
-Schema (every key optional except ``hosts``; ``configs/cluster.example.yaml`` is the commented
+Schema (every key optional except ``hosts``, which ``emulate`` replaces; ``configs/cluster.example.yaml`` is the commented
 example)::
 
     hosts:                       # list; each entry a mapping
@@ -24,6 +24,7 @@ example)::
     working_dir: /shared/project # where ranks start
     python: /opt/venv/bin/python # default interpreter on every host
     np: 8                        # default number of ranks
+    emulate: nodes=4,bandwidth=1gbit   # instead of hosts: an emulated cluster (see --emulate)
 
 Unknown keys are errors naming the file, line and YAML path. Precedence is CLI flag > config file
 > default, applied by ``merge_run_config`` alone; list-valued settings (env, mpi_args) are joined,
@@ -41,6 +42,7 @@ from typing import Any
 import yaml
 
 from asyncddp.errors import ConfigError
+from asyncddp.launcher.emulate_spec import EmulateSpec, parse_emulate_spec
 from asyncddp.launcher.hosts import HostSpec, check_unique
 from asyncddp.launcher.input_files import read_input_file
 
@@ -71,6 +73,7 @@ class ClusterConfig:
     working_dir: str | None = None
     python: str | None = None
     num_ranks: int | None = None
+    emulate: EmulateSpec | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -187,7 +190,7 @@ class _Reader:
         raise TypeError(kind)
 
 
-_TOP_KEYS = ("hosts", "ssh", "env", "network", "mpi_args", "working_dir", "python", "np")
+_TOP_KEYS = ("hosts", "ssh", "env", "network", "mpi_args", "working_dir", "python", "np", "emulate")
 _HOST_KEYS = ("name", "slots", "max_slots", "user", "port", "identity_file", "python")
 _SSH_KEYS = ("user", "port", "identity_file", "known_hosts")
 _ENV_KEYS = ("forward", "set")
@@ -250,10 +253,13 @@ def parse_config_text(text: str, source: str) -> ClusterConfig:
             identity_file=_expand(reader.get(block, "identity_file", str, "ssh")),
             known_hosts=_expand(reader.get(block, "known_hosts", str, "ssh")),
         )
+    emulate = _read_emulate(reader, top)
     entries = top.get("hosts")
-    if not isinstance(entries, list) or not entries:
+    if emulate is not None and entries is not None:
+        raise reader.fail(top.key_lines["hosts"], "hosts", "emulate makes its own hosts; keep hosts or emulate, not both")
+    if emulate is None and (not isinstance(entries, list) or not entries):
         raise reader.fail(top.key_lines.get("hosts", 1), "hosts", "give a non-empty list of hosts (- name: node1, slots: 4)")
-    hosts = [_read_host(reader, entry, index, ssh, top.key_lines["hosts"]) for index, entry in enumerate(entries)]
+    hosts = [_read_host(reader, entry, index, ssh, top.key_lines["hosts"]) for index, entry in enumerate(entries or [])]
     check_unique(hosts)
     forward, pairs = _read_env(reader, top)
     return ClusterConfig(
@@ -267,7 +273,21 @@ def parse_config_text(text: str, source: str) -> ClusterConfig:
         working_dir=reader.get(top, "working_dir", str, ""),
         python=reader.get(top, "python", str, ""),
         num_ranks=reader.get(top, "np", int, ""),
+        emulate=emulate,
     )
+
+
+def _read_emulate(reader: _Reader, top: _Map) -> EmulateSpec | None:
+    """``emulate: nodes=4,bandwidth=1gbit`` or the same as a mapping (slow_node may be a list)."""
+    if top.get("emulate") is None:
+        return None
+    value, line = top["emulate"], top.key_lines["emulate"]
+    if isinstance(value, _Map):
+        items = [(key, item) for key, entry in value.items() for item in (entry if isinstance(entry, list) else [entry])]
+        value = ",".join(f"{key}={item}" for key, item in items)
+    elif isinstance(value, list):
+        raise reader.fail(line, "emulate", "expected nodes=N,... or a mapping like {nodes: 4, bandwidth: 1gbit}")
+    return parse_emulate_spec(str(value), source=f"{reader.source}:{line}: emulate")
 
 
 def load_config(path: str | Path) -> ClusterConfig:

@@ -23,21 +23,23 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shlex
 import signal
 import stat
 import threading
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from asyncddp.errors import LaunchError
 from asyncddp.launcher.emulate_spec import EmulateSpec, format_rate
+from asyncddp.launcher.plan import YIELD_WHEN_IDLE, LaunchPlan
 from asyncddp.launcher.netns import (NETNS_ETC, STATE_ROOT, check_name, new_tag, remove_stale, remove_tag,
                                      require_netns, run_tool, start_guard, stop_guard, uts_prefix, write_owner)
 
-__all__ = ["PREFIX", "EmulatedNode", "EmulatedCluster", "plan_cluster", "agent_script", "emulated_cluster",
-           "build_cluster"]
+__all__ = ["PREFIX", "EmulatedNode", "EmulatedCluster", "plan_cluster", "new_cluster", "agent_script",
+           "build_cluster", "emulate_plan", "emulated_cluster", "NETEM_MISSING"]
 
 PREFIX = "addpe"
 INTERFACE = "eth0"
@@ -241,16 +243,45 @@ def _raise_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def new_cluster(spec: EmulateSpec, prefix: str = PREFIX) -> EmulatedCluster:
+    """The plan of a cluster for ``spec`` under a tag of this process (nothing is created)."""
+    return plan_cluster(spec, new_tag(prefix))
+
+
+def emulate_plan(plan: LaunchPlan, cluster: EmulatedCluster, cpu_count: int | None = None,
+                 environ: dict[str, str] | None = None) -> LaunchPlan:
+    """``plan`` (made for the hosts ``emu0:K,...``) turned into a launch across ``cluster``.
+
+    mpirun runs inside node 0; the ssh agent and ssh_config the plan made for "remote" hosts are
+    replaced by the cluster's agent and TCP flags. All ranks share this machine's cores, so with
+    more ranks than cores waiting ranks yield (as ``build_plan`` does for local jobs).
+    """
+    flavor = plan.flavor
+    ssh = {"plm_ssh_agent", "plm_rsh_agent"}
+    groups = [group for group in plan.groups
+              if not (group[0] == "--mca" and group[1] in ssh) and group[0] not in ("-launcher", "-launcher-exec")]
+    at = next(index for index, group in enumerate(groups) if group[0] in ("--host", "-hosts")) + 1
+    groups[at:at] = cluster.mpi_groups(flavor.family, flavor.major)
+    groups.insert(0, tuple(cluster.launch_prefix(0)))
+    env = dict(plan.env)
+    if (flavor.family == "openmpi" and cpu_count is not None and len(plan.rank_hosts) > cpu_count
+            and YIELD_WHEN_IDLE not in env and YIELD_WHEN_IDLE not in (os.environ if environ is None else environ)):
+        env[YIELD_WHEN_IDLE] = "1"
+    return replace(plan, argv=tuple(part for group in groups for part in group), groups=tuple(groups),
+                   env=env, files={})
+
+
 @contextlib.contextmanager
-def emulated_cluster(spec: EmulateSpec, prefix: str = PREFIX):
-    """Build the cluster for ``spec``, yield its ``EmulatedCluster``, remove it all afterwards.
+def emulated_cluster(spec: EmulateSpec | EmulatedCluster, prefix: str = PREFIX):
+    """Build the cluster for ``spec`` (or an already planned one), yield its ``EmulatedCluster``,
+    remove it all afterwards.
 
     Raises ``LaunchError`` (one line) without root or iproute2. SIGTERM raises SystemExit here so
     the removal runs; when this process is killed outright its guard process removes everything.
     """
     require_netns("--emulate")
     remove_stale(prefix)
-    cluster = plan_cluster(spec, new_tag(prefix))
+    cluster = spec if isinstance(spec, EmulatedCluster) else new_cluster(spec, prefix)
     write_owner(cluster.tag)
     guard = start_guard(cluster.tag)
     on_main = threading.current_thread() is threading.main_thread()
