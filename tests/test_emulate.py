@@ -1,7 +1,7 @@
 """Emulated clusters for real: namespaces, shaped links, mpirun across them, and nothing left after.
 
 A 2-node job (2 ranks per node) and a 4-node job (one slow node) run asyncddp's ops across the
-nodes and check where every rank is, exact results, shared memory inside a node (no bytes on the
+nodes and check where every rank is, exact results (flat and hierarchical), shared memory inside a node (no bytes on the
 node's link), and that a 16 MB transfer between nodes runs at the configured rate ±25%. Then the
 cluster must be gone: namespaces, /etc/netns files, the state directory, processes, and no link
 ever appears in the root namespace. The same after the creating process is killed (SIGTERM,
@@ -51,6 +51,13 @@ RANK_SCRIPT = textwrap.dedent("""
         "allreduce_sum": torch.equal(addp.allreduce(x, average=False), torch.full_like(x, n * (n - 1) / 2)),
         "neighbor_allreduce": torch.equal(addp.neighbor_allreduce(x), torch.full_like(x, sum(members) / len(members))),
     }
+    # Machines are the emulated nodes (found by hostname): node m holds ranks m*k .. m*k+k-1.
+    k, machines = addp.local_size(), addp.machine_size()
+    means = [sum(range(m * k, m * k + k)) / k for m in range(machines)]
+    me = addp.machine_rank()
+    peers = [me] + [(me - 2 ** j) % machines for j in range(machines.bit_length()) if 2 ** j < machines]
+    exact["hierarchical_neighbor_allreduce"] = torch.equal(
+        addp.hierarchical_neighbor_allreduce(x), torch.full_like(x, sum(means[m] for m in peers) / len(peers)))
     payload, ack = np.ones(16 << 20, dtype=np.uint8), np.zeros(1, dtype=np.uint8)
 
     def transfer(dst):
