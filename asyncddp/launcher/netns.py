@@ -130,8 +130,9 @@ def list_namespaces() -> list[str]:
 
 
 def namespace_pids(namespace: str) -> list[int]:
+    """Processes inside ``namespace``, never this one (which may be cleaning up from inside a node)."""
     listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
-    return [int(pid) for pid in listed.stdout.split() if pid.isdigit()]
+    return [int(pid) for pid in listed.stdout.split() if pid.isdigit() and int(pid) != os.getpid()]
 
 
 def kill_namespace_processes(namespaces: list[str]) -> None:
