@@ -103,6 +103,9 @@ def test_config_section_and_its_errors(tmp_path):
     done = _run("--config", str(bad), "--dry-run", "m.py", cwd=tmp_path)
     assert done.stderr.strip() == (f"asyncddp: error: {bad}:2: emulate: bandwidth='fast' is not a rate; write a "
                                    "number and one of bit/kbit/mbit/gbit/tbit, e.g. bandwidth=1gbit")
+    done = _run("--emulate", "nodes=2,ranks_per_node=2", "-np", "5", "--dry-run", "m.py", cwd=tmp_path)
+    assert done.stderr.strip() == ("asyncddp: error: -np 5 is more than the 4 slots of --emulate nodes=2,ranks_per_node=2; "
+                                   "lower -np, add slots, or pass --oversubscribe")
     done = _run("--emulate", "nodes=2", "-H", "a:2", "m.py", cwd=tmp_path)
     assert done.stderr.strip() == "asyncddp: error: --emulate makes its own hosts (emu0, emu1, ...); drop --hostfile/-H"
 

@@ -119,6 +119,8 @@ def register(app: typer.Typer) -> None:
             options = replace(options, host_list=emulated.host_list(),
                               num_ranks=options.num_ranks or emulated.spec.num_ranks)
         run_config = merge_run_config(options, cluster)
+        if emulated is not None:
+            run_config = replace(run_config, host_source=f"--emulate {emulated.spec.describe()}")
         # The private ssh_config lives with the logs (--output-dir), else in a 0700 directory of
         # this run alone, removed when the job ends.
         private_dir = output_dir or tempfile.mkdtemp(prefix=f"asyncddp-{os.getuid()}-")
