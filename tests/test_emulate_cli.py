@@ -31,21 +31,33 @@ MACHINES = ("import socket\nimport asyncddp as addp\naddp.init()\n"
 SLEEPER = "import time\nimport asyncddp as addp\naddp.init()\nprint('UP', flush=True)\ntime.sleep(90)\n"
 
 
-def _run(*args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(asyncddp_argv("run", *args), cwd=cwd, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=90, **kwargs)
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI to its end; ``.pid`` is the pid its namespaces are named after (addpe-<pid>-...)."""
+    job = subprocess.Popen(asyncddp_argv("run", *args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, stdin=subprocess.DEVNULL)
+    try:
+        stdout, stderr = job.communicate(timeout=90)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    done = subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
+    done.pid = job.pid
+    return done
 
 
-def _assert_clean(marker: str) -> None:
+def _assert_clean(pid: int, marker: str) -> None:
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _leftovers(marker):
+    while time.monotonic() < deadline and _leftovers(pid, marker):
         time.sleep(0.2)
-    assert _leftovers(marker) == []
+    assert _leftovers(pid, marker) == []
 
 
-def _leftovers(marker: str) -> list[str]:
-    found = [name for name in netns.list_namespaces() if name.startswith(f"{PREFIX}-")]
-    found += [str(path) for path in Path("/etc/netns").glob(f"{PREFIX}-*")]
+def _leftovers(pid: int, marker: str) -> list[str]:
+    """What the run of CLI process ``pid`` left: namespaces, /etc/netns entries, processes with ``marker``."""
+    prefix = f"{PREFIX}-{pid}-"
+    found = [name for name in netns.list_namespaces() if name.startswith(prefix)]
+    found += [str(path) for path in Path("/etc/netns").glob(f"{prefix}*")]
+    found += [str(path) for path in netns.STATE_ROOT.glob(f"{prefix}*")]
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             if marker in entry.joinpath("cmdline").read_bytes().decode(errors="replace"):
@@ -135,7 +147,7 @@ def test_run_on_two_nodes(root_only, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = sorted(line.split()[2:] for line in done.stdout.splitlines() if line.split()[1:2] == ["RANK"])
     assert lines == [["0", "0", "emu0"], ["1", "0", "emu0"], ["2", "1", "emu1"], ["3", "1", "emu1"]]
-    _assert_clean(str(tmp_path))
+    _assert_clean(done.pid, str(tmp_path))
 
 
 def test_timeout_and_ctrl_c_remove_everything(root_only, tmp_path):
@@ -143,16 +155,18 @@ def test_timeout_and_ctrl_c_remove_everything(root_only, tmp_path):
     done = _run("--emulate", "nodes=2", "--timeout", "4", "slow.py", cwd=tmp_path)
     assert done.returncode == 124, done.stdout[-2000:] + done.stderr[-2000:]
     assert "job timed out after 4 s" in done.stderr
-    _assert_clean(str(tmp_path))
+    _assert_clean(done.pid, str(tmp_path))
     job = subprocess.Popen(asyncddp_argv("run", "--emulate", "nodes=2", "slow.py"), cwd=tmp_path, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         seen = [job.stdout.readline(), job.stdout.readline()]
         assert sorted(seen) == ["[0] UP\n", "[1] UP\n"], seen
+        # The run's namespaces carry its pid, which is what _assert_clean looks for afterwards.
+        assert len([name for name in netns.list_namespaces() if name.startswith(f"{PREFIX}-{job.pid}-")]) == 3
         job.send_signal(signal.SIGINT)
         assert job.wait(30) == 130
         assert "interrupted (Ctrl-C)" in job.stderr.read()
     finally:
         if job.poll() is None:
             job.kill()
-    _assert_clean(str(tmp_path))
+    _assert_clean(job.pid, str(tmp_path))
