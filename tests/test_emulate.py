@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,9 +91,14 @@ def need_namespaces():
         pytest.skip(reason)
 
 
-def _root_links() -> list[str]:
+def _root_links() -> set[str]:
+    """Links of the root namespace that have a name the emulation uses inside its namespaces.
+
+    Only those: other programs on this machine may add and remove their own links meanwhile.
+    """
     listed = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
-    return sorted(line.split(":")[1].strip() for line in listed.splitlines())
+    names = {line.split(":")[1].strip().split("@")[0] for line in listed.splitlines()}
+    return {name for name in names if re.fullmatch(r"br0|eth0|p\d+", name)}
 
 
 def _processes_with(marker: str, at_start: bool = False) -> list[int]:
@@ -108,7 +114,7 @@ def _processes_with(marker: str, at_start: bool = False) -> list[int]:
     return found
 
 
-def _assert_gone(tag: str, marker: str, links: list[str], within: float = 0.0) -> None:
+def _assert_gone(tag: str, marker: str, links: set[str], within: float = 0.0) -> None:
     deadline = time.monotonic() + within
     while (netns.tag_leftovers(tag) or _processes_with(marker)) and time.monotonic() < deadline:
         time.sleep(0.2)
