@@ -91,15 +91,16 @@ def _run_ranks(workload: str, payload: dict, num_ranks: int, launch: RunOptions,
                on_progress: Callable[[dict], None] | None = None) -> tuple[dict, tuple[str, ...]]:
     """Launch ``workload OPTIONS_JSON RESULT_PATH`` on ``num_ranks`` ranks; rank 0's JSON and launch notes."""
     from asyncddp.launcher.job import run_plan
-    from asyncddp.launcher.prepare import check_ssh
+    from asyncddp.launcher.prepare import check_ssh, job_running
 
     with tempfile.TemporaryDirectory(prefix="asyncddp-bench-") as workdir:
         result_path = str(Path(workdir) / "result.json")
         planned = _plan(workload, (json.dumps(payload), result_path), num_ranks, launch, workdir)
-        check_ssh(planned.config)
+        check_ssh(planned)
         notes = _launch_notes(planned.plan, num_ranks)
         out, err = _Lines(on_progress), _Lines(None)
-        job = run_plan(planned.plan, timeout=planned.config.timeout, out=out, err=err)
+        with job_running(planned):
+            job = run_plan(planned.plan, timeout=planned.config.timeout, out=out, err=err)
         if job.exit_code != 0:
             summary = (job.summary or f"job exited with code {job.exit_code}").removeprefix("asyncddp: ")
             cause = err.rank_error() or out.rank_error()

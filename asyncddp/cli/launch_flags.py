@@ -1,7 +1,7 @@
 """The launch flags every command that starts ranks accepts, declared once.
 
 ``@with_launch_flags`` adds ``--hostfile``, ``-H``, ``--config``, ``-x``, ``--mpi-args``,
-``--oversubscribe`` and ``--timeout`` to a Typer command (``asyncddp run`` and each ``asyncddp bench``
+``--oversubscribe``, ``--timeout`` and ``--emulate`` to a Typer command (``asyncddp run`` and each ``asyncddp bench``
 command) and hands them to it as one ``launch: RunOptions``, the input of
 ``asyncddp.launcher.prepare.plan_job``; so they are spelled, explained and checked the same
 everywhere. ``asyncddp ipy start`` reuses the single option objects it shares.
@@ -22,6 +22,9 @@ ENV = typer.Option(None, "-x", help="Forward NAME, NAME=value or a glob like NCC
 MPI_ARGS = typer.Option(None, "--mpi-args", "--extra-mpi-flags", help="Extra mpirun arguments, one quoted string.")
 OVERSUBSCRIBE = typer.Option(False, "--oversubscribe", help="Allow more ranks than slots.")
 TIMEOUT = typer.Option(None, "--timeout", help="Kill the ranks after this many seconds (run then exits 124).")
+EMULATE = typer.Option(None, "--emulate",
+                       help="Run on an emulated cluster on this machine (root and iproute2): "
+                            "nodes=N[,ranks_per_node=K][,bandwidth=RATE][,latency=T][,loss=P][,slow_node=I:RATE].")
 
 # (parameter, type, option, RunOptions field)
 _FLAGS = (
@@ -32,6 +35,7 @@ _FLAGS = (
     ("mpi_args", str, MPI_ARGS, "mpi_args"),
     ("oversubscribe", bool, OVERSUBSCRIBE, "oversubscribe"),
     ("timeout", float, TIMEOUT, "timeout"),
+    ("emulate", str, EMULATE, "emulate"),
 )
 
 

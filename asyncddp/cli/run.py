@@ -46,8 +46,7 @@ def register(app: typer.Typer) -> None:
         launch=None,
     ) -> None:
         """Run a script, -m module or command on every rank: asyncddp run -np 4 train.py ARGS..."""
-        from asyncddp.launcher.plan import format_plan
-        from asyncddp.launcher.prepare import check_ssh, plan_job
+        from asyncddp.launcher.prepare import check_ssh, job_running, plan_job
 
         options = replace(launch, command=tuple(command or ()), num_ranks=num_ranks, network=network,
                           output_dir=output_dir, timeline=timeline, ssh_port=ssh_port, use_infiniband=use_infiniband)
@@ -57,12 +56,13 @@ def register(app: typer.Typer) -> None:
         try:
             job = plan_job(options, private_dir)
             if dry_run:
-                typer.echo(json.dumps(job.plan.to_dict(), indent=2) if as_json else format_plan(job.plan))
+                typer.echo(json.dumps(job.to_dict(), indent=2) if as_json else job.describe())
                 return
-            check_ssh(job.config, preflight)
+            check_ssh(job, preflight)
             from asyncddp.launcher.job import run_plan
 
-            result = run_plan(job.plan, output_dir=output_dir, timeout=job.config.timeout)
+            with job_running(job):
+                result = run_plan(job.plan, output_dir=output_dir, timeout=job.config.timeout)
         finally:
             if not output_dir:
                 shutil.rmtree(private_dir, ignore_errors=True)

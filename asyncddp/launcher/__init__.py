@@ -5,7 +5,8 @@ a job, and never inside a rank.
 file with command-line options, ``mpi`` knows each MPI implementation (and finds the mpirun),
 ``plan`` turns options into an mpirun argv and environment, ``prepare.plan_job`` is the one path
 from options to a plan on this machine, ``job`` runs that plan and watches its ranks,
-``interactive`` starts ipyparallel engines. Nothing
+``interactive`` starts ipyparallel engines, ``emulate`` (with ``emulate_spec`` and ``netns``)
+builds an emulated cluster of network namespaces. Nothing
 here imports MPI or torch; the runtime half (``asyncddp.comm``, ``optim``, ``topology``) never
 imports this package.
 """

@@ -1,6 +1,6 @@
 """YAML cluster configs and the one merge of defaults, config file and CLI flags into ``RunConfig``.
 
-Schema (every key optional except ``hosts``; ``configs/cluster.example.yaml`` is the commented
+Schema (every key optional except ``hosts``, which ``emulate`` replaces; ``configs/cluster.example.yaml`` is the commented
 example)::
 
     hosts:                       # list; each entry a mapping
@@ -24,6 +24,7 @@ example)::
     working_dir: /shared/project # where ranks start
     python: /opt/venv/bin/python # default interpreter on every host
     np: 8                        # default number of ranks
+    emulate: nodes=4,bandwidth=1gbit   # instead of hosts: an emulated cluster (see --emulate)
 
 Unknown keys are errors naming the file, line and YAML path, and so is every value that does not
 have its syntax (host names, users, ports, key paths, variable names: see ``validation``). The
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncddp.errors import ConfigError
+from asyncddp.launcher.emulate_spec import EmulateSpec, parse_emulate_spec
 from asyncddp.launcher.hosts import HostSpec, check_host_count, check_unique, is_local_host
 from asyncddp.launcher.input_files import read_input_file
 from asyncddp.launcher.yaml_tree import MAX_NODES, Map as _Map, load_yaml
@@ -85,6 +87,7 @@ class ClusterConfig:
     working_dir: str | None = None
     python: str | None = None
     num_ranks: int | None = None
+    emulate: EmulateSpec | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,6 +111,7 @@ class RunOptions:
     oversubscribe: bool = False
     ssh_port: int | None = None  # bfrun's -p: the port of every host that sets none
     use_infiniband: bool = False  # bfrun's flag: Open MPI's UCX PML, its InfiniBand path since 5.0
+    emulate: str | None = None  # --emulate SPEC: an emulated cluster instead of hosts
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,7 @@ class _Reader:
         raise TypeError(kind)
 
 
-_TOP_KEYS = ("hosts", "ssh", "env", "network", "mpi_args", "working_dir", "python", "np")
+_TOP_KEYS = ("hosts", "ssh", "env", "network", "mpi_args", "working_dir", "python", "np", "emulate")
 _HOST_KEYS = ("name", "slots", "max_slots", "user", "port", "identity_file", "python")
 _SSH_KEYS = ("user", "port", "identity_file", "known_hosts")
 _ENV_KEYS = ("forward", "set")
@@ -263,11 +267,15 @@ def parse_config_text(text: str, source: str) -> ClusterConfig:
     ssh = SshSettings()
     if top.get("ssh") is not None:
         ssh = _read_ssh_fields(reader, reader.mapping(top["ssh"], "ssh", _SSH_KEYS, top.key_lines["ssh"]), "ssh")
+    emulate = _read_emulate(reader, top)
     entries = top.get("hosts")
-    if not isinstance(entries, list) or not entries:
+    if emulate is not None and entries is not None:
+        raise reader.fail(top.key_lines["hosts"], "hosts", "emulate makes its own hosts; keep hosts or emulate, not both")
+    if emulate is None and (not isinstance(entries, list) or not entries):
         raise reader.fail(top.key_lines.get("hosts", 1), "hosts", "give a non-empty list of hosts (- name: node1, slots: 4)")
-    hosts = [_read_host(reader, entry, index, ssh, top.key_lines["hosts"]) for index, entry in enumerate(entries)]
-    check_host_count(hosts, f"{source}:{top.key_lines['hosts']}: hosts")
+    hosts = [_read_host(reader, entry, index, ssh, top.key_lines["hosts"]) for index, entry in enumerate(entries or [])]
+    if hosts:
+        check_host_count(hosts, f"{source}:{top.key_lines['hosts']}: hosts")
     check_unique(hosts)
     forward, pairs = _read_env(reader, top)
     return ClusterConfig(
@@ -281,7 +289,21 @@ def parse_config_text(text: str, source: str) -> ClusterConfig:
         working_dir=reader.get(top, "working_dir", str, ""),
         python=reader.get(top, "python", str, ""),
         num_ranks=reader.get(top, "np", int, ""),
+        emulate=emulate,
     )
+
+
+def _read_emulate(reader: _Reader, top: _Map) -> EmulateSpec | None:
+    """``emulate: nodes=4,bandwidth=1gbit`` or the same as a mapping (slow_node may be a list)."""
+    if top.get("emulate") is None:
+        return None
+    value, line = top["emulate"], top.key_lines["emulate"]
+    if isinstance(value, _Map):
+        items = [(key, item) for key, entry in value.items() for item in (entry if isinstance(entry, list) else [entry])]
+        value = ",".join(f"{key}={item}" for key, item in items)
+    elif isinstance(value, list):
+        raise reader.fail(line, "emulate", "expected nodes=N,... or a mapping like {nodes: 4, bandwidth: 1gbit}")
+    return parse_emulate_spec(str(value), source=f"{reader.source}:{line}: emulate")
 
 
 def load_config(path: str | Path) -> ClusterConfig:

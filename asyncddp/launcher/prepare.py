@@ -3,23 +3,30 @@
 ``asyncddp run``, every ``asyncddp bench`` command and ``asyncddp ipy start`` call ``plan_job`` with
 a ``RunOptions``: it reads the cluster config, merges it with the flags, finds the MPI (the same
 mpirun for all of them, see ``asyncddp.launcher.mpi.find_mpirun``) and builds the plan with this
-process's Python, user and core count. ``check_ssh`` is the preflight that refuses to start
+process's Python, user and core count. An emulated cluster (``--emulate`` or the config's
+``emulate:``) is one more host source and one plan transform here, and ``job_running`` builds it
+around the job, so every command that starts ranks can run on one. ``check_ssh`` is the preflight that refuses to start
 mpirun when a remote host cannot be reached (mpirun itself would hang or fail late).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from asyncddp.errors import LaunchError
+from asyncddp.errors import ConfigError, LaunchError
 from asyncddp.launcher.config import RunConfig, RunOptions, load_config, merge_run_config
 from asyncddp.launcher.mpi import MpiInstall, detect_mpi
 from asyncddp.launcher.plan import LaunchPlan, build_plan
 
-__all__ = ["PlannedJob", "plan_job", "check_ssh"]
+if TYPE_CHECKING:
+    from asyncddp.launcher.emulate import EmulatedCluster
+
+__all__ = ["PlannedJob", "plan_job", "check_ssh", "job_running"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,16 @@ class PlannedJob:
 
     plan: LaunchPlan
     config: RunConfig
+    emulated: EmulatedCluster | None = None
+
+    def describe(self) -> str:
+        """The ``--dry-run`` text: the emulated cluster (if any), then the mpirun command."""
+        from asyncddp.launcher.plan import format_plan
+
+        return (self.emulated.describe() + "\n\n" if self.emulated else "") + format_plan(self.plan)
+
+    def to_dict(self) -> dict:
+        return {**self.plan.to_dict(), **({"emulate": self.emulated.to_dict()} if self.emulated else {})}
 
 
 def _check_dir(working_dir: str | None) -> str | None:
@@ -42,20 +59,54 @@ def plan_job(options: RunOptions, private_dir: str, *, mpi: MpiInstall | None = 
     """The plan for ``options`` on this machine; ``private_dir`` (a 0700 directory of this job)
     receives its ssh_config and links. ``mpi`` None: the MPI ``find_mpirun`` picks."""
     cluster = load_config(options.config) if options.config else None
+    emulated = _emulated_cluster(options, cluster)
+    if emulated is not None:
+        options = replace(options, host_list=emulated.host_list(),
+                          num_ranks=options.num_ranks or emulated.spec.num_ranks)
     config = merge_run_config(options, cluster)
+    if emulated is not None:
+        config = replace(config, host_source=f"--emulate {emulated.spec.describe()}")
     plan = build_plan(config, mpi or detect_mpi(python=python), python=python, euid=os.geteuid(),
                       private_dir=str(Path(private_dir).absolute()), check_dir=_check_dir(config.working_dir),
                       cpu_count=os.cpu_count())
-    return PlannedJob(plan, config)
+    if emulated is not None:
+        from asyncddp.launcher.emulate import emulate_plan
+
+        plan = emulate_plan(plan, emulated, cpu_count=os.cpu_count())
+    return PlannedJob(plan, config, emulated)
 
 
-def check_ssh(config: RunConfig, requested: bool | None = None) -> None:
+def _emulated_cluster(options: RunOptions, cluster):
+    """The planned cluster of ``--emulate`` (over the config's ``emulate:``), or None."""
+    if options.emulate is None and (cluster is None or cluster.emulate is None):
+        return None
+    from asyncddp.launcher.emulate import new_cluster
+    from asyncddp.launcher.emulate_spec import parse_emulate_spec
+
+    if options.hostfile is not None or options.host_list is not None:
+        raise ConfigError("--emulate makes its own hosts (emu0, emu1, ...); drop --hostfile/-H")
+    return new_cluster(parse_emulate_spec(options.emulate) if options.emulate is not None else cluster.emulate)
+
+
+def job_running(job: PlannedJob):
+    """The context a planned job runs in: its emulated cluster built and torn down around it, or
+    nothing to do for a real cluster."""
+    if job.emulated is None:
+        return contextlib.nullcontext()
+    from asyncddp.launcher.emulate import emulated_cluster
+
+    return emulated_cluster(job.emulated)
+
+
+def check_ssh(job: PlannedJob, requested: bool | None = None) -> None:
     """Refuse to start mpirun when a remote host cannot be reached over SSH (LaunchError naming
-    each host and the fix). ``requested`` False skips it; None runs it when any host is remote."""
+    each host and the fix). ``requested`` False skips it; None runs it when any host is remote.
+    An emulated cluster's nodes are entered without SSH, so there is nothing to check."""
     from asyncddp.doctor.core import is_local
 
+    config = job.config
     remote = [host for host in config.hosts if not is_local(host)]
-    if requested is False or not remote:
+    if requested is False or not remote or job.emulated is not None:
         return
     from asyncddp.doctor import ssh_preflight
 
