@@ -24,7 +24,6 @@ show the effect (fewer MPI messages with fusion on).
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,7 @@ from typing import Any, Callable
 from asyncddp.comm import context as _context_module
 from asyncddp.comm.context import get_context
 from asyncddp.comm.handles import OpHandle
-from asyncddp.errors import ConfigError
+from asyncddp.comm.env import env_flag, env_int
 from asyncddp.comm.timeline import Timeline, now_us, timeline_path_from_env
 
 __all__ = ["Op", "CommStats", "NOT_INLINE", "get_engine", "live_engine", "comm_stats", "fusion_threshold"]
@@ -45,19 +44,8 @@ DEFAULT_FUSION_THRESHOLD = 8 * 1024 * 1024
 
 def fusion_threshold() -> int:
     """Bytes per fusion buffer from ``ASYNCDDP_FUSION_THRESHOLD`` (default 8 MiB, 0 = off)."""
-    value = os.environ.get(FUSION_ENV, "").strip()
-    if not value:
-        return DEFAULT_FUSION_THRESHOLD
-    try:
-        threshold = int(value)
-    except ValueError:
-        threshold = -1
-    if threshold < 0:
-        raise ConfigError(
-            f"{FUSION_ENV}={value!r} is not a byte count: give a non-negative integer "
-            "(0 disables fusion)"
-        )
-    return threshold
+    return env_int(FUSION_ENV, DEFAULT_FUSION_THRESHOLD,
+                   expected="a byte count (a non-negative integer; 0 disables fusion)")
 
 
 @dataclass
@@ -126,7 +114,7 @@ class Engine:
         self.timeline = Timeline(path, self.rank) if path else None
         self.threaded = (
             MPI.Query_thread() == MPI.THREAD_MULTIPLE
-            and os.environ.get(THREAD_ENV, "1").strip() != "0"
+            and env_flag(THREAD_ENV, True)
         )
         self._queue: deque = deque()
         self._cond = threading.Condition()
