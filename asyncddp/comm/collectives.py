@@ -17,28 +17,14 @@ import zlib
 import numpy as np
 import torch
 
+from asyncddp import exported_by
 from asyncddp.comm import device
 from asyncddp.comm.averaging import mean_
 from asyncddp.comm.buffers import byte_view, check_dtype, host_empty, is_direct_cpu, numpy_view, reduction_dtype
 from asyncddp.comm.engine import Op, live_engine
 from asyncddp.errors import CommError
 
-__all__ = [
-    "allreduce",
-    "allreduce_",
-    "allreduce_nonblocking",
-    "allreduce_nonblocking_",
-    "broadcast",
-    "broadcast_",
-    "broadcast_nonblocking",
-    "broadcast_nonblocking_",
-    "allgather",
-    "allgather_nonblocking",
-    "reduce_scatter",
-    "reduce_scatter_nonblocking",
-    "barrier",
-    "barrier_nonblocking",
-]
+__all__ = exported_by(__name__)
 
 _OPS = ("sum", "min", "max", "prod")
 # Dtypes whose own memory MPI reduces directly (numpy-typed, and their sum is computed in the

@@ -19,32 +19,12 @@ from typing import Any
 
 import networkx as nx
 
+from asyncddp import exported_by
 from asyncddp.comm.env import env_int
 from asyncddp.errors import NotInitializedError, TopologyError
 from asyncddp.topology.analysis import in_neighbors, out_neighbors
 
-__all__ = [
-    "init",
-    "shutdown",
-    "is_initialized",
-    "rank",
-    "size",
-    "local_rank",
-    "local_size",
-    "machine_rank",
-    "machine_size",
-    "is_homogeneous",
-    "set_topology",
-    "load_topology",
-    "is_topology_weighted",
-    "in_neighbor_ranks",
-    "out_neighbor_ranks",
-    "set_machine_topology",
-    "load_machine_topology",
-    "in_neighbor_machine_ranks",
-    "out_neighbor_machine_ranks",
-    "get_context",
-]
+__all__ = [*exported_by(__name__), "get_context"]
 
 RANKS_PER_MACHINE_ENV = "ASYNCDDP_RANKS_PER_MACHINE"
 

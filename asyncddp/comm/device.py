@@ -18,12 +18,13 @@ import subprocess
 
 import torch
 
+from asyncddp import exported_by
 from asyncddp.comm.env import env_flag, env_int
 
 __all__ = [
+    *exported_by(__name__),
     "CHUNK_ENV",
     "chunk_bytes",
-    "mpi_is_cuda_aware",
     "is_cuda",
     "to_host",
     "ready_chunks",

@@ -29,13 +29,14 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from asyncddp import exported_by
 from asyncddp.comm import context as _context_module
 from asyncddp.comm.context import get_context
 from asyncddp.comm.handles import OpHandle
 from asyncddp.comm.env import env_flag, env_int
 from asyncddp.comm.timeline import Timeline, now_us, timeline_path_from_env
 
-__all__ = ["Op", "CommStats", "get_engine", "live_engine", "comm_stats", "fusion_threshold"]
+__all__ = [*exported_by(__name__), "Op", "CommStats", "get_engine", "live_engine", "fusion_threshold"]
 
 FUSION_ENV = "ASYNCDDP_FUSION_THRESHOLD"
 THREAD_ENV = "ASYNCDDP_COMM_THREAD"

@@ -12,9 +12,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from asyncddp import exported_by
 from asyncddp.errors import CommError
 
-__all__ = ["OpHandle", "synchronize", "wait", "poll"]
+__all__ = [*exported_by(__name__), "OpHandle"]
 
 
 class OpHandle:

@@ -12,18 +12,14 @@ rounded once, at the end, to the nearest integer (``asyncddp.comm.averaging``'s 
 
 from __future__ import annotations
 
+from asyncddp import exported_by
 from asyncddp.comm.averaging import as_dtype, mean_, work_dtype
 from asyncddp.comm.buffers import numpy_view
 from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor import check_averagable, run_neighbor_allreduce
 from asyncddp.comm.neighbor_plan import make_plan
 
-__all__ = [
-    "hierarchical_neighbor_allreduce",
-    "hierarchical_neighbor_allreduce_",
-    "hierarchical_neighbor_allreduce_nonblocking",
-    "hierarchical_neighbor_allreduce_nonblocking_",
-]
+__all__ = exported_by(__name__)
 
 
 def _run(engine, batch: list[Op]) -> list:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from asyncddp import exported_by
 from asyncddp.comm import p2p
 from asyncddp.comm.averaging import combine, scaled
 from asyncddp.comm.buffers import check_dtype
@@ -22,14 +23,7 @@ from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor_plan import Plan, check_pattern, make_plan
 from asyncddp.errors import CommError
 
-__all__ = [
-    "neighbor_allreduce",
-    "neighbor_allreduce_",
-    "neighbor_allreduce_nonblocking",
-    "neighbor_allreduce_nonblocking_",
-    "check_averagable",
-    "run_neighbor_allreduce",
-]
+__all__ = [*exported_by(__name__), "check_averagable", "run_neighbor_allreduce"]
 
 
 def run_neighbor_allreduce(engine, comm, x: torch.Tensor, plan: Plan, out=None) -> torch.Tensor:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from asyncddp import exported_by
 from asyncddp.comm import p2p
 from asyncddp.comm.buffers import check_dtype
 from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor_plan import check_pattern, check_ranks
 from asyncddp.errors import CommError
 
-__all__ = ["neighbor_allgather", "neighbor_allgather_nonblocking"]
+__all__ = exported_by(__name__)
 
 
 def _run_allgather(engine, batch: list[Op]) -> list:

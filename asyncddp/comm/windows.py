@@ -22,17 +22,13 @@ from contextlib import contextmanager
 
 import torch
 
+from asyncddp import exported_by
 from asyncddp.comm.buffers import reduction_dtype
 from asyncddp.comm.context import get_context
 from asyncddp.comm.window_memory import MPI_TYPES, Window
 from asyncddp.errors import CommError
 
-__all__ = [
-    "win_create", "win_free", "win_put", "win_put_nonblocking", "win_get", "win_get_nonblocking",
-    "win_accumulate", "win_accumulate_nonblocking", "win_update", "win_update_then_collect",
-    "get_win_version", "win_mutex", "win_wait", "win_poll", "win_associated_p",
-    "turn_on_win_ops_with_associated_p", "turn_off_win_ops_with_associated_p", "win_memory",
-]
+__all__ = exported_by(__name__)
 
 _WITH_P = {"on": False}  # BlueFog's global switch for carrying p through window ops
 _executor: dict = {}
