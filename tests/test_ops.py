@@ -94,3 +94,14 @@ def test_one_export_table_serves_both_packages_and_every_module():
     lines = done.stdout.splitlines()
     assert lines[0] == "[] [] ['get_context'] True", done.stdout
     assert lines[1].startswith("In-place ``neighbor_allreduce_nonblocking``")
+
+
+def test_spec_tag_is_the_same_for_every_spelling_of_a_shape():
+    import numpy as np
+    import torch
+
+    from asyncddp.comm.p2p import spec_tag
+
+    first = spec_tag(torch.Size([2, 3]), torch.float32)  # cached first as a Size: must not change the text
+    assert first == spec_tag((2, 3), torch.float32) == spec_tag([np.int64(2), 3], torch.float32)
+    assert first != spec_tag((3, 2), torch.float32) and first != spec_tag((2, 3), torch.float64)

@@ -77,9 +77,12 @@ def _divide_(x, count: int):
     return x.div_(count)
 
 
-def mean_(total: torch.Tensor, count: int) -> torch.Tensor:
+def mean_(total, count: int):
     """``total / count`` written into ``total`` (returned): the average of ``count`` terms whose
-    sum is ``total``. Integers round to nearest, ties to even."""
+    sum is ``total``. Integers round to nearest, ties to even. ``total``: a tensor, or the numpy
+    view of a float tensor (cheaper when the caller has it already)."""
+    if isinstance(total, np.ndarray):
+        return _divide_(total, count)
     if total.dtype.is_floating_point:
         if total.is_cpu and total.dtype in _SAME_DTYPE_MATH and total.is_contiguous():
             _divide_(total.numpy(), count)
@@ -110,7 +113,8 @@ def _accumulate_(acc: torch.Tensor, received, self_weight, weights, uniform: boo
                 np.add(mine, term(r).numpy().reshape(mine.shape), out=mine)
             else:
                 acc.add_(term(r))
-        return mean_(acc, len(received) + 1)
+        mean_(acc if mine is None else mine, len(received) + 1)
+        return acc
     if self_weight != 1.0:
         if mine is not None:
             np.multiply(mine, self_weight, out=mine)
@@ -126,13 +130,12 @@ def combine(x: torch.Tensor, received, self_weight: float = 1.0, weights=(), *,
     """``self_weight·x + Σ weights[j]·received[j]``, or with ``uniform`` the plain average of
     ``x`` and ``received`` (weights ignored).
 
-    ``received``: tensors of ``x``'s shape (any dtype that converts). The result has ``x``'s
+    ``received``: a list of tensors of ``x``'s shape (any dtype that converts); ``weights``: a
+    list of as many floats. The result has ``x``'s
     dtype; it is written into ``out`` (which may be ``x`` itself: ``x`` is read before it is
     written) and ``out`` returned, else a new tensor that never aliases ``x``. One pass over
     memory per term; float32/float64 outputs that are contiguous are accumulated in place.
     """
-    received = list(received)
-    weights = list(weights)
     if not uniform:
         lerp = _lerp_weight(x, self_weight, weights)
         if lerp is not None:

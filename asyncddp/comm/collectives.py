@@ -20,7 +20,7 @@ import torch
 from asyncddp import exported_by
 from asyncddp.comm import device
 from asyncddp.comm.averaging import mean_
-from asyncddp.comm.buffers import byte_view, check_dtype, host_empty, is_direct_cpu, numpy_view, reduction_dtype
+from asyncddp.comm.buffers import byte_view, check_dtype, host_empty, is_direct_cpu, numpy_view, plain, reduction_dtype
 from asyncddp.comm.engine import Op, live_engine
 from asyncddp.errors import CommError
 
@@ -87,7 +87,7 @@ def _allreduce_direct(engine, tensor: torch.Tensor, op: str, average: bool, loca
     comm.Allreduce(MPI.IN_PLACE, mine, op=_mpi_op(op))
     engine.count_messages(1)
     if average and op == "sum":
-        mean_(tensor, comm.Get_size())
+        mean_(mine if tensor.dtype.is_floating_point else tensor, comm.Get_size())
     return tensor
 
 
@@ -116,10 +116,10 @@ def _allreduce(tensor, *, inplace: bool, blocking: bool, average=True, op="sum",
     if x.dtype == torch.bool:
         raise CommError("allreduce cannot reduce bool tensors; convert to a number type")
     engine = live_engine()
-    x = x.detach().contiguous()
+    x = plain(x)
     average, local = bool(average), bool(local)
     args = {"x": x, "average": average, "op": op, "local": local, "inplace": tensor if inplace else None}
-    fuse_key = ("allreduce", x.dtype, x.device, average, op, local)
+    fuse_key = None if blocking else ("allreduce", x.dtype, x.device, average, op, local)
     return engine.call(Op("allreduce", name or "allreduce", _run_allreduce, args, x.nbytes, fuse_key), blocking)
 
 
@@ -185,7 +185,7 @@ def _broadcast(tensor, root_rank, *, inplace: bool, blocking: bool, name=None):
     engine = live_engine()
     if not isinstance(root_rank, int) or not 0 <= root_rank < engine.size:
         raise CommError(f"broadcast: root_rank={root_rank!r} is not a rank of the job (0..{engine.size - 1})")
-    x = x.detach().contiguous()
+    x = plain(x)
     args = {"x": x, "root": root_rank, "inplace": tensor if inplace else None}
     return engine.call(Op("broadcast", name or "broadcast", _run_broadcast, args, x.nbytes, peers=(root_rank,)),
                        blocking)  # fmt: skip
@@ -301,7 +301,7 @@ def _run_allgather(engine, batch: list[Op]) -> list:
 
 
 def _allgather(tensor, *, blocking: bool, name=None, out=None):
-    x = _tensor(tensor, "allgather").detach().contiguous()
+    x = plain(_tensor(tensor, "allgather"))
     return live_engine().call(Op("allgather", name or "allgather", _run_allgather, {"x": x, "out": out}, x.nbytes),
                               blocking)  # fmt: skip
 
@@ -345,7 +345,7 @@ def _reduce_scatter(tensor, *, blocking: bool, average=True, op="sum", name=None
         raise CommError(f"reduce_scatter: op={op!r} is not one of {', '.join(_OPS)}")
     if x.dim() == 0 or x.dtype == torch.bool:
         raise CommError("reduce_scatter needs a numeric tensor with at least one dimension")
-    x = x.detach().contiguous()
+    x = plain(x)
     args = {"x": x, "average": bool(average), "op": op}
     return live_engine().call(Op("reduce_scatter", name or "reduce_scatter", _run_reduce_scatter, args, x.nbytes),
                               blocking)  # fmt: skip

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from asyncddp import exported_by
@@ -49,7 +49,7 @@ def fusion_threshold() -> int:
                    expected="a byte count (a non-negative integer; 0 disables fusion)")
 
 
-@dataclass
+@dataclass(slots=True)
 class Op:
     """One queued operation. ``run(engine, batch)`` executes a batch and returns its results."""
 
@@ -80,10 +80,12 @@ class CommStats:
 
 @dataclass
 class _Counters:
+    """Written only by the thread executing an op, and ops execute one at a time (``_busy``),
+    so they need no lock of their own."""
+
     num_ops: int = 0
     num_batches: int = 0
     num_messages: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _STOP = object()
@@ -177,8 +179,7 @@ class Engine:
         return buf
 
     def count_messages(self, num: int) -> None:
-        with self.counters.lock:
-            self.counters.num_messages += num
+        self.counters.num_messages += num
 
     # -- the thread -----------------------------------------------------------------------
     def _loop(self) -> None:
@@ -228,13 +229,12 @@ class Engine:
 
     def _execute(self, batch: list[Op]) -> list:
         """The one batch runner: run ``batch``, count it, record it on the timeline; raises."""
-        start = now_us()
+        start = now_us() if self.timeline is not None else 0.0
         try:
             results = batch[0].run(self, batch)
         finally:
-            with self.counters.lock:
-                self.counters.num_ops += len(batch)
-                self.counters.num_batches += 1
+            self.counters.num_ops += len(batch)
+            self.counters.num_batches += 1
         if self.timeline is not None:
             end = now_us()
             for op in batch:
@@ -296,8 +296,5 @@ def comm_stats() -> CommStats:
     """Counters of the communication thread (ops, fused batches, MPI messages issued)."""
     engine = get_engine()
     c = engine.counters
-    with c.lock:
-        return CommStats(
-            c.num_ops, c.num_batches, c.num_messages, engine.threaded, engine.threshold,
-            "nccl" if engine.nccl is not None else "mpi",
-        )  # fmt: skip
+    return CommStats(c.num_ops, c.num_batches, c.num_messages, engine.threaded, engine.threshold,
+                     "nccl" if engine.nccl is not None else "mpi")  # fmt: skip

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from asyncddp import exported_by
 from asyncddp.comm.averaging import as_dtype, mean_, work_dtype
-from asyncddp.comm.buffers import numpy_view
+from asyncddp.comm.buffers import numpy_view, plain
 from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor import check_averagable, run_neighbor_allreduce
 from asyncddp.comm.neighbor_plan import make_plan
@@ -53,7 +53,7 @@ def _hierarchical(tensor, *, inplace: bool, blocking: bool, self_weight=None, sr
         ctx.machine_topology, ctx.machine_is_weighted, ctx.machine_rank, ctx.machine_size,
         self_weight, src_machine_weights, dst_machine_weights, bool(enable_topo_check),
     )  # fmt: skip
-    x = tensor.detach().contiguous()
+    x = plain(tensor)
     args = {"x": x, "plan": plan, "inplace": tensor if inplace else None}
     op = Op("hierarchical_neighbor_allreduce", name or "hierarchical_neighbor_allreduce", _run, args, x.nbytes)
     return engine.call(op, blocking)

@@ -18,7 +18,7 @@ import torch
 from asyncddp import exported_by
 from asyncddp.comm import p2p
 from asyncddp.comm.averaging import combine, scaled
-from asyncddp.comm.buffers import check_dtype
+from asyncddp.comm.buffers import check_dtype, plain
 from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor_plan import Plan, check_pattern, make_plan
 from asyncddp.errors import CommError
@@ -35,14 +35,13 @@ def run_neighbor_allreduce(engine, comm, x: torch.Tensor, plan: Plan, out=None) 
     if plan.check:
         check_pattern(engine, comm, [d for d, _ in plan.sends], [s for s, _ in plan.recvs])
     sends = {dst: scaled(x, w) for dst, w in plan.sends}
-    srcs = [s for s, _ in plan.recvs]
+    srcs = plan.srcs
     if x.is_cpu and x.nbytes <= engine.chunk:
         received = p2p.exchange_one_chunk(engine, comm, sends, x, srcs)
     else:
         by_src = p2p.exchange(engine, comm, sends, {s: (x.shape, x.dtype) for s in srcs}, x)
         received = [by_src[s] for s in srcs]
-    return combine(x, received, plan.self_weight, [w for _, w in plan.recvs],
-                   uniform=plan.uniform, out=out)  # fmt: skip
+    return combine(x, received, plan.self_weight, plan.weights, uniform=plan.uniform, out=out)
 
 
 def _into(target, result: torch.Tensor) -> torch.Tensor:
@@ -83,15 +82,14 @@ def _neighbor_allreduce(tensor, *, inplace: bool, blocking: bool, self_weight=No
     ctx = engine.ctx
     plan = make_plan(ctx.topology, ctx.is_weighted, engine.rank, engine.size,
                      self_weight, src_weights, dst_weights, bool(enable_topo_check))  # fmt: skip
-    x = tensor.detach()
-    x = x if x.is_contiguous() else x.contiguous()
+    x = plain(tensor)
     op = Op(
         kind="neighbor_allreduce",
         name=name or "neighbor_allreduce",
         run=_run_batch,
         args={"x": x, "plan": plan, "inplace": tensor if inplace else None},
         nbytes=x.nbytes,
-        fuse_key=("neighbor_allreduce", x.dtype, x.device, plan),
+        fuse_key=None if blocking else ("neighbor_allreduce", x.dtype, x.device, plan),
         peers=plan.peers,
     )
     return engine.call(op, blocking)

@@ -6,7 +6,7 @@ import torch
 
 from asyncddp import exported_by
 from asyncddp.comm import p2p
-from asyncddp.comm.buffers import check_dtype
+from asyncddp.comm.buffers import check_dtype, plain
 from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor_plan import check_pattern, check_ranks
 from asyncddp.errors import CommError
@@ -50,7 +50,7 @@ def _neighbor_allgather(tensor, *, blocking: bool, src_ranks=None, dst_ranks=Non
         check_ranks(srcs, engine.size, me, "src_ranks")
         check_ranks(dsts, engine.size, me, "dst_ranks")
         check = bool(enable_topo_check)
-    x = tensor.detach().contiguous()
+    x = plain(tensor)
     op = Op(
         kind="neighbor_allgather",
         name=name or "neighbor_allgather",

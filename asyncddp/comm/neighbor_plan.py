@@ -28,6 +28,14 @@ class Plan:
     check: bool  # verify that every rank's sends match its peers' receives
 
     @cached_property
+    def srcs(self) -> list:
+        return [s for s, _ in self.recvs]
+
+    @cached_property
+    def weights(self) -> list:
+        return [w for _, w in self.recvs]
+
+    @cached_property
     def peers(self) -> tuple:
         """Every rank this step talks to, ascending (what the timeline records)."""
         return tuple(sorted({d for d, _ in self.sends} | {s for s, _ in self.recvs}))
