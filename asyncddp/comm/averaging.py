@@ -30,12 +30,13 @@ __all__ = ["work_dtype", "as_dtype", "scaled", "mean_", "combine"]
 _SAME_DTYPE_MATH = (torch.float32, torch.float64)
 
 
+_HALF = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
+
 def work_dtype(dtype: torch.dtype, exact_sum: bool = False) -> torch.dtype:
     """The dtype values of ``dtype`` are combined in (``exact_sum``: weights are all 1)."""
-    if dtype in (torch.float16, torch.bfloat16):
-        return torch.float32
     if dtype.is_floating_point:
-        return dtype
+        return _HALF.get(dtype, dtype)
     return torch.int64 if exact_sum else torch.float64
 
 
@@ -102,17 +103,16 @@ def _lerp_weight(x: torch.Tensor, self_weight: float, weights) -> float | None:
 
 def _accumulate_(acc: torch.Tensor, received, self_weight, weights, uniform: bool) -> torch.Tensor:
     """``acc`` (holding ``x`` in the work dtype, contiguous) becomes the combination, in place."""
-    def term(r: torch.Tensor) -> torch.Tensor:
-        return r if r.dtype == acc.dtype else r.to(acc.dtype)
-
+    dtype = acc.dtype
     # numpy ufuncs cost a third of the torch call on the small tensors where call cost matters.
-    mine = acc.numpy() if acc.is_cpu and acc.dtype in _SAME_DTYPE_MATH else None
+    mine = acc.numpy() if acc.is_cpu and dtype in _SAME_DTYPE_MATH else None
     if uniform:
         for r in received:
+            r = r if r.dtype == dtype else r.to(dtype)
             if mine is not None:
-                np.add(mine, term(r).numpy().reshape(mine.shape), out=mine)
+                np.add(mine, r.numpy(), out=mine)
             else:
-                acc.add_(term(r))
+                acc.add_(r)
         mean_(acc if mine is None else mine, len(received) + 1)
         return acc
     if self_weight != 1.0:
@@ -121,7 +121,7 @@ def _accumulate_(acc: torch.Tensor, received, self_weight, weights, uniform: boo
         else:
             acc.mul_(self_weight)
     for r, weight in zip(received, weights):
-        acc.add_(term(r), alpha=weight)
+        acc.add_(r if r.dtype == dtype else r.to(dtype), alpha=weight)
     return acc
 
 
