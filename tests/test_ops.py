@@ -76,3 +76,32 @@ def test_no_submodule_shadows_an_exported_name():
     done = _python(code, {})
     assert done.returncode == 0, done.stderr
     assert "shadowed: []" in done.stdout, done.stdout
+
+
+def test_one_export_table_serves_both_packages_and_every_module():
+    code = (
+        "import importlib, asyncddp, asyncddp.comm\n"
+        "missing = [n for n, m in asyncddp.EXPORTS.items() if getattr(importlib.import_module(m), n, None) is None]\n"
+        "rows = {m for m in asyncddp.EXPORTS.values() if m.startswith('asyncddp.comm.')}\n"
+        "not_in_all = [m for m in rows if not set(asyncddp.exported_by(m)) <= set(importlib.import_module(m).__all__)]\n"
+        "comm = sorted(n for n, m in asyncddp.EXPORTS.items() if m in rows)\n"
+        "same = all(getattr(asyncddp.comm, n) is getattr(asyncddp, n) for n in comm)\n"
+        "print(missing, not_in_all, sorted(set(asyncddp.comm.__all__) - set(comm)), same)\n"
+        "print(asyncddp.neighbor_allreduce_nonblocking_.__doc__.splitlines()[0])\n"
+    )
+    done = _python(code, {})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "[] [] ['get_context'] True", done.stdout
+    assert lines[1].startswith("In-place ``neighbor_allreduce_nonblocking``")
+
+
+def test_spec_tag_is_the_same_for_every_spelling_of_a_shape():
+    import numpy as np
+    import torch
+
+    from asyncddp.comm.p2p import spec_tag
+
+    first = spec_tag(torch.Size([2, 3]), torch.float32)  # cached first as a Size: must not change the text
+    assert first == spec_tag((2, 3), torch.float32) == spec_tag([np.int64(2), 3], torch.float32)
+    assert first != spec_tag((3, 2), torch.float32) and first != spec_tag((2, 3), torch.float64)

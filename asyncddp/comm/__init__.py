@@ -1,46 +1,30 @@
-"""The communication core: process bootstrap, neighbour averaging, collectives and windows."""
+"""The communication core: process bootstrap, neighbour averaging, collectives and windows.
 
-from asyncddp.comm.context import *  # noqa: F401,F403
-from asyncddp.comm.context import __all__ as _context_all
+Every public name loads lazily from the module that defines it, as listed in the one table of
+public names (``asyncddp.EXPORTS``): the ops import torch, and the launcher side of the package
+must be able to import ``asyncddp.comm.env`` or ``asyncddp.comm.timeline`` without it.
+"""
 
-__all__ = list(_context_all)
+from __future__ import annotations
 
-# --- ops (neighbour averaging, collectives, handles): loaded lazily because they import torch ---
-_OP_MODULES = {
-    "asyncddp.comm.handles": ("synchronize", "wait", "poll"),
-    "asyncddp.comm.neighbor": (
-        "neighbor_allreduce", "neighbor_allreduce_", "neighbor_allreduce_nonblocking",
-        "neighbor_allreduce_nonblocking_",
-    ),
-    "asyncddp.comm.neighbor_gather": ("neighbor_allgather", "neighbor_allgather_nonblocking"),
-    "asyncddp.comm.hierarchical": (
-        "hierarchical_neighbor_allreduce", "hierarchical_neighbor_allreduce_",
-        "hierarchical_neighbor_allreduce_nonblocking", "hierarchical_neighbor_allreduce_nonblocking_",
-    ),
-    "asyncddp.comm.collectives": (
-        "allreduce", "allreduce_", "allreduce_nonblocking", "allreduce_nonblocking_",
-        "broadcast", "broadcast_", "broadcast_nonblocking", "broadcast_nonblocking_",
-        "allgather", "allgather_nonblocking", "reduce_scatter", "reduce_scatter_nonblocking",
-        "barrier", "barrier_nonblocking",
-    ),
-    "asyncddp.comm.engine": ("comm_stats",),
-    "asyncddp.comm.device": ("mpi_is_cuda_aware",),
-    "asyncddp.comm.windows": (
-        "win_create", "win_free", "win_put", "win_put_nonblocking", "win_get",
-        "win_get_nonblocking", "win_accumulate", "win_accumulate_nonblocking", "win_update",
-        "win_update_then_collect", "get_win_version", "win_mutex", "win_wait", "win_poll",
-        "win_associated_p", "turn_on_win_ops_with_associated_p",
-        "turn_off_win_ops_with_associated_p", "win_memory",
-    ),
-}
-_OP_EXPORTS = {name: module for module, names in _OP_MODULES.items() for name in names}
-__all__ += list(_OP_EXPORTS)
+import importlib
+
+from asyncddp import EXPORTS
+
+# The table's rows defined in this package, and ``get_context`` for the runtime's own packages
+# (optimizers, BlueFog compatibility); it is not a top-level name.
+_NAMES = {name: module for name, module in EXPORTS.items() if module.startswith(__name__ + ".")}
+_NAMES["get_context"] = "asyncddp.comm.context"
+
+__all__ = list(_NAMES)
 
 
 def __getattr__(name: str):
-    module_name = _OP_EXPORTS.get(name)
+    module_name = _NAMES.get(name)
     if module_name is None:
         raise AttributeError(f"module 'asyncddp.comm' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(module_name), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_NAMES))

@@ -21,6 +21,7 @@ __all__ = [
     "reduction_dtype",
     "contiguous_copy",
     "is_direct_cpu",
+    "plain",
     "host_empty",
 ]
 
@@ -73,6 +74,14 @@ def reduction_dtype(dtype: torch.dtype) -> torch.dtype:
 def contiguous_copy(tensor: torch.Tensor) -> torch.Tensor:
     """A fresh contiguous copy: results never alias the caller's input."""
     return tensor.detach().clone(memory_format=torch.contiguous_format)
+
+
+def plain(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``'s data, contiguous and outside autograd: the tensor itself when it already is
+    (a blocking op on a small tensor costs a few microseconds; a detached alias is one more)."""
+    if tensor.is_contiguous() and not tensor.requires_grad:
+        return tensor
+    return tensor.detach().contiguous()
 
 
 def is_direct_cpu(tensor, dtypes) -> bool:

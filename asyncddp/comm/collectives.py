@@ -3,7 +3,8 @@
 Each op is queued on the communication thread (``asyncddp.comm.engine``) and has a blocking form,
 a ``*_nonblocking`` form returning a handle and, where it makes sense, an in-place ``*_`` form.
 Reductions of float16/bfloat16 run in float32 and are cast back; averages of integer tensors are
-the exact integer sum divided by the number of ranks, rounded toward zero. Small allreduces issued
+the exact integer sum divided by the number of ranks, rounded to the nearest integer, ties to even
+(``asyncddp.comm.averaging``'s rule for every average). Small allreduces issued
 back to back are fused into one buffer. CUDA tensors are passed directly to a CUDA-aware MPI and
 staged through host memory otherwise.
 """
@@ -16,27 +17,14 @@ import zlib
 import numpy as np
 import torch
 
+from asyncddp import exported_by
 from asyncddp.comm import device
-from asyncddp.comm.buffers import byte_view, check_dtype, host_empty, is_direct_cpu, numpy_view, reduction_dtype
-from asyncddp.comm.engine import NOT_INLINE, Op, get_engine, live_engine
+from asyncddp.comm.averaging import mean_
+from asyncddp.comm.buffers import byte_view, check_dtype, host_empty, is_direct_cpu, numpy_view, plain, reduction_dtype
+from asyncddp.comm.engine import Op, live_engine
 from asyncddp.errors import CommError
 
-__all__ = [
-    "allreduce",
-    "allreduce_",
-    "allreduce_nonblocking",
-    "allreduce_nonblocking_",
-    "broadcast",
-    "broadcast_",
-    "broadcast_nonblocking",
-    "broadcast_nonblocking_",
-    "allgather",
-    "allgather_nonblocking",
-    "reduce_scatter",
-    "reduce_scatter_nonblocking",
-    "barrier",
-    "barrier_nonblocking",
-]
+__all__ = exported_by(__name__)
 
 _OPS = ("sum", "min", "max", "prod")
 # Dtypes whose own memory MPI reduces directly (numpy-typed, and their sum is computed in the
@@ -69,11 +57,6 @@ def _tensor(value, what: str) -> torch.Tensor:
     return value
 
 
-def _dispatch(engine, blocking: bool, op: Op):
-    """Blocking calls run through ``engine.execute`` (inline when idle, never fused)."""
-    return engine.execute(op) if blocking else engine.submit(op)
-
-
 def _finish(op: Op, result: torch.Tensor) -> torch.Tensor:
     target = op.args.get("inplace")
     if target is not None:
@@ -95,12 +78,6 @@ def _reduce_in_place(engine, comm, work: torch.Tensor, op: str) -> None:
     engine.count_messages(1)
 
 
-def _average(work: torch.Tensor, count: int) -> torch.Tensor:
-    if work.dtype.is_floating_point:
-        return work.div_(count)
-    return torch.div(work, count, rounding_mode="trunc")
-
-
 def _allreduce_direct(engine, tensor: torch.Tensor, op: str, average: bool, local: bool) -> torch.Tensor:
     """Reduce ``tensor`` in its own memory (``Allreduce(IN_PLACE)``), then divide for an average."""
     from mpi4py import MPI
@@ -110,10 +87,7 @@ def _allreduce_direct(engine, tensor: torch.Tensor, op: str, average: bool, loca
     comm.Allreduce(MPI.IN_PLACE, mine, op=_mpi_op(op))
     engine.count_messages(1)
     if average and op == "sum":
-        if tensor.dtype.is_floating_point:  # IEEE division: bit-for-bit torch's div_, cheaper to call
-            np.divide(mine, comm.Get_size(), out=mine)
-        else:
-            tensor.div_(comm.Get_size(), rounding_mode="trunc")
+        mean_(mine if tensor.dtype.is_floating_point else tensor, comm.Get_size())
     return tensor
 
 
@@ -128,42 +102,25 @@ def _run_allreduce(engine, batch: list[Op]) -> list:
     comm = engine.local if first["local"] else engine.world
     _reduce_in_place(engine, comm, work, first["op"])
     if first["average"] and first["op"] == "sum":
-        work = _average(work, comm.Get_size())
+        work = mean_(work, comm.Get_size())
     work = work.to(flat.dtype)
     pieces = work.split([x.numel() for x in xs])
     return [_finish(op, p.view(x.shape)) for op, p, x in zip(batch, pieces, xs)]
 
 
-def _submit_allreduce(tensor, average, op, name, inplace, blocking=False, local=False):
+def _allreduce(tensor, *, inplace: bool, blocking: bool, average=True, op="sum", name=None, local=False):
+    """The one implementation behind the four public variants."""
     x = _tensor(tensor, "allreduce")
     if op not in _OPS:
         raise CommError(f"allreduce: op={op!r} is not one of {', '.join(_OPS)}")
     if x.dtype == torch.bool:
         raise CommError("allreduce cannot reduce bool tensors; convert to a number type")
-    engine = get_engine()
-    x = x.detach().contiguous()
+    engine = live_engine()
+    x = plain(x)
     average, local = bool(average), bool(local)
-    return _dispatch(engine, blocking,
-        Op(
-            kind="allreduce",
-            name=name or "allreduce",
-            run=_run_allreduce,
-            args={"x": x, "average": average, "op": op, "local": local,
-                  "inplace": tensor if inplace else None},
-            nbytes=x.numel() * x.element_size(),
-            fuse_key=("allreduce", x.dtype, x.device, average, op, local),
-        )
-    )
-
-
-def allreduce_nonblocking(tensor, average=True, op="sum", name=None, local=False):
-    """Start ``allreduce``; returns a handle."""
-    return _submit_allreduce(tensor, average, op, name, False, local=local)
-
-
-def allreduce_nonblocking_(tensor, average=True, op="sum", name=None, local=False):
-    """Start an in-place ``allreduce``; returns a handle."""
-    return _submit_allreduce(tensor, average, op, name, True, local=local)
+    args = {"x": x, "average": average, "op": op, "local": local, "inplace": tensor if inplace else None}
+    fuse_key = None if blocking else ("allreduce", x.dtype, x.device, average, op, local)
+    return engine.call(Op("allreduce", name or "allreduce", _run_allreduce, args, x.nbytes, fuse_key), blocking)
 
 
 def allreduce(tensor, average=True, op="sum", name=None, local=False):
@@ -173,20 +130,23 @@ def allreduce(tensor, average=True, op="sum", name=None, local=False):
     ``average`` is ignored for the other ops. ``local=True`` reduces over the ranks of this
     machine only (BlueFog's ``is_hierarchical_local``).
     """
-    return _submit_allreduce(tensor, average, op, name, False, True, local=local)
+    return _allreduce(tensor, average=average, op=op, name=name, local=local, inplace=False, blocking=True)
 
 
 def allreduce_(tensor, average=True, op="sum", name=None, local=False):
-    """In-place ``allreduce``; returns ``tensor``.
+    """In-place ``allreduce``; returns ``tensor`` (a contiguous CPU tensor of an MPI-native dtype
+    is reduced in its own memory: one ``Allreduce(IN_PLACE)``, no copy)."""
+    return _allreduce(tensor, average=average, op=op, name=name, local=local, inplace=True, blocking=True)
 
-    The common case (engine idle, contiguous CPU tensor of an MPI-native dtype) reduces the
-    tensor's own memory right here: one ``Allreduce(IN_PLACE)``, no copy, no queued op.
-    """
-    if type(op) is str and op in _OPS and is_direct_cpu(tensor, _REDUCE_DIRECT):
-        done = live_engine().run_inline(_allreduce_direct, tensor, op, bool(average), bool(local))
-        if done is not NOT_INLINE:
-            return done
-    return _submit_allreduce(tensor, average, op, name, True, True, local=local)
+
+def allreduce_nonblocking(tensor, average=True, op="sum", name=None, local=False):
+    """Start ``allreduce``; returns a handle."""
+    return _allreduce(tensor, average=average, op=op, name=name, local=local, inplace=False, blocking=False)
+
+
+def allreduce_nonblocking_(tensor, average=True, op="sum", name=None, local=False):
+    """Start an in-place ``allreduce``; returns a handle."""
+    return _allreduce(tensor, average=average, op=op, name=name, local=local, inplace=True, blocking=False)
 
 
 def _broadcast_direct(engine, tensor: torch.Tensor, root: int) -> torch.Tensor:
@@ -219,46 +179,36 @@ def _run_broadcast(engine, batch: list[Op]) -> list:
     return [_finish(op, out)]
 
 
-def _submit_broadcast(tensor, root_rank, name, inplace, blocking=False):
+def _broadcast(tensor, root_rank, *, inplace: bool, blocking: bool, name=None):
+    """The one implementation behind the four public variants."""
     x = _tensor(tensor, "broadcast")
-    engine = get_engine()
+    engine = live_engine()
     if not isinstance(root_rank, int) or not 0 <= root_rank < engine.size:
         raise CommError(f"broadcast: root_rank={root_rank!r} is not a rank of the job (0..{engine.size - 1})")
-    x = x.detach().contiguous()
-    return _dispatch(engine, blocking,
-        Op(
-            kind="broadcast",
-            name=name or "broadcast",
-            run=_run_broadcast,
-            args={"x": x, "root": root_rank, "inplace": tensor if inplace else None},
-            nbytes=x.numel() * x.element_size(),
-            peers=(root_rank,),
-        )
-    )
-
-
-def broadcast_nonblocking(tensor, root_rank, name=None):
-    return _submit_broadcast(tensor, root_rank, name, False)
-
-
-def broadcast_nonblocking_(tensor, root_rank, name=None):
-    return _submit_broadcast(tensor, root_rank, name, True)
+    x = plain(x)
+    args = {"x": x, "root": root_rank, "inplace": tensor if inplace else None}
+    return engine.call(Op("broadcast", name or "broadcast", _run_broadcast, args, x.nbytes, peers=(root_rank,)),
+                       blocking)  # fmt: skip
 
 
 def broadcast(tensor, root_rank, name=None):
     """``root_rank``'s tensor, on every rank (a new tensor; ``broadcast_`` writes in place)."""
-    return _submit_broadcast(tensor, root_rank, name, False, True)
+    return _broadcast(tensor, root_rank, name=name, inplace=False, blocking=True)
 
 
 def broadcast_(tensor, root_rank, name=None):
     """In-place ``broadcast``: ``root_rank``'s tensor written into ``tensor``; returns it."""
-    if type(root_rank) is int and is_direct_cpu(tensor, _MOVE_DIRECT):
-        engine = live_engine()
-        if 0 <= root_rank < engine.size:
-            done = engine.run_inline(_broadcast_direct, tensor, root_rank)
-            if done is not NOT_INLINE:
-                return done
-    return _submit_broadcast(tensor, root_rank, name, True, True)
+    return _broadcast(tensor, root_rank, name=name, inplace=True, blocking=True)
+
+
+def broadcast_nonblocking(tensor, root_rank, name=None):
+    """Start ``broadcast``; returns a handle."""
+    return _broadcast(tensor, root_rank, name=name, inplace=False, blocking=False)
+
+
+def broadcast_nonblocking_(tensor, root_rank, name=None):
+    """Start an in-place ``broadcast``; returns a handle."""
+    return _broadcast(tensor, root_rank, name=name, inplace=True, blocking=False)
 
 
 @functools.lru_cache(maxsize=256)
@@ -350,18 +300,10 @@ def _run_allgather(engine, batch: list[Op]) -> list:
     return [_gather(engine, op.args["x"], op.args["out"])]
 
 
-def allgather_nonblocking(tensor, name=None, *, out=None, _blocking=False):
-    """Start ``allgather``; returns a handle whose result is the gathered tensor (``out`` if given)."""
-    x = _tensor(tensor, "allgather").detach().contiguous()
-    engine = live_engine()
-    if _blocking and x.device.type == "cpu":
-        done = engine.run_inline(_gather, x, out)
-        if done is not NOT_INLINE:
-            return done
-    return _dispatch(engine, _blocking,
-        Op("allgather", name or "allgather", _run_allgather, {"x": x, "out": out},
-           x.numel() * x.element_size())
-    )
+def _allgather(tensor, *, blocking: bool, name=None, out=None):
+    x = plain(_tensor(tensor, "allgather"))
+    return live_engine().call(Op("allgather", name or "allgather", _run_allgather, {"x": x, "out": out}, x.nbytes),
+                              blocking)  # fmt: skip
 
 
 def allgather(tensor, name=None, *, out=None):
@@ -372,7 +314,12 @@ def allgather(tensor, name=None, *, out=None):
     directly, so a loop that gathers into the same buffer allocates nothing. Every rank checks
     every rank's ``out`` before any data moves; a wrong one raises ``CommError`` on all ranks.
     """
-    return allgather_nonblocking(tensor, name, out=out, _blocking=True)
+    return _allgather(tensor, name=name, out=out, blocking=True)
+
+
+def allgather_nonblocking(tensor, name=None, *, out=None):
+    """Start ``allgather``; returns a handle whose result is the gathered tensor (``out`` if given)."""
+    return _allgather(tensor, name=name, out=out, blocking=False)
 
 
 def _run_reduce_scatter(engine, batch: list[Op]) -> list:
@@ -388,22 +335,20 @@ def _run_reduce_scatter(engine, batch: list[Op]) -> list:
     )
     engine.count_messages(1)
     if average and how == "sum":
-        out = _average(out, n)
+        out = mean_(out, n)
     return [out.to(x.dtype).to(x.device)]
 
 
-def reduce_scatter_nonblocking(tensor, average=True, op="sum", name=None, _blocking=False):
+def _reduce_scatter(tensor, *, blocking: bool, average=True, op="sum", name=None):
     x = _tensor(tensor, "reduce_scatter")
     if op not in _OPS:
         raise CommError(f"reduce_scatter: op={op!r} is not one of {', '.join(_OPS)}")
     if x.dim() == 0 or x.dtype == torch.bool:
         raise CommError("reduce_scatter needs a numeric tensor with at least one dimension")
-    x = x.detach().contiguous()
-    engine = get_engine()
-    return _dispatch(engine, _blocking,
-        Op("reduce_scatter", name or "reduce_scatter", _run_reduce_scatter,
-           {"x": x, "average": bool(average), "op": op}, x.numel() * x.element_size())
-    )  # fmt: skip
+    x = plain(x)
+    args = {"x": x, "average": bool(average), "op": op}
+    return live_engine().call(Op("reduce_scatter", name or "reduce_scatter", _run_reduce_scatter, args, x.nbytes),
+                              blocking)  # fmt: skip
 
 
 def reduce_scatter(tensor, average=True, op="sum", name=None):
@@ -412,7 +357,12 @@ def reduce_scatter(tensor, average=True, op="sum", name=None):
     With ``op="sum"`` and ``average=True`` (default, like ``allreduce``) the block is divided by
     the number of ranks.
     """
-    return reduce_scatter_nonblocking(tensor, average, op, name, _blocking=True)
+    return _reduce_scatter(tensor, average=average, op=op, name=name, blocking=True)
+
+
+def reduce_scatter_nonblocking(tensor, average=True, op="sum", name=None):
+    """Start ``reduce_scatter``; returns a handle."""
+    return _reduce_scatter(tensor, average=average, op=op, name=name, blocking=False)
 
 
 def _run_barrier(engine, batch: list[Op]) -> list:
@@ -421,11 +371,11 @@ def _run_barrier(engine, batch: list[Op]) -> list:
     return [None]
 
 
-def barrier_nonblocking(name=None, _blocking=False):
-    engine = get_engine()
-    return _dispatch(engine, _blocking, Op("barrier", name or "barrier", _run_barrier, None, 0))
-
-
 def barrier(name=None):
     """Wait until every rank has reached this point (and all earlier queued ops have run)."""
-    return barrier_nonblocking(name, _blocking=True)
+    return live_engine().call(Op("barrier", name or "barrier", _run_barrier, None, 0), True)
+
+
+def barrier_nonblocking(name=None):
+    """Start a barrier; returns a handle."""
+    return live_engine().call(Op("barrier", name or "barrier", _run_barrier, None, 0), False)

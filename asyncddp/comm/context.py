@@ -11,7 +11,6 @@ imports ``asyncddp`` must never do that.
 from __future__ import annotations
 
 import faulthandler
-import os
 import signal
 import sys
 import threading
@@ -20,31 +19,12 @@ from typing import Any
 
 import networkx as nx
 
+from asyncddp import exported_by
+from asyncddp.comm.env import env_int
 from asyncddp.errors import NotInitializedError, TopologyError
 from asyncddp.topology.analysis import in_neighbors, out_neighbors
 
-__all__ = [
-    "init",
-    "shutdown",
-    "is_initialized",
-    "rank",
-    "size",
-    "local_rank",
-    "local_size",
-    "machine_rank",
-    "machine_size",
-    "is_homogeneous",
-    "set_topology",
-    "load_topology",
-    "is_topology_weighted",
-    "in_neighbor_ranks",
-    "out_neighbor_ranks",
-    "set_machine_topology",
-    "load_machine_topology",
-    "in_neighbor_machine_ranks",
-    "out_neighbor_machine_ranks",
-    "get_context",
-]
+__all__ = [*exported_by(__name__), "get_context"]
 
 RANKS_PER_MACHINE_ENV = "ASYNCDDP_RANKS_PER_MACHINE"
 
@@ -122,17 +102,9 @@ def _install_stack_dump() -> None:
 
 
 def _split_local(comm):
-    per_machine = os.environ.get(RANKS_PER_MACHINE_ENV)
-    if per_machine:
-        try:
-            block = int(per_machine)
-        except ValueError:
-            block = 0
-        if block < 1:
-            raise TopologyError(
-                f"{RANKS_PER_MACHINE_ENV}={per_machine!r} is not a positive integer; "
-                "unset it or give the number of ranks per machine"
-            )
+    block = env_int(RANKS_PER_MACHINE_ENV, 0, minimum=1,
+                    expected="a number of ranks per machine (a positive integer)")
+    if block:
         return comm.Split(color=comm.Get_rank() // block, key=comm.Get_rank())
     from mpi4py import MPI
 

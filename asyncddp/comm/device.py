@@ -18,10 +18,13 @@ import subprocess
 
 import torch
 
+from asyncddp import exported_by
+from asyncddp.comm.env import env_flag, env_int
+
 __all__ = [
+    *exported_by(__name__),
     "CHUNK_ENV",
     "chunk_bytes",
-    "mpi_is_cuda_aware",
     "is_cuda",
     "to_host",
     "ready_chunks",
@@ -36,11 +39,10 @@ DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 
 
 def chunk_bytes() -> int:
-    """Bytes per pipelined message chunk (``ASYNCDDP_CHUNK_BYTES``, default 4 MiB)."""
-    try:
-        return max(4096, int(os.environ.get(CHUNK_ENV, DEFAULT_CHUNK_BYTES)))
-    except ValueError:
-        return DEFAULT_CHUNK_BYTES
+    """Bytes per pipelined message chunk (``ASYNCDDP_CHUNK_BYTES``, default 4 MiB, at least 4 KiB:
+    smaller chunks would cost more in per-message overhead than any pipelining wins)."""
+    return env_int(CHUNK_ENV, DEFAULT_CHUNK_BYTES, minimum=4096,
+                   expected="a chunk size in bytes (an integer of at least 4096)")
 
 
 def chunk_ranges(nbytes: int, chunk: int | None = None) -> list[tuple[int, int]]:
@@ -79,9 +81,9 @@ def parse_ompi_info_cuda(text: str) -> bool | None:
 @functools.lru_cache(maxsize=1)
 def mpi_is_cuda_aware() -> bool:
     """Whether the MPI library in use accepts CUDA device pointers. Asked once per process."""
-    forced = os.environ.get(AWARE_ENV, "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
+    forced = env_flag(AWARE_ENV, None)
+    if forced is not None:
+        return forced
     from mpi4py import MPI
 
     query = getattr(MPI, "Query_cuda_support", None)

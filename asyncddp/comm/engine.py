@@ -11,7 +11,8 @@ duplicates of the world/local/cross communicators, so MPI calls made on the main
 run synchronously on the caller's thread and nonblocking handles come back already completed.
 A blocking call made while nothing is queued or running also runs on the caller's thread (same
 order, no thread hand-off), and is never fused. Every rank must make the same sequence of calls,
-blocking or nonblocking, as with any MPI collective.
+blocking or nonblocking, as with any MPI collective. Every op, of every kind, blocking or not,
+enters through ``Engine.call`` and runs through one batch runner, which counts and records it.
 
 Fusion: when the op at the head of the queue is fusable (same kind and arguments, smaller than
 half of ``ASYNCDDP_FUSION_THRESHOLD``), the thread counts how many consecutive queued ops could
@@ -23,20 +24,19 @@ show the effect (fewer MPI messages with fusion on).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+from asyncddp import exported_by
 from asyncddp.comm import context as _context_module
 from asyncddp.comm.context import get_context
 from asyncddp.comm.handles import OpHandle
-from asyncddp.errors import ConfigError
+from asyncddp.comm.env import env_flag, env_int
 from asyncddp.comm.timeline import Timeline, now_us, timeline_path_from_env
 
-__all__ = ["Op", "CommStats", "NOT_INLINE", "get_engine", "live_engine", "comm_stats", "fusion_threshold"]
+__all__ = [*exported_by(__name__), "Op", "CommStats", "get_engine", "live_engine", "fusion_threshold"]
 
 FUSION_ENV = "ASYNCDDP_FUSION_THRESHOLD"
 THREAD_ENV = "ASYNCDDP_COMM_THREAD"
@@ -45,22 +45,11 @@ DEFAULT_FUSION_THRESHOLD = 8 * 1024 * 1024
 
 def fusion_threshold() -> int:
     """Bytes per fusion buffer from ``ASYNCDDP_FUSION_THRESHOLD`` (default 8 MiB, 0 = off)."""
-    value = os.environ.get(FUSION_ENV, "").strip()
-    if not value:
-        return DEFAULT_FUSION_THRESHOLD
-    try:
-        threshold = int(value)
-    except ValueError:
-        threshold = -1
-    if threshold < 0:
-        raise ConfigError(
-            f"{FUSION_ENV}={value!r} is not a byte count: give a non-negative integer "
-            "(0 disables fusion)"
-        )
-    return threshold
+    return env_int(FUSION_ENV, DEFAULT_FUSION_THRESHOLD,
+                   expected="a byte count (a non-negative integer; 0 disables fusion)")
 
 
-@dataclass
+@dataclass(slots=True)
 class Op:
     """One queued operation. ``run(engine, batch)`` executes a batch and returns its results."""
 
@@ -91,14 +80,15 @@ class CommStats:
 
 @dataclass
 class _Counters:
+    """Written only by the thread executing an op, and ops execute one at a time (``_busy``),
+    so they need no lock of their own."""
+
     num_ops: int = 0
     num_batches: int = 0
     num_messages: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _STOP = object()
-NOT_INLINE = object()  # run_inline's answer when the op must go through the queue instead
 
 
 class Engine:
@@ -116,7 +106,7 @@ class Engine:
         self.threshold = fusion_threshold()
         from asyncddp.comm.device import chunk_bytes
 
-        # Read once: the lean blocking path decides per op whether a message is one chunk.
+        # Read once: an exchange decides per op whether a message is one chunk.
         self.chunk = chunk_bytes()
         from asyncddp.comm import nccl
 
@@ -124,15 +114,11 @@ class Engine:
         self.counters = _Counters()
         path = timeline_path_from_env()
         self.timeline = Timeline(path, self.rank) if path else None
-        self.threaded = (
-            MPI.Query_thread() == MPI.THREAD_MULTIPLE
-            and os.environ.get(THREAD_ENV, "1").strip() != "0"
-        )
+        self.threaded = MPI.Query_thread() == MPI.THREAD_MULTIPLE and env_flag(THREAD_ENV, True)
         self._queue: deque = deque()
         self._cond = threading.Condition()
-        self._held = False
         self._scratch: dict = {}
-        self._busy = False  # an op is executing (on the thread, or inline on a caller)
+        self._busy = False  # an op is executing (on the thread, or on a blocking caller's)
         self._thread = None
         if self.threaded:
             self._thread = threading.Thread(target=self._loop, name="asyncddp-comm", daemon=True)
@@ -140,74 +126,43 @@ class Engine:
         ctx.finalizers.append(self.close)
         ctx.busy_checks.append(self.has_pending)
 
-    # -- submission -------------------------------------------------------------------------
-    def submit(self, op: Op) -> OpHandle:
-        op.handle = OpHandle(op.name, on_wait=self.release)
-        if not self.threaded:
-            self._run_batch([op])
-            return op.handle
-        with self._cond:
-            self._queue.append(op)
-            self._cond.notify()
-        return op.handle
+    # -- the one way in -----------------------------------------------------------------------
+    def call(self, op: Op, blocking: bool) -> Any:
+        """Run ``op``: blocking, return its result (or raise its error); else return an
+        ``OpHandle`` at once.
+
+        A blocking op is never fused (the program waits for it before issuing the next, so it
+        has nothing to fuse with: the same on every rank, hence no negotiation), and when
+        nothing is queued or running it runs right here on the caller's thread: the hand-off to
+        the communication thread and back costs two thread wake-ups, tens of microseconds (far
+        more on an oversubscribed machine), more than a small exchange itself.
+        """
+        if blocking:
+            op.fuse_key = None
+            with self._cond:
+                inline = not (self._queue or self._busy)
+                self._busy = self._busy or inline
+            if inline:
+                try:
+                    return self._execute([op])[0]
+                finally:
+                    with self._cond:
+                        self._busy = False
+                        if self._queue:  # queued meanwhile by another thread: wake the comm thread
+                            self._cond.notify()
+        op.handle = OpHandle(op.name)
+        if self.threaded:
+            with self._cond:
+                self._queue.append(op)
+                self._cond.notify()
+        else:
+            self._complete([op])
+        return op.handle.wait() if blocking else op.handle
 
     def has_pending(self) -> bool:
         """True while a submitted op is queued or running."""
         with self._cond:
             return bool(self._queue) or self._busy
-
-    def execute(self, op: Op) -> Any:
-        """Run a blocking op and return its result.
-
-        A blocking op is never fused (the program waits for it before issuing the next, so it
-        has nothing to fuse with — the same on every rank, hence no negotiation), and when
-        nothing is queued or running it runs right here on the caller's thread: no hand-off to
-        the communication thread, whose wake-up costs tens of microseconds (far more on an
-        oversubscribed machine).
-        """
-        op.fuse_key = None
-        with self._cond:
-            inline = not (self._queue or self._busy or self._held)
-            if inline:
-                self._busy = True
-        if not inline:
-            return self.submit(op).wait()
-        op.handle = OpHandle(op.name)
-        try:
-            self._run_batch([op])
-        finally:
-            with self._cond:
-                self._busy = False
-                if self._queue:  # ops queued meanwhile wait for us; an idle thread needs no wake-up
-                    self._cond.notify()
-        return op.handle.wait()
-
-    def run_inline(self, fn, *args):
-        """The lean path of a blocking op: ``fn(self, *args)`` right now on the caller's thread.
-
-        Returns ``NOT_INLINE`` (and runs nothing) while an op is queued, running or held, or
-        when the timeline is on: the caller then builds an ``Op`` and goes through ``execute``,
-        which keeps program order and records the event. Otherwise no ``Op``, handle or event
-        is built, which is most of the fixed cost of a small op; errors reach the caller
-        directly, as ``execute`` would re-raise them.
-        """
-        if self.timeline is not None:
-            return NOT_INLINE
-        with self._cond:
-            if self._queue or self._busy or self._held:
-                return NOT_INLINE
-            self._busy = True
-        try:
-            return fn(self, *args)
-        finally:
-            counters = self.counters
-            with counters.lock:
-                counters.num_ops += 1
-                counters.num_batches += 1
-            with self._cond:
-                self._busy = False
-                if self._queue:  # queued meanwhile by another thread: wake the comm thread
-                    self._cond.notify()
 
     def scratch(self, key, make):
         """A receive buffer reused across ops (only one op executes at a time).
@@ -224,32 +179,13 @@ class Engine:
         return buf
 
     def count_messages(self, num: int) -> None:
-        with self.counters.lock:
-            self.counters.num_messages += num
-
-    @contextlib.contextmanager
-    def hold(self):
-        """Queue ops without starting them until the block ends (or a handle is waited on).
-
-        Used by tests to make fusion deterministic; programs never need it.
-        """
-        with self._cond:
-            self._held = True
-        try:
-            yield
-        finally:
-            self.release()
-
-    def release(self) -> None:
-        with self._cond:
-            self._held = False
-            self._cond.notify()
+        self.counters.num_messages += num
 
     # -- the thread -----------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue or self._held or self._busy:
+                while not self._queue or self._busy:
                     self._cond.wait()
                 head = self._queue[0]
                 if head is _STOP:
@@ -261,7 +197,7 @@ class Engine:
                 count = self._agree(head, available)
                 with self._cond:
                     batch = [self._queue.popleft() for _ in range(count)]
-                self._run_batch(batch)
+                self._complete(batch)
             finally:
                 with self._cond:
                     self._busy = False
@@ -291,22 +227,28 @@ class Engine:
         self.count_messages(1)
         return max(1, int(buf[0]))
 
-    def _run_batch(self, batch: list[Op]) -> None:
-        start = now_us()
+    def _execute(self, batch: list[Op]) -> list:
+        """The one batch runner: run ``batch``, count it, record it on the timeline; raises."""
+        start = now_us() if self.timeline is not None else 0.0
         try:
             results = batch[0].run(self, batch)
+        finally:
+            self.counters.num_ops += len(batch)
+            self.counters.num_batches += 1
+        if self.timeline is not None:
+            end = now_us()
+            for op in batch:
+                self.timeline.record(op.name, op.kind, start, end, op.nbytes, op.peers)
+        return results
+
+    def _complete(self, batch: list[Op]) -> None:
+        """``_execute`` for queued ops: results and errors go to their handles."""
+        try:
+            results = self._execute(batch)
         except BaseException as error:  # handed to whoever synchronizes; never kills the thread
             for op in batch:
                 op.handle.set_error(error)
             return
-        finally:
-            with self.counters.lock:
-                self.counters.num_ops += len(batch)
-                self.counters.num_batches += 1
-        end = now_us()
-        if self.timeline is not None:
-            for op in batch:
-                self.timeline.record(op.name, op.kind, start, end, op.nbytes, op.peers)
         for op, result in zip(batch, results):
             op.handle.set_result(result)
 
@@ -315,7 +257,6 @@ class Engine:
         global _engine
         if self._thread is not None:
             with self._cond:
-                self._held = False
                 self._queue.append(_STOP)
                 self._cond.notify()
             self._thread.join()
@@ -355,8 +296,5 @@ def comm_stats() -> CommStats:
     """Counters of the communication thread (ops, fused batches, MPI messages issued)."""
     engine = get_engine()
     c = engine.counters
-    with c.lock:
-        return CommStats(
-            c.num_ops, c.num_batches, c.num_messages, engine.threaded, engine.threshold,
-            "nccl" if engine.nccl is not None else "mpi",
-        )  # fmt: skip
+    return CommStats(c.num_ops, c.num_batches, c.num_messages, engine.threaded, engine.threshold,
+                     "nccl" if engine.nccl is not None else "mpi")  # fmt: skip

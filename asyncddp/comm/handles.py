@@ -12,23 +12,22 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from asyncddp import exported_by
 from asyncddp.errors import CommError
 
-__all__ = ["OpHandle", "synchronize", "wait", "poll"]
+__all__ = [*exported_by(__name__), "OpHandle"]
 
 
 class OpHandle:
     """A future for one queued operation, completed by the communication thread."""
 
-    __slots__ = ("op_name", "_event", "_result", "_error", "_on_wait")
+    __slots__ = ("op_name", "_event", "_result", "_error")
 
-    def __init__(self, op_name: str, on_wait=None) -> None:
+    def __init__(self, op_name: str) -> None:
         self.op_name = op_name
         self._event = threading.Event()
         self._result: Any = None
         self._error: BaseException | None = None
-        # Called before blocking: lets the engine release ops it holds back (see engine.hold()).
-        self._on_wait = on_wait
 
     def set_result(self, result: Any) -> None:
         self._result = result
@@ -42,8 +41,6 @@ class OpHandle:
         return self._event.is_set()
 
     def wait(self) -> Any:
-        if not self._event.is_set() and self._on_wait is not None:
-            self._on_wait()
         self._event.wait()
         if self._error is not None:
             raise self._error

@@ -7,24 +7,19 @@ machine topology (``set_machine_topology``) or the given machine weights, and a 
 leader's result inside the machine. Taking the machine mean before the exchange (BlueFog sums and
 divides by ``local_size`` at the end) gives the same value on homogeneous clusters and the right
 one when machines run different numbers of ranks. Integer tensors are combined in float64 and
-rounded to the nearest integer.
+rounded once, at the end, to the nearest integer (``asyncddp.comm.averaging``'s rule).
 """
 
 from __future__ import annotations
 
-import torch
-
-from asyncddp.comm.buffers import numpy_view
-from asyncddp.comm.engine import Op, get_engine
+from asyncddp import exported_by
+from asyncddp.comm.averaging import as_dtype, mean_, work_dtype
+from asyncddp.comm.buffers import numpy_view, plain
+from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor import check_averagable, run_neighbor_allreduce
 from asyncddp.comm.neighbor_plan import make_plan
 
-__all__ = [
-    "hierarchical_neighbor_allreduce",
-    "hierarchical_neighbor_allreduce_",
-    "hierarchical_neighbor_allreduce_nonblocking",
-    "hierarchical_neighbor_allreduce_nonblocking_",
-]
+__all__ = exported_by(__name__)
 
 
 def _run(engine, batch: list[Op]) -> list:
@@ -32,20 +27,15 @@ def _run(engine, batch: list[Op]) -> list:
 
     (op,) = batch
     x, plan = op.args["x"], op.args["plan"]
-    work_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else (
-        x.dtype if x.dtype.is_floating_point else torch.float64
-    )  # fmt: skip
-    work = x.detach().to("cpu", work_dtype, copy=True).reshape(-1)
+    work = x.detach().to("cpu", work_dtype(x.dtype), copy=True).reshape(-1)
     engine.local.Allreduce(MPI.IN_PLACE, numpy_view(work), op=MPI.SUM)
     engine.count_messages(1)
-    work /= engine.local.Get_size()
+    mean_(work, engine.local.Get_size())
     if engine.local.Get_rank() == 0:
         work = run_neighbor_allreduce(engine, engine.cross, work, plan)
     engine.local.Bcast(numpy_view(work), root=0)
     engine.count_messages(1)
-    if not x.dtype.is_floating_point:
-        work = work.round()
-    result = work.reshape(x.shape).to(x.dtype).to(x.device)
+    result = as_dtype(work, x.dtype).reshape(x.shape).to(x.device)
     target = op.args["inplace"]
     if target is not None:
         target.copy_(result)
@@ -53,61 +43,42 @@ def _run(engine, batch: list[Op]) -> list:
     return [result]
 
 
-def _submit(tensor, self_weight, src_machine_weights, dst_machine_weights, name, check, inplace,
-            blocking=False):  # fmt: skip
+def _hierarchical(tensor, *, inplace: bool, blocking: bool, self_weight=None, src_machine_weights=None,
+                 dst_machine_weights=None, name=None, enable_topo_check=True):  # fmt: skip
+    """The one implementation behind the four public variants."""
     check_averagable(tensor, "hierarchical_neighbor_allreduce")
-    engine = get_engine()
+    engine = live_engine()
     ctx = engine.ctx
     plan = make_plan(
         ctx.machine_topology, ctx.machine_is_weighted, ctx.machine_rank, ctx.machine_size,
-        self_weight, src_machine_weights, dst_machine_weights, bool(check),
+        self_weight, src_machine_weights, dst_machine_weights, bool(enable_topo_check),
     )  # fmt: skip
-    x = tensor.detach().contiguous()
-    op = Op(
-            kind="hierarchical_neighbor_allreduce",
-            name=name or "hierarchical_neighbor_allreduce",
-            run=_run,
-            args={"x": x, "plan": plan, "inplace": tensor if inplace else None},
-            nbytes=x.numel() * x.element_size(),
-    )  # fmt: skip
-    return engine.execute(op) if blocking else engine.submit(op)
+    x = plain(tensor)
+    args = {"x": x, "plan": plan, "inplace": tensor if inplace else None}
+    op = Op("hierarchical_neighbor_allreduce", name or "hierarchical_neighbor_allreduce", _run, args, x.nbytes)
+    return engine.call(op, blocking)
 
 
-def hierarchical_neighbor_allreduce_nonblocking(
-    tensor, *, self_weight=None, src_machine_weights=None, dst_machine_weights=None, name=None,
-    enable_topo_check=True,
-):  # fmt: skip
-    """Start ``hierarchical_neighbor_allreduce``; returns a handle."""
-    return _submit(tensor, self_weight, src_machine_weights, dst_machine_weights, name,
-                   enable_topo_check, False)  # fmt: skip
-
-
-def hierarchical_neighbor_allreduce_nonblocking_(
-    tensor, *, self_weight=None, src_machine_weights=None, dst_machine_weights=None, name=None,
-    enable_topo_check=True,
-):  # fmt: skip
-    """In-place ``hierarchical_neighbor_allreduce_nonblocking``: the result is written into ``tensor``."""
-    return _submit(tensor, self_weight, src_machine_weights, dst_machine_weights, name,
-                   enable_topo_check, True)  # fmt: skip
-
-
-def hierarchical_neighbor_allreduce(
-    tensor, *, self_weight=None, src_machine_weights=None, dst_machine_weights=None, name=None,
-    enable_topo_check=True,
-):  # fmt: skip
+def hierarchical_neighbor_allreduce(tensor, **options):
     """Machine mean, then neighbour averaging of machine means over the machine topology.
 
-    The weights mean what they mean in ``neighbor_allreduce``, with machine ranks in place of
-    ranks. Every rank of a machine gets the same result.
+    Keywords: ``self_weight``, ``src_machine_weights``, ``dst_machine_weights``, ``name``,
+    ``enable_topo_check``, meaning what they mean in ``neighbor_allreduce`` with machine ranks
+    in place of ranks. Every rank of a machine gets the same result.
     """
-    return _submit(tensor, self_weight, src_machine_weights, dst_machine_weights, name,
-                   enable_topo_check, False, True)  # fmt: skip
+    return _hierarchical(tensor, **options, inplace=False, blocking=True)
 
 
-def hierarchical_neighbor_allreduce_(
-    tensor, *, self_weight=None, src_machine_weights=None, dst_machine_weights=None, name=None,
-    enable_topo_check=True,
-):  # fmt: skip
-    """In-place ``hierarchical_neighbor_allreduce``; returns ``tensor``."""
-    return _submit(tensor, self_weight, src_machine_weights, dst_machine_weights, name,
-                   enable_topo_check, True, True)  # fmt: skip
+def hierarchical_neighbor_allreduce_(tensor, **options):
+    """In-place ``hierarchical_neighbor_allreduce`` (same keywords); returns ``tensor``."""
+    return _hierarchical(tensor, **options, inplace=True, blocking=True)
+
+
+def hierarchical_neighbor_allreduce_nonblocking(tensor, **options):
+    """Start ``hierarchical_neighbor_allreduce`` (same keywords); returns a handle."""
+    return _hierarchical(tensor, **options, inplace=False, blocking=False)
+
+
+def hierarchical_neighbor_allreduce_nonblocking_(tensor, **options):
+    """In-place ``hierarchical_neighbor_allreduce_nonblocking``: the result is written into ``tensor``."""
+    return _hierarchical(tensor, **options, inplace=True, blocking=False)

@@ -12,13 +12,13 @@ neighbour with another shape is still a ``CommError`` rather than a NCCL hang.
 
 from __future__ import annotations
 
-import os
 import socket
 import warnings
 
 import torch
 
-from asyncddp.errors import CommError, ConfigError
+from asyncddp.comm.env import env_choice
+from asyncddp.errors import CommError
 
 __all__ = ["BACKEND_ENV", "requested_backend", "NcclPath", "maybe_start"]
 
@@ -26,10 +26,7 @@ BACKEND_ENV = "ASYNCDDP_BACKEND"
 
 
 def requested_backend() -> str:
-    value = os.environ.get(BACKEND_ENV, "mpi").strip().lower() or "mpi"
-    if value not in ("mpi", "nccl"):
-        raise ConfigError(f"{BACKEND_ENV}={value!r} is not a backend: use 'mpi' (default) or 'nccl'")
-    return value
+    return env_choice(BACKEND_ENV, "mpi", ("mpi", "nccl"), "a backend")
 
 
 def _why_not(local_comm) -> str | None:

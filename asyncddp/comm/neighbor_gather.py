@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from asyncddp import exported_by
 from asyncddp.comm import p2p
-from asyncddp.comm.buffers import check_dtype
-from asyncddp.comm.engine import Op, get_engine
+from asyncddp.comm.buffers import check_dtype, plain
+from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor_plan import check_pattern, check_ranks
 from asyncddp.errors import CommError
 
-__all__ = ["neighbor_allgather", "neighbor_allgather_nonblocking"]
+__all__ = exported_by(__name__)
 
 
 def _run_allgather(engine, batch: list[Op]) -> list:
@@ -31,13 +32,12 @@ def _run_allgather(engine, batch: list[Op]) -> list:
     return [torch.cat([received[s] for s in srcs], dim=0)]
 
 
-def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, name=None,
-                                   enable_topo_check=True, _blocking=False):  # fmt: skip
-    """Start ``neighbor_allgather``; returns a handle."""
+def _neighbor_allgather(tensor, *, blocking: bool, src_ranks=None, dst_ranks=None, name=None,
+                        enable_topo_check=True):  # fmt: skip
     if not isinstance(tensor, torch.Tensor):
         raise CommError(f"neighbor_allgather expects a torch.Tensor, got {type(tensor).__name__}")
     check_dtype(tensor, "neighbor_allgather")
-    engine = get_engine()
+    engine = live_engine()
     ctx, me = engine.ctx, engine.rank
     if (src_ranks is None) != (dst_ranks is None):
         raise CommError("neighbor_allgather: give src_ranks and dst_ranks together, or neither")
@@ -50,24 +50,29 @@ def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, na
         check_ranks(srcs, engine.size, me, "src_ranks")
         check_ranks(dsts, engine.size, me, "dst_ranks")
         check = bool(enable_topo_check)
-    x = tensor.detach().contiguous()
+    x = plain(tensor)
     op = Op(
         kind="neighbor_allgather",
         name=name or "neighbor_allgather",
         run=_run_allgather,
         args={"x": x, "srcs": srcs, "dsts": dsts, "check": check},
-        nbytes=x.numel() * x.element_size(),
+        nbytes=x.nbytes,
         peers=tuple(sorted(set(srcs) | set(dsts))),
     )
-    return engine.execute(op) if _blocking else engine.submit(op)
+    return engine.call(op, blocking)
 
 
-def neighbor_allgather(tensor, *, src_ranks=None, dst_ranks=None, name=None, enable_topo_check=True):
+def neighbor_allgather(tensor, **options):
     """In-neighbours' tensors (not this rank's) concatenated on dim 0, in ``src_ranks`` order.
 
-    Default: every in-neighbour in ascending rank order. Dim-0 sizes may differ between ranks.
+    Keywords: ``src_ranks`` and ``dst_ranks`` (together; default every in-neighbour in
+    ascending rank order, and every out-neighbour), ``name``, ``enable_topo_check`` (default
+    True: explicit ranks that do not match across ranks raise ``CommError`` instead of hanging).
+    Dim-0 sizes may differ between ranks.
     """
-    return neighbor_allgather_nonblocking(
-        tensor, src_ranks=src_ranks, dst_ranks=dst_ranks, name=name,
-        enable_topo_check=enable_topo_check, _blocking=True,
-    )  # fmt: skip
+    return _neighbor_allgather(tensor, **options, blocking=True)
+
+
+def neighbor_allgather_nonblocking(tensor, **options):
+    """Start ``neighbor_allgather`` (same keywords); returns a handle."""
+    return _neighbor_allgather(tensor, **options, blocking=False)

@@ -9,6 +9,7 @@ raises ``CommError`` on every rank instead of hanging.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from asyncddp.errors import CommError
 from asyncddp.topology.analysis import recv_weights
@@ -25,6 +26,19 @@ class Plan:
     self_weight: float
     uniform: bool
     check: bool  # verify that every rank's sends match its peers' receives
+
+    @cached_property
+    def srcs(self) -> list:
+        return [s for s, _ in self.recvs]
+
+    @cached_property
+    def weights(self) -> list:
+        return [w for _, w in self.recvs]
+
+    @cached_property
+    def peers(self) -> tuple:
+        """Every rank this step talks to, ascending (what the timeline records)."""
+        return tuple(sorted({d for d, _ in self.sends} | {s for s, _ in self.recvs}))
 
 
 def check_ranks(ranks, num_ranks: int, me: int, what: str) -> None:

@@ -21,12 +21,13 @@ from asyncddp.comm import device
 from asyncddp.comm.buffers import byte_view, host_empty
 from asyncddp.errors import CommError
 
-__all__ = ["spec_tag", "check_received", "wait_all", "exchange"]
+__all__ = ["spec_tag", "check_received", "wait_all", "exchange", "exchange_one_chunk"]
 
 
 def spec_tag(shape, dtype) -> int:
     """A tag in 1..32767 identifying (dtype, shape); MPI guarantees tags up to 32767."""
-    return _spec_tag(tuple(int(d) for d in shape), dtype)
+    # A torch.Size holds ints already; a plain tuple of it keys (and prints) like any other.
+    return _spec_tag(tuple(shape) if type(shape) is torch.Size else tuple(int(d) for d in shape), dtype)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -90,6 +91,41 @@ def wait_all(requests) -> list:
     return statuses
 
 
+_NUMPY_TYPED = frozenset((
+    torch.float16, torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+))  # fmt: skip
+
+
+def _recv_buffer(engine, index: int, nbytes: int) -> tuple:
+    """A reused host receive buffer and its numpy byte view (taking the view costs a call)."""
+
+    def make():
+        buf = host_empty((nbytes,), torch.uint8)
+        return buf, buf.numpy()
+
+    return engine.scratch((index, nbytes, "cpu", False), make)
+
+
+def exchange_one_chunk(engine, comm, sends: dict, like: torch.Tensor, srcs) -> list:
+    """``exchange`` for CPU tensors of ``like``'s shape and dtype that fit one chunk, with
+    nothing it does not need: the same messages (so a peer on the general path matches them),
+    the same receive buffers. Returns the received tensors in ``srcs`` order, valid until the
+    next exchange."""
+    from mpi4py import MPI
+
+    nbytes = like.nbytes
+    bufs = [_recv_buffer(engine, index, nbytes) for index in range(len(srcs))]
+    requests = [comm.Irecv([view, MPI.BYTE], src, MPI.ANY_TAG) for src, (_, view) in zip(srcs, bufs)]
+    tag = spec_tag(like.shape, like.dtype)
+    # A typed numpy view is cheaper to take than a byte view; MPI.BYTE sends its bytes all the same.
+    requests += [comm.Isend([t.numpy() if t.dtype in _NUMPY_TYPED else byte_view(t), MPI.BYTE], dst, tag)
+                 for dst, t in sends.items()]
+    engine.count_messages(len(sends))
+    statuses = wait_all(requests)
+    check_received(statuses.failure, [(src, nbytes, tag) for src in srcs], statuses[:len(srcs)])
+    return [buf.view(like.dtype).view(like.shape) for buf, _ in bufs]
+
+
 def exchange(engine, comm, sends: dict, recv_specs: dict, device_like: torch.Tensor) -> dict:
     """Send ``sends[dst]`` to each dst and receive a tensor of ``recv_specs[src] = (shape, dtype)``.
 
@@ -108,14 +144,14 @@ def exchange(engine, comm, sends: dict, recv_specs: dict, device_like: torch.Ten
     recv_bufs = {}
     for src, (shape, dtype) in recv_specs.items():
         nbytes = torch.Size(shape).numel() * dtype.itemsize
-        buf = engine.scratch(
-            (len(recv_bufs), nbytes, str(device_like.device) if on_cuda and not staged else "cpu", staged),
-            lambda: (
-                torch.empty(nbytes, dtype=torch.uint8, device=device_like.device if not staged else "cpu",
-                            pin_memory=staged)
-                if on_cuda else host_empty((nbytes,), torch.uint8)
-            ),
-        )
+        if on_cuda:
+            buf = engine.scratch(
+                (len(recv_bufs), nbytes, "cpu" if staged else str(device_like.device), staged),
+                lambda: torch.empty(nbytes, dtype=torch.uint8, device="cpu" if staged else device_like.device,
+                                    pin_memory=staged),
+            )
+        else:
+            buf = _recv_buffer(engine, len(recv_bufs), nbytes)[0]
         recv_bufs[src] = buf
         tag = spec_tag(shape, dtype)
         for piece in _pieces(buf, MPI.BYTE):

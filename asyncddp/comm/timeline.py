@@ -11,10 +11,11 @@ imports no MPI: the communicator is passed in by the engine that owns it.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
+
+from asyncddp.comm.env import env_value
 
 __all__ = ["TIMELINE_ENV", "Timeline", "timeline_path_from_env"]
 
@@ -22,8 +23,7 @@ TIMELINE_ENV = "ASYNCDDP_TIMELINE"
 
 
 def timeline_path_from_env() -> Path | None:
-    value = os.environ.get(TIMELINE_ENV, "").strip()
-    return Path(value) if value else None
+    return env_value(TIMELINE_ENV, None, Path, "a file path")
 
 
 def now_us() -> float:

@@ -1,4 +1,8 @@
-"""The memory of one window: its block layout, local access, and remote deposit and fetch.
+"""One window: its memory layout, its locks, and the operations on it (put, accumulate, get, update).
+
+``Window`` owns everything about one named window, the way mpi4py's ``util.sync`` objects own
+theirs: the public ``win_*`` functions of ``asyncddp.comm.windows`` only look the window up by
+name and call a method, so the block layout and the lock discipline below are known here alone.
 
 ``win_create(x, name)`` (collective) allocates, on every rank, one MPI window laid out as blocks:
 block 0 is this rank's *published* value (what out-neighbours pull with ``win_get``), block
@@ -20,10 +24,12 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from typing import Callable
 
 import numpy as np
 import torch
 
+from asyncddp.comm.averaging import combine, scaled
 from asyncddp.comm.buffers import reduction_dtype
 from asyncddp.comm.rank_mutex import RankMutexes
 from asyncddp.errors import CommError
@@ -46,6 +52,18 @@ def to_store(tensor: torch.Tensor, store_dtype: torch.dtype) -> torch.Tensor:
 
 def shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _weights(weights, allowed: list[int], what: str, op: str) -> dict[int, float]:
+    if weights is None:
+        return {r: 1.0 for r in allowed}
+    if not isinstance(weights, dict):
+        weights = {r: 1.0 for r in weights}
+    extra = sorted(set(weights) - set(allowed))
+    if extra:
+        raise CommError(f"{op}: ranks {extra} are not {what} of this rank (those are {allowed}); "
+                        "pass weights only for them")
+    return {int(r): float(w) for r, w in weights.items()}
 
 
 class Window:
@@ -167,6 +185,138 @@ class Window:
         """True when ``tensor`` is block 0 (``win_memory``): copying it there would be a no-op."""
         return (self.adopted and tensor.data_ptr() == self.tensor.data_ptr()
                 and tensor.is_contiguous() and tensor.dtype == self.store_dtype)
+
+    # -- the operations (``asyncddp.comm.windows`` documents them) --
+    def check_tensor(self, tensor, op: str) -> None:
+        if not isinstance(tensor, torch.Tensor):
+            raise CommError(f"{op}: expected a torch.Tensor, got {type(tensor).__name__}")
+        if tuple(tensor.shape) != tuple(self.tensor.shape) or tensor.dtype != self.tensor.dtype:
+            raise CommError(f"{op}({self.name!r}): tensor {tuple(tensor.shape)} {tensor.dtype} does "
+                            f"not match the window's {tuple(self.tensor.shape)} {self.tensor.dtype}")
+
+    def start_put(self, tensor, self_weight, dst_weights, require_mutex: bool, accumulate: bool,
+                  with_p: bool, blocking: bool) -> Callable[[], None]:
+        """Publish ``tensor`` (a put) and scale it by ``self_weight``, now; return the remote half,
+        the deposits of ``tensor * w`` into each destination, to run now or on the window thread."""
+        op = "win_accumulate" if accumulate else "win_put"
+        self.check_tensor(tensor, op)
+        dst = _weights(dst_weights, self.out_ranks, "out-neighbours", op)
+        host = to_store(tensor, self.store_dtype)
+        # A blocking put that leaves ``tensor`` alone sends straight from its memory; otherwise the
+        # caller may change it (nonblocking) or we scale it (self_weight) before the deposits run.
+        if not blocking or self_weight is not None:
+            host = host.clone() if shares_memory(host, tensor) else host
+        p_before = self.p
+        if self.publishes(tensor):
+            # The data already is block 0. Skip even the exclusive lock on ourselves unless p
+            # changed: that lock waits for every remote epoch on this rank, e.g. the in-neighbour's
+            # put happening at the same moment, which would serialise the two puts.
+            if not accumulate and self.published_p != p_before:
+                with self.local():
+                    self._p(0)[0] = self.published_p = p_before
+        elif not accumulate:
+            with self.local():
+                self._write(0, host, p_before)
+        if self_weight is not None:
+            with torch.no_grad():
+                tensor.mul_(self_weight)
+            if with_p:
+                self.p *= float(self_weight)
+
+        def deposits() -> None:  # the p sent is the one before self_weight scaled ours, like the data
+            for target, weight in sorted(dst.items()):
+                with self._mutex(require_mutex, target):
+                    self.deposit(target, scaled(host, weight), p_before * weight, accumulate, with_p)
+
+        return deposits
+
+    def start_get(self, src_weights, require_mutex: bool) -> Callable[[], None]:
+        """The pull of each in-neighbour's published value times ``w`` into its buffer here."""
+        src = _weights(src_weights, self.in_ranks, "in-neighbours", "win_get")
+
+        def pulls() -> None:
+            for source, weight in sorted(src.items()):
+                with self._mutex(require_mutex, source):
+                    data, p = self.fetch(source)
+                block = self.slot_of[source] + 1
+                with self.local():
+                    self._write(block, scaled(data, weight), p * weight)
+                    self._header(block)[0] += 1
+
+        return pulls
+
+    def update(self, self_weight, neighbor_weights, reset: bool, clone: bool, require_mutex: bool,
+               with_p: bool) -> torch.Tensor:
+        """``self_weight * x + sum_j w_j * buf_j`` into the registered tensor (or a clone)."""
+        self_weight, nbr = self._update_weights(self_weight, neighbor_weights)
+        sources = sorted(nbr)
+        with self._mutex(require_mutex, self.rank), self.local():
+            tensor = self.tensor
+            blocks = [self.slot_of[s] + 1 for s in sources]
+            received = [self._data(block) for block in blocks]
+            # A CPU tensor in the storage dtype, updated in place: combine straight into it.
+            direct = (not clone and tensor.device.type == "cpu" and tensor.is_contiguous()
+                      and tensor.dtype == self.store_dtype)
+            mine = tensor.detach().view(-1) if direct else to_store(tensor, self.store_dtype)
+            result = combine(mine, received, self_weight, [nbr[s] for s in sources],
+                             out=mine if direct else None)  # fmt: skip
+            p = self.p * self_weight
+            for source, block in zip(sources, blocks):
+                p += float(self._p(block)[0]) * nbr[source]
+                self._header(block)[0] = 0
+                if reset:
+                    self._data(block).zero_()
+                    self._p(block)[0] = 0.0
+            if with_p:
+                self.p = p
+            target = tensor.clone() if clone else tensor
+            if not direct:
+                with torch.no_grad():
+                    target.copy_(result.reshape(tensor.shape).to(tensor.dtype))
+            if not clone and self.publishes(tensor):
+                self._p(0)[0] = self.published_p = self.p
+            elif not clone:
+                self._write(0, to_store(tensor, self.store_dtype), self.p)
+        return target
+
+    def _update_weights(self, self_weight, neighbor_weights):
+        if (self_weight is None) != (neighbor_weights is None):
+            raise CommError("win_update: give self_weight and neighbor_weights together, or neither")
+        if self_weight is not None:
+            return float(self_weight), _weights(neighbor_weights, self.in_ranks, "in-neighbours", "win_update")
+        self_weight, weights = self.default_weights
+        return self_weight, dict(weights)
+
+    def versions(self) -> dict[int, int]:
+        with self.local():
+            return {j: int(self._header(self.slot_of[j] + 1)[0]) for j in self.in_ranks}
+
+    def memory_tensor(self) -> torch.Tensor:
+        """Make block 0 the registered tensor (``win_memory``) and return it."""
+        current = self.tensor
+        if current.device.type != "cpu" or current.dtype != self.store_dtype:
+            raise CommError(f"win_memory({self.name!r}): the window holds a {current.dtype} tensor on "
+                            f"{current.device}; only CPU windows of float32, float64 or integer "
+                            "tensors can expose their memory (half precision is stored as float32)")
+        if not self.adopted:
+            with self.local():
+                published = self._data(0)
+                published.copy_(to_store(current, self.store_dtype))
+                self.tensor = published.view(current.shape)
+                self.adopted = True
+        return self.tensor
+
+    @contextmanager
+    def _mutex(self, required: bool, rank: int):
+        """This window's mutex of ``rank`` held for the block, when ``required``."""
+        if not required:
+            yield
+            return
+        self.mutexes.acquire([rank])
+        try:
+            yield
+        finally:
+            self.mutexes.release([rank])
 
     def free(self) -> None:
         if self.adopted:  # the tensor win_memory returned stays valid: move it off MPI's memory

@@ -1,7 +1,9 @@
 """One-sided windows: the asynchronous half of asyncddp (BlueFog's window API on MPI-3 RMA).
 
-Each window's memory (its layout of published block and one buffer per in-neighbour, and how
-ranks reach it without the owner taking part) is ``asyncddp.comm.window_memory``. Nonblocking
+Each window is a ``asyncddp.comm.window_memory.Window``, which owns its memory (a published
+block and one buffer per in-neighbour), its locks and the operations on it; the functions here
+look a window up by name and call it. Integer windows average like every other integer
+average (``asyncddp.comm.averaging``: nearest, ties to even). Nonblocking
 variants run on one window thread when MPI grants ``THREAD_MULTIPLE`` (ordered, one RMA epoch
 per target at a time through a per-window lock), else inline.
 
@@ -20,17 +22,13 @@ from contextlib import contextmanager
 
 import torch
 
+from asyncddp import exported_by
 from asyncddp.comm.buffers import reduction_dtype
 from asyncddp.comm.context import get_context
-from asyncddp.comm.window_memory import MPI_TYPES, Window, shares_memory, to_store
+from asyncddp.comm.window_memory import MPI_TYPES, Window
 from asyncddp.errors import CommError
 
-__all__ = [
-    "win_create", "win_free", "win_put", "win_put_nonblocking", "win_get", "win_get_nonblocking",
-    "win_accumulate", "win_accumulate_nonblocking", "win_update", "win_update_then_collect",
-    "get_win_version", "win_mutex", "win_wait", "win_poll", "win_associated_p",
-    "turn_on_win_ops_with_associated_p", "turn_off_win_ops_with_associated_p", "win_memory",
-]
+__all__ = exported_by(__name__)
 
 _WITH_P = {"on": False}  # BlueFog's global switch for carrying p through window ops
 _executor: dict = {}
@@ -61,33 +59,6 @@ def _window(name: str, op: str) -> Window:
         raise CommError(f"{op}: no window named {name!r} (live windows: {known}); "
                         "create it with win_create(tensor, name) on every rank first")
     return windows[name]
-
-
-def _check_tensor(win: Window, tensor, op: str) -> None:
-    if not isinstance(tensor, torch.Tensor):
-        raise CommError(f"{op}: expected a torch.Tensor, got {type(tensor).__name__}")
-    if tuple(tensor.shape) != tuple(win.tensor.shape) or tensor.dtype != win.tensor.dtype:
-        raise CommError(f"{op}({win.name!r}): tensor {tuple(tensor.shape)} {tensor.dtype} does "
-                        f"not match the window's {tuple(win.tensor.shape)} {win.tensor.dtype}")
-
-
-def _weights(weights, allowed: list[int], what: str, op: str) -> dict[int, float]:
-    if weights is None:
-        return {r: 1.0 for r in allowed}
-    if not isinstance(weights, dict):
-        weights = {r: 1.0 for r in weights}
-    extra = sorted(set(weights) - set(allowed))
-    if extra:
-        raise CommError(f"{op}: ranks {extra} are not {what} of this rank (those are {allowed}); "
-                        "pass weights only for them")
-    return {int(r): float(w) for r, w in weights.items()}
-
-
-def _scaled(host: torch.Tensor, weight: float) -> torch.Tensor:
-    if weight == 1.0:
-        return host
-    return (host.to(torch.float64) * weight).to(host.dtype) if not host.is_floating_point() \
-        else host * weight
 
 
 def _run(fn, *args) -> WinHandle:
@@ -140,19 +111,7 @@ def win_memory(name: str) -> torch.Tensor:
     memory; views of it must not be used after ``win_free``. Not collective. CPU windows whose
     dtype is stored as is (float32, float64, integers) only.
     """
-    win = _window(name, "win_memory")
-    current = win.tensor
-    if current.device.type != "cpu" or current.dtype != win.store_dtype:
-        raise CommError(f"win_memory({name!r}): the window holds a {current.dtype} tensor on "
-                        f"{current.device}; only CPU windows of float32, float64 or integer "
-                        "tensors can expose their memory (half precision is stored as float32)")
-    if not win.adopted:
-        with win.local():
-            published = win._data(0)
-            published.copy_(to_store(current, win.store_dtype))
-            win.tensor = published.view(current.shape)
-            win.adopted = True
-    return win.tensor
+    return _window(name, "win_memory").memory_tensor()
 
 
 def _free_all() -> None:
@@ -169,102 +128,44 @@ def win_free(name: str | None = None) -> bool:
     return True
 
 
-def _put(win, host, p, dst, accumulate, require_mutex) -> None:
-    for target, weight in sorted(dst.items()):
-        if require_mutex:
-            win.mutexes.acquire([target])
-        try:
-            win.deposit(target, _scaled(host, weight), p * weight, accumulate, _WITH_P["on"])
-        finally:
-            if require_mutex:
-                win.mutexes.release([target])
-
-
-def _start_put(tensor, name, self_weight, dst_weights, require_mutex, accumulate, blocking=False):
-    op = "win_accumulate" if accumulate else "win_put"
-    win = _window(name, op)
-    _check_tensor(win, tensor, op)
-    dst = _weights(dst_weights, win.out_ranks, "out-neighbours", op)
-    host = to_store(tensor, win.store_dtype)
-    # A blocking put that leaves ``tensor`` alone sends straight from its memory; otherwise the
-    # caller may change it (nonblocking) or we scale it (self_weight) before the put runs.
-    if not blocking or self_weight is not None:
-        host = host.clone() if shares_memory(host, tensor) else host
-    p_before = win.p
-    if win.publishes(tensor):
-        # The data already is block 0. Skip even the exclusive lock on ourselves unless p
-        # changed: that lock waits for every remote epoch on this rank, e.g. the in-neighbour's
-        # put happening at the same moment, which would serialise the two puts.
-        if not accumulate and win.published_p != p_before:
-            with win.local():
-                win._p(0)[0] = win.published_p = p_before
-    elif not accumulate:
-        with win.local():
-            win._write(0, host, p_before)
-    if self_weight is not None:
-        with torch.no_grad():
-            tensor.mul_(self_weight)
-        if _WITH_P["on"]:
-            win.p *= float(self_weight)
-
-    # the p sent is the one before self_weight scaled ours, like the data
-    return lambda: _put(win, host, p_before, dst, accumulate, require_mutex)
+def _start_put(tensor, name, self_weight, dst_weights, require_mutex, accumulate, blocking):
+    win = _window(name, "win_accumulate" if accumulate else "win_put")
+    return win.start_put(tensor, self_weight, dst_weights, require_mutex, accumulate, _WITH_P["on"], blocking)
 
 
 def win_put_nonblocking(tensor, name, self_weight=None, dst_weights=None, require_mutex=False):
     """Start writing ``tensor * w`` into this rank's buffer on each destination."""
-    return _run(_start_put(tensor, name, self_weight, dst_weights, require_mutex, False))
+    return _run(_start_put(tensor, name, self_weight, dst_weights, require_mutex, False, False))
 
 
 def win_put(tensor, name, self_weight=None, dst_weights=None, require_mutex=False) -> bool:
     """Write ``tensor * w`` into this rank's buffer on each destination (default all
     out-neighbours, w=1), then scale ``tensor`` in place by ``self_weight`` if given."""
-    _start_put(tensor, name, self_weight, dst_weights, require_mutex, False, blocking=True)()
+    _start_put(tensor, name, self_weight, dst_weights, require_mutex, False, True)()
     return True
 
 
 def win_accumulate_nonblocking(tensor, name, self_weight=None, dst_weights=None,
                                require_mutex=False):
     """Start adding ``tensor * w`` into this rank's buffer on each destination."""
-    return _run(_start_put(tensor, name, self_weight, dst_weights, require_mutex, True))
+    return _run(_start_put(tensor, name, self_weight, dst_weights, require_mutex, True, False))
 
 
 def win_accumulate(tensor, name, self_weight=None, dst_weights=None, require_mutex=False) -> bool:
     """Add ``tensor * w`` into this rank's buffer on each destination (default all
     out-neighbours, w=1), then scale ``tensor`` in place by ``self_weight`` if given."""
-    _start_put(tensor, name, self_weight, dst_weights, require_mutex, True, blocking=True)()
+    _start_put(tensor, name, self_weight, dst_weights, require_mutex, True, True)()
     return True
-
-
-def _start_get(name, src_weights, require_mutex):
-    win = _window(name, "win_get")
-    src = _weights(src_weights, win.in_ranks, "in-neighbours", "win_get")
-
-    def body():
-        for source, weight in sorted(src.items()):
-            if require_mutex:
-                win.mutexes.acquire([source])
-            try:
-                data, p = win.fetch(source)
-            finally:
-                if require_mutex:
-                    win.mutexes.release([source])
-            block = win.slot_of[source] + 1
-            with win.local():
-                win._write(block, _scaled(data, weight), p * weight)
-                win._header(block)[0] += 1
-
-    return body
 
 
 def win_get_nonblocking(name, src_weights=None, require_mutex=False):
     """Start pulling in-neighbours' published values into the local buffers."""
-    return _run(_start_get(name, src_weights, require_mutex))
+    return _run(_window(name, "win_get").start_get(src_weights, require_mutex))
 
 
 def win_get(name, src_weights=None, require_mutex=False) -> bool:
     """Pull each in-neighbour's published value times ``w`` into its local buffer."""
-    _start_get(name, src_weights, require_mutex)()
+    _window(name, "win_get").start_get(src_weights, require_mutex)()
     return True
 
 
@@ -276,63 +177,8 @@ def win_update(name, self_weight=None, neighbor_weights=None, reset=False, clone
     self and in-neighbours. ``reset`` zeroes the buffers read; ``clone`` leaves the registered
     tensor alone and returns a new one; ``require_mutex`` takes this rank's window mutex.
     """
-    win = _window(name, "win_update")
-    self_weight, nbr = _update_weights(win, self_weight, neighbor_weights)
-    if require_mutex:
-        win.mutexes.acquire([win.rank])
-    try:
-        with win.local():
-            tensor = win.tensor
-            # Common case (a CPU tensor in the storage dtype, updated in place): accumulate
-            # straight into it, one pass per term, no temporaries.
-            direct = (not clone and tensor.device.type == "cpu" and tensor.is_contiguous()
-                      and tensor.dtype == win.store_dtype and tensor.dtype.is_floating_point)
-            if direct:
-                result = tensor.detach().view(-1)
-                if self_weight != 1.0:
-                    result.mul_(self_weight)
-            else:
-                acc_dtype = torch.float64 if not win.store_dtype.is_floating_point else win.store_dtype
-                result = to_store(tensor, win.store_dtype).to(acc_dtype) * self_weight
-            p = win.p * self_weight
-            for source, weight in sorted(nbr.items()):
-                block = win.slot_of[source] + 1
-                data = win._data(block)
-                if direct:
-                    result.add_(data, alpha=weight)
-                else:
-                    result += data.to(result.dtype) * weight
-                p += float(win._p(block)[0]) * weight
-                win._header(block)[0] = 0
-                if reset:
-                    win._data(block).zero_()
-                    win._p(block)[0] = 0.0
-            if _WITH_P["on"]:
-                win.p = p
-            if direct:
-                target = tensor
-            else:
-                target = tensor.clone() if clone else tensor
-                with torch.no_grad():
-                    target.copy_(result.reshape(tensor.shape).to(tensor.dtype))
-            if not clone and win.publishes(tensor):
-                win._p(0)[0] = win.published_p = win.p
-            elif not clone:
-                win._write(0, to_store(tensor, win.store_dtype), win.p)
-    finally:
-        if require_mutex:
-            win.mutexes.release([win.rank])
-    return target
-
-
-def _update_weights(win, self_weight, neighbor_weights):
-    if (self_weight is None) != (neighbor_weights is None):
-        raise CommError("win_update: give self_weight and neighbor_weights together, or neither")
-    if self_weight is not None:
-        return float(self_weight), _weights(neighbor_weights, win.in_ranks, "in-neighbours",
-                                            "win_update")
-    self_weight, weights = win.default_weights
-    return self_weight, dict(weights)
+    return _window(name, "win_update").update(self_weight, neighbor_weights, reset, clone, require_mutex,
+                                              _WITH_P["on"])  # fmt: skip
 
 
 def win_update_then_collect(name, require_mutex=False) -> torch.Tensor:
@@ -344,9 +190,7 @@ def win_update_then_collect(name, require_mutex=False) -> torch.Tensor:
 
 def get_win_version(name) -> dict[int, int]:
     """``{in-neighbour rank: number of puts/accumulates/gets since its buffer was last read}``."""
-    win = _window(name, "get_win_version")
-    with win.local():
-        return {j: int(win._header(win.slot_of[j] + 1)[0]) for j in win.in_ranks}
+    return _window(name, "get_win_version").versions()
 
 
 @contextmanager

@@ -4,12 +4,16 @@ Expected values are computed here from first principles (offsets of the Exponent
 closed-form sums), never by calling the code under test.
 """
 
+import contextlib
+import threading
+from fractions import Fraction
+
 import networkx as nx
 import pytest
 import torch
 
 import asyncddp as addp
-from asyncddp.comm.engine import get_engine
+from asyncddp.comm.engine import Op, get_engine
 
 ALL_DTYPES = [
     torch.float16, torch.bfloat16, torch.float32, torch.float64,
@@ -34,7 +38,26 @@ def _uniform_expected(rank, n, dtype, shape=(3, 4)):
         total = sum(_value(j, shape).to(dtype).to(work) for j in members)
         return (total / len(members)).to(dtype)
     total = sum(_value(j, shape).to(dtype).to(torch.int64) for j in members)
-    return torch.div(total, len(members), rounding_mode="trunc").to(dtype)
+    return _nearest(total, len(members)).to(dtype)
+
+
+def _nearest(total: torch.Tensor, count: int) -> torch.Tensor:
+    """The integer average rule: total / count rounded to the nearest integer, ties to even."""
+    return total.apply_(lambda t: round(Fraction(t, count)))
+
+
+@contextlib.contextmanager
+def _held(engine):
+    """Ops issued in the block queue up behind a gate op and start together when it ends, so
+    fusion sees all of them on every rank."""
+    gate = threading.Event()
+    op = Op("gate", "gate", lambda engine, batch: [gate.wait()], None, 0)
+    handle = engine.call(op, blocking=False)
+    try:
+        yield
+    finally:
+        gate.set()
+        handle.wait()
 
 
 def test_thread_level_and_engine():
@@ -158,7 +181,7 @@ def test_one_peer_convex_step_on_every_path(dtype):
         assert torch.equal(x, out)  # both paths compute the same thing
 
 
-def test_int_weighted_truncates():
+def test_int_weighted_rounds_to_nearest():
     r, n = addp.rank(), addp.size()
     if n == 1:
         pytest.skip("needs a neighbour")
@@ -198,7 +221,7 @@ def test_collectives_every_dtype(dtype):
     else:
         want = total.to(torch.int64)
         assert torch.equal(addp.allreduce(x, average=False).to(torch.int64), want.to(dtype).to(torch.int64))
-        assert torch.equal(addp.allreduce(x), torch.div(want, n, rounding_mode="trunc").to(dtype))
+        assert torch.equal(addp.allreduce(x), _nearest(want, n).to(dtype))
     assert torch.equal(addp.allreduce(x, op="max"), (base + n).to(dtype))
     assert torch.equal(addp.allreduce(x, op="min"), (base + 1).to(dtype))
     b = addp.broadcast(x, root_rank=n - 1)
@@ -256,7 +279,7 @@ def test_lean_blocking_paths_write_in_place_and_keep_the_checks():
     k = torch.full((4,), 3 * r, dtype=torch.int32)
     ptr = k.data_ptr()
     assert addp.neighbor_allreduce_(k) is k and k.data_ptr() == ptr
-    assert k.tolist() == [sum(3 * j for j in members) // len(members)] * 4
+    assert k.tolist() == [round(Fraction(sum(3 * j for j in members), len(members)))] * 4
     # Direct broadcast_/allreduce_ into the tensor's own memory, every MPI-native dtype path.
     for dtype in (torch.float64, torch.int64, torch.uint8, torch.bool, torch.float16):
         b = torch.full((3,), r + 1, dtype=dtype)
@@ -264,7 +287,7 @@ def test_lean_blocking_paths_write_in_place_and_keep_the_checks():
         assert addp.broadcast_(b, n - 1) is b and b.data_ptr() == ptr
         assert torch.equal(b, torch.full((3,), n, dtype=dtype))
     a = torch.full((2, 2), r + 1, dtype=torch.int64)
-    assert addp.allreduce_(a) is a and torch.equal(a, torch.full((2, 2), (n * (n + 1) // 2) // n))
+    assert addp.allreduce_(a) is a and torch.equal(a, torch.full((2, 2), round(Fraction(n * (n + 1) // 2, n))))
     # A cached dynamic plan never lets a bool rank key through the checks.
     if n > 1:
         peer = (r + 1) % n
@@ -327,14 +350,14 @@ def test_fusion_equal_results_and_fewer_messages():
     for threshold in (0, 8 * 1024 * 1024):
         engine.threshold = threshold
         before = addp.comm_stats()
-        with engine.hold():
+        with _held(engine):
             hs = [addp.neighbor_allreduce_nonblocking(t) for t in tensors]
             hs += [addp.allreduce_nonblocking(t) for t in tensors]
         results[threshold] = [addp.synchronize(h) for h in hs]
         after = addp.comm_stats()
         messages[threshold] = after.num_messages - before.num_messages
         batches = after.num_batches - before.num_batches
-        assert batches == (48 if threshold == 0 else 2)
+        assert batches == 1 + (48 if threshold == 0 else 2)  # the gate is a batch of its own
     engine.threshold = 8 * 1024 * 1024
     for a, b in zip(results[0], results[8 * 1024 * 1024]):
         assert torch.equal(a, b)
@@ -430,7 +453,7 @@ def test_allgather_bad_out_raises_on_every_rank():
 def test_set_topology_refused_while_ops_are_in_flight():
     engine = get_engine()
     graph = addp.load_topology()
-    with engine.hold():
+    with _held(engine):
         handle = addp.allreduce_nonblocking(torch.ones(3))
         assert addp.set_topology(graph) is False  # queued: issued for the current neighbours
     assert torch.equal(addp.synchronize(handle), torch.ones(3))
