@@ -19,6 +19,7 @@ import torch
 from asyncddp.comm import device
 from asyncddp.comm.buffers import byte_view, check_dtype, host_empty, is_direct_cpu, numpy_view, reduction_dtype
 from asyncddp.comm.engine import NOT_INLINE, Op, get_engine, live_engine
+from asyncddp.comm.neighbor_plan import as_rank
 from asyncddp.errors import CommError
 
 __all__ = [
@@ -222,8 +223,7 @@ def _run_broadcast(engine, batch: list[Op]) -> list:
 def _submit_broadcast(tensor, root_rank, name, inplace, blocking=False):
     x = _tensor(tensor, "broadcast")
     engine = get_engine()
-    if not isinstance(root_rank, int) or not 0 <= root_rank < engine.size:
-        raise CommError(f"broadcast: root_rank={root_rank!r} is not a rank of the job (0..{engine.size - 1})")
+    root_rank = as_rank(root_rank, engine.size, "broadcast: root_rank")
     x = x.detach().contiguous()
     return _dispatch(engine, blocking,
         Op(

@@ -93,9 +93,11 @@ class Window:
         host = to_store(tensor, self.store_dtype)
         with self.local():
             self._write(0, host, 1.0)
+            # A buffer's associated p starts at 0 even when its data starts as a copy of the
+            # tensor: p counts only what neighbours sent (BlueFog's rule), so a rank nobody
+            # sent to keeps p = 1 through win_update_then_collect.
             for k in range(len(self.in_ranks)):
-                self._write(k + 1, torch.zeros_like(host) if zero_init else host,
-                            0.0 if zero_init else 1.0)
+                self._write(k + 1, torch.zeros_like(host) if zero_init else host, 0.0)
                 self._header(k + 1)[0] = 0
         self.comm.Barrier()  # nobody writes into a window before its owner initialised it
 

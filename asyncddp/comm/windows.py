@@ -22,6 +22,7 @@ import torch
 
 from asyncddp.comm.buffers import reduction_dtype
 from asyncddp.comm.context import get_context
+from asyncddp.comm.neighbor_plan import as_rank
 from asyncddp.comm.window_memory import MPI_TYPES, Window, shares_memory, to_store
 from asyncddp.errors import CommError
 
@@ -76,11 +77,13 @@ def _weights(weights, allowed: list[int], what: str, op: str) -> dict[int, float
         return {r: 1.0 for r in allowed}
     if not isinstance(weights, dict):
         weights = {r: 1.0 for r in weights}
-    extra = sorted(set(weights) - set(allowed))
+    size = get_context().comm.Get_size()
+    ranks = [as_rank(r, size, f"{op}: {what}") for r in weights]
+    extra = sorted(set(ranks) - set(allowed))
     if extra:
         raise CommError(f"{op}: ranks {extra} are not {what} of this rank (those are {allowed}); "
                         "pass weights only for them")
-    return {int(r): float(w) for r, w in weights.items()}
+    return {r: float(w) for r, w in zip(ranks, weights.values())}
 
 
 def _scaled(host: torch.Tensor, weight: float) -> torch.Tensor:
@@ -355,8 +358,7 @@ def win_mutex(name, for_self=False, ranks=None):
     win = _window(name, "win_mutex")
     chosen = [win.rank] if for_self else (win.out_ranks if ranks is None else list(ranks))
     size = win.comm.Get_size()
-    if any(not isinstance(r, int) or not 0 <= r < size for r in chosen):
-        raise CommError(f"win_mutex: ranks {chosen} must be integers in 0..{size - 1}")
+    chosen = [as_rank(r, size, "win_mutex: ranks") for r in chosen]
     win.mutexes.acquire(chosen)
     try:
         yield
