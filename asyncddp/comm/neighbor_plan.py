@@ -45,8 +45,7 @@ def as_rank(value, num_ranks: int, what: str) -> int:
         except TypeError:
             rank = None
     if rank is None or not 0 <= rank < num_ranks:
-        raise CommError(f"{what}: rank {value!r} is not in the job of {num_ranks} ranks "
-                        f"(an integer in 0..{num_ranks - 1})")
+        raise CommError(f"{what}={value!r} is not a rank of the job (an integer in 0..{num_ranks - 1})")
     return rank
 
 
@@ -54,7 +53,11 @@ def check_ranks(ranks, num_ranks: int, me: int, what: str) -> list[int]:
     """``ranks`` as plain ints (see ``as_rank``), none of them ``me``."""
     out = []
     for r in ranks:
-        rank = as_rank(r, num_ranks, what)
+        try:
+            rank = as_rank(r, num_ranks, what)
+        except CommError:
+            raise CommError(f"{what}: rank {r!r} is not in the job of {num_ranks} ranks "
+                            f"(an integer in 0..{num_ranks - 1})") from None
         if rank == me:
             raise CommError(f"{what}: rank {rank} is this rank; give its weight as self_weight")
         out.append(rank)

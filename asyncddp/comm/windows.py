@@ -78,7 +78,7 @@ def _weights(weights, allowed: list[int], what: str, op: str) -> dict[int, float
     if not isinstance(weights, dict):
         weights = {r: 1.0 for r in weights}
     size = get_context().comm.Get_size()
-    ranks = [as_rank(r, size, f"{op}: {what}") for r in weights]
+    ranks = [as_rank(r, size, f"{op}: weights key") for r in weights]
     extra = sorted(set(ranks) - set(allowed))
     if extra:
         raise CommError(f"{op}: ranks {extra} are not {what} of this rank (those are {allowed}); "
@@ -358,7 +358,7 @@ def win_mutex(name, for_self=False, ranks=None):
     win = _window(name, "win_mutex")
     chosen = [win.rank] if for_self else (win.out_ranks if ranks is None else list(ranks))
     size = win.comm.Get_size()
-    chosen = [as_rank(r, size, "win_mutex: ranks") for r in chosen]
+    chosen = [as_rank(r, size, "win_mutex: rank") for r in chosen]
     win.mutexes.acquire(chosen)
     try:
         yield
