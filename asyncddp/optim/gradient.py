@@ -116,12 +116,18 @@ class _GradientAllreduce(DistributedOptimizer):
         """Wait for every gradient average started in this step (``step()`` calls this)."""
         if not self._addp_hook_handles or self._addp_accumulating():
             return  # hooks removed, or still accumulating: nothing to average yet
-        self._addp_passes.clear()
+        reached = self._addp_passes
+        self._addp_passes = {}
         for bucket in self._addp_buckets:  # the same order on every rank
             if bucket.handle is None:
                 for k, (_, p) in enumerate(bucket.params):
-                    if id(p) not in bucket.ready:  # no gradient in this backward: zeros
-                        bucket.buffer[bucket.offsets[k]:bucket.offsets[k] + p.numel()].zero_()
+                    if id(p) in bucket.ready:
+                        continue
+                    part = bucket.buffer[bucket.offsets[k]:bucket.offsets[k] + p.numel()]
+                    if id(p) in reached and p.grad is not None:  # fewer passes than the others
+                        part.copy_(p.grad.reshape(-1))
+                    else:  # no gradient in this round: zeros
+                        part.zero_()
                 self._addp_start(bucket)
         for bucket in self._addp_buckets:
             synchronize(bucket.handle)
@@ -142,6 +148,7 @@ class _GradientAllreduce(DistributedOptimizer):
         for handle in self._addp_hook_handles:
             handle.remove()
         self._addp_hook_handles = []
+        self._addp_passes.clear()  # no longer counted: a half-counted round must not hold step()
 
 
 def DistributedGradientAllreduceOptimizer(optimizer, model, num_steps_per_communication: int = 1,

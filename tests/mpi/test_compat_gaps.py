@@ -218,7 +218,7 @@ def _batches(r: int) -> list[torch.Tensor]:
 
 
 def test_gradient_allreduce_communicates_once_per_k_backward_passes():
-    n, r = bf.size(), bf.rank()
+    r = bf.rank()
     model, reference = _twice_model(r), _twice_model(r)
     opt = bf.DistributedGradientAllreduceOptimizer(torch.optim.SGD(model.parameters(), lr=0.125), model=model,
                                                    num_steps_per_communication=2)
@@ -246,8 +246,26 @@ def test_gradient_allreduce_communicates_once_per_k_backward_passes():
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_gradient_allreduce_keeps_a_gradient_reached_in_fewer_passes():
+    r = bf.rank()
+    model = torch.nn.ModuleList([_twice_model(r), _twice_model(r + 5)])
+    reference = torch.nn.ModuleList([_twice_model(r), _twice_model(r + 5)])
+    opt = bf.DistributedGradientAllreduceOptimizer(torch.optim.SGD(model.parameters(), lr=0.125), model=model,
+                                                   num_steps_per_communication=2)
+    for net in (model, reference):  # pass 1 reaches both modules, pass 2 only the first
+        x, y = _batches(r)
+        (net[0](x).sum() + net[1](x).sum()).backward()
+        net[0](y).sum().backward()
+    opt.step()
+    grads = [bf.allreduce(p.grad, average=True) for p in reference.parameters()]
+    with torch.no_grad():
+        expected = [p - 0.125 * g for p, g in zip(reference.parameters(), grads)]
+    for got, want in zip(model.parameters(), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
 def test_win_put_puts_once_per_k_backward_passes():
-    n, r = bf.size(), bf.rank()
+    r = bf.rank()
     model = _twice_model(r)
     with torch.no_grad():
         for p in model.parameters():
