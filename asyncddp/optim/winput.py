@@ -20,6 +20,7 @@ import itertools
 
 import torch
 
+from asyncddp.comm.collectives import barrier
 from asyncddp.comm.context import size
 from asyncddp.comm.windows import win_create, win_free, win_memory, win_put, win_update
 from asyncddp.errors import AsyncDDPError
@@ -50,6 +51,9 @@ class _WinPut(DistributedOptimizer):
         self.neighbor_weights = None
         self.dst_weights = None  # None: put to every out-neighbour with weight 1
         self.require_mutex = False
+        # True: step() waits for every rank before averaging, so the average sees every
+        # neighbour's put of this round (lockstep; BlueFog's attribute of the same name).
+        self.force_barrier = False
         self._addp_step_count = 0
         self._addp_since = 0  # steps since the last communication
         self._addp_passes = {}  # id(p) -> backward passes that reached p since then
@@ -105,6 +109,8 @@ class _WinPut(DistributedOptimizer):
         if progress >= self.num_steps_per_communication:
             if not self._addp_put:  # no backward pass completed the round (a closure, say)
                 self._addp_put_all()
+            if self.force_barrier:
+                barrier()
             self._addp_since = 0
             self._addp_passes.clear()
             self._addp_put = False

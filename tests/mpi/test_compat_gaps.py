@@ -291,6 +291,25 @@ def test_win_put_puts_once_per_k_backward_passes():
     opt.unregister_window()
 
 
+def test_win_put_force_barrier_averages_this_rounds_puts():
+    r = bf.rank()
+    model = torch.nn.Linear(2, 1).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(r + 1.0)
+    opt = bf.DistributedWinPutOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), model=model,
+                                        window_prefix="lockstep")
+    opt.force_barrier = True  # no barrier of ours: the optimizer's makes every put land first
+    model(torch.ones(1, 2, dtype=torch.float64)).sum().backward()
+    opt.step()
+    ins = bf.in_neighbor_ranks()
+    expected = (r + 1.0 + sum(j + 1.0 for j in ins)) / (len(ins) + 1)
+    for p in model.parameters():
+        assert torch.allclose(p, torch.full_like(p, expected), rtol=0, atol=1e-12)
+    bf.barrier()
+    opt.unregister_window()
+
+
 class _no_warnings:
     """BlueFog warns 'Unexpected behavior' when passes and steps disagree; none must appear."""
 
