@@ -22,6 +22,7 @@ from asyncddp.comm import device
 from asyncddp.comm.averaging import mean_
 from asyncddp.comm.buffers import byte_view, check_dtype, host_empty, is_direct_cpu, numpy_view, plain, reduction_dtype
 from asyncddp.comm.engine import Op, live_engine
+from asyncddp.comm.neighbor_plan import as_rank
 from asyncddp.errors import CommError
 
 __all__ = exported_by(__name__)
@@ -183,8 +184,7 @@ def _broadcast(tensor, root_rank, *, inplace: bool, blocking: bool, name=None):
     """The one implementation behind the four public variants."""
     x = _tensor(tensor, "broadcast")
     engine = live_engine()
-    if not isinstance(root_rank, int) or not 0 <= root_rank < engine.size:
-        raise CommError(f"broadcast: root_rank={root_rank!r} is not a rank of the job (0..{engine.size - 1})")
+    root_rank = as_rank(root_rank, engine.size, "broadcast: root_rank")
     x = plain(x)
     args = {"x": x, "root": root_rank, "inplace": tensor if inplace else None}
     return engine.call(Op("broadcast", name or "broadcast", _run_broadcast, args, x.nbytes, peers=(root_rank,)),

@@ -117,6 +117,7 @@ class Engine:
         self.threaded = MPI.Query_thread() == MPI.THREAD_MULTIPLE and env_flag(THREAD_ENV, True)
         self._queue: deque = deque()
         self._cond = threading.Condition()
+        self._paused = False  # pause(): queued ops wait for resume() (BlueFog's suspend)
         self._scratch: dict = {}
         self._busy = False  # an op is executing (on the thread, or on a blocking caller's)
         self._thread = None
@@ -139,6 +140,8 @@ class Engine:
         """
         if blocking:
             op.fuse_key = None
+            if self._paused:  # the program waits for this op, so it cannot stay paused
+                self.resume()
             with self._cond:
                 inline = not (self._queue or self._busy)
                 self._busy = self._busy or inline
@@ -150,7 +153,7 @@ class Engine:
                         self._busy = False
                         if self._queue:  # queued meanwhile by another thread: wake the comm thread
                             self._cond.notify()
-        op.handle = OpHandle(op.name)
+        op.handle = OpHandle(op.name, self.resume)
         if self.threaded:
             with self._cond:
                 self._queue.append(op)
@@ -158,6 +161,18 @@ class Engine:
         else:
             self._complete([op])
         return op.handle.wait() if blocking else op.handle
+
+    def pause(self) -> None:
+        """Queue nonblocking ops without starting them until ``resume()``; a blocking call, or
+        a wait on a handle that is not done, resumes first rather than hang."""
+        with self._cond:
+            self._paused = True
+
+    def resume(self) -> None:
+        if self._paused:
+            with self._cond:
+                self._paused = False
+                self._cond.notify_all()
 
     def has_pending(self) -> bool:
         """True while a submitted op is queued or running."""
@@ -185,7 +200,7 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue or self._busy:
+                while not self._queue or self._busy or self._paused:
                     self._cond.wait()
                 head = self._queue[0]
                 if head is _STOP:
@@ -257,6 +272,7 @@ class Engine:
         global _engine
         if self._thread is not None:
             with self._cond:
+                self._paused = False  # shutdown runs what was queued while paused, then stops
                 self._queue.append(_STOP)
                 self._cond.notify()
             self._thread.join()

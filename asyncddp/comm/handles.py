@@ -21,13 +21,15 @@ __all__ = [*exported_by(__name__), "OpHandle"]
 class OpHandle:
     """A future for one queued operation, completed by the communication thread."""
 
-    __slots__ = ("op_name", "_event", "_result", "_error")
+    __slots__ = ("op_name", "_event", "_result", "_error", "_before_block")
 
-    def __init__(self, op_name: str) -> None:
+    def __init__(self, op_name: str, before_block=None) -> None:
         self.op_name = op_name
         self._event = threading.Event()
         self._result: Any = None
         self._error: BaseException | None = None
+        # Called when a wait would block: lets a paused engine run the op instead of hanging.
+        self._before_block = before_block
 
     def set_result(self, result: Any) -> None:
         self._result = result
@@ -41,6 +43,8 @@ class OpHandle:
         return self._event.is_set()
 
     def wait(self) -> Any:
+        if self._before_block is not None and not self._event.is_set():
+            self._before_block()
         self._event.wait()
         if self._error is not None:
             raise self._error

@@ -46,9 +46,8 @@ def _neighbor_allgather(tensor, *, blocking: bool, src_ranks=None, dst_ranks=Non
         dsts = sorted(j for j in ctx.topology.successors(me) if j != me)
         check = False
     else:
-        srcs, dsts = list(src_ranks), sorted(set(dst_ranks))
-        check_ranks(srcs, engine.size, me, "src_ranks")
-        check_ranks(dsts, engine.size, me, "dst_ranks")
+        srcs = check_ranks(src_ranks, engine.size, me, "src_ranks")
+        dsts = sorted(set(check_ranks(dst_ranks, engine.size, me, "dst_ranks")))
         check = bool(enable_topo_check)
     x = plain(tensor)
     op = Op(

@@ -8,13 +8,16 @@ raises ``CommError`` on every rank instead of hanging.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from functools import cached_property
+
+import numpy as np
 
 from asyncddp.errors import CommError
 from asyncddp.topology.analysis import recv_weights
 
-__all__ = ["Plan", "make_plan", "check_pattern", "check_ranks"]
+__all__ = ["Plan", "make_plan", "check_pattern", "check_ranks", "as_rank"]
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,38 @@ class Plan:
         return tuple(sorted({d for d, _ in self.sends} | {s for s, _ in self.recvs}))
 
 
-def check_ranks(ranks, num_ranks: int, me: int, what: str) -> None:
+def as_rank(value, num_ranks: int, what: str) -> int:
+    """``value`` as a plain ``int`` rank of a job of ``num_ranks``, or ``CommError``.
+
+    Any integral value is a rank (``operator.index``: ``int``, ``numpy.int64`` from a
+    ``numpy.random.permutation``, a 0-d integer tensor); floats and bools are refused, since
+    ``1.0`` or ``True`` as a rank is almost always a mistaken argument.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        rank = None
+    else:
+        try:
+            rank = operator.index(value)
+        except TypeError:
+            rank = None
+    if rank is None or not 0 <= rank < num_ranks:
+        raise CommError(f"{what}={value!r} is not a rank of the job (an integer in 0..{num_ranks - 1})")
+    return rank
+
+
+def check_ranks(ranks, num_ranks: int, me: int, what: str) -> list[int]:
+    """``ranks`` as plain ints (see ``as_rank``), none of them ``me``."""
+    out = []
     for r in ranks:
-        if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r < num_ranks:
-            raise CommError(f"{what}: rank {r!r} is not in the job of {num_ranks} ranks")
-        if r == me:
-            raise CommError(f"{what}: rank {r} is this rank; give its weight as self_weight")
+        try:
+            rank = as_rank(r, num_ranks, what)
+        except CommError:
+            raise CommError(f"{what}: rank {r!r} is not in the job of {num_ranks} ranks "
+                            f"(an integer in 0..{num_ranks - 1})") from None
+        if rank == me:
+            raise CommError(f"{what}: rank {rank} is this rank; give its weight as self_weight")
+        out.append(rank)
+    return out
 
 
 def _as_weights(value, what: str) -> dict:
@@ -57,6 +86,12 @@ def _as_weights(value, what: str) -> dict:
     raise CommError(f"{what} must be a dict {{rank: weight}} or a list of ranks, got {value!r}")
 
 
+def _checked(weights: dict, num_ranks: int, me: int, what: str) -> dict:
+    """``{rank: weight}`` with every key checked and made a plain int."""
+    ranks = check_ranks(weights, num_ranks, me, what)
+    return dict(zip(ranks, weights.values()))
+
+
 _static_plans: dict = {}
 _dynamic_plans: dict = {}  # (me, n, self_weight, src items, dst items, check) -> Plan
 _MAX_DYNAMIC_PLANS = 1024  # a schedule cycles through a few steps; arbitrary ones are just rebuilt
@@ -65,8 +100,9 @@ _MAX_DYNAMIC_PLANS = 1024  # a schedule cycles through a few steps; arbitrary on
 def _frozen(weights):
     """A hashable, type-exact image of a weights argument, or None when it cannot be cached.
 
-    Only plain ``int`` rank keys qualify: ``True`` or ``numpy.int64(1)`` hash like ``1`` but
-    must still be refused by the full checks, so they never hit a plan cached for ``1``.
+    Only plain ``int`` rank keys qualify: ``True`` hashes like ``1`` but must still be refused
+    by the full checks, so it never hits a plan cached for ``1`` (other integral keys, such as
+    ``numpy.int64``, are accepted by those checks but simply not cached).
     """
     kind = type(weights)
     if kind is dict:
@@ -121,10 +157,8 @@ def _make_plan(graph, is_weighted, me, num_ranks, self_weight, src_weights, dst_
                 "neighbor_allreduce: dst_weights (a dynamic step) needs self_weight and "
                 "src_weights too, e.g. neighbor_allreduce(x, **step.as_kwargs())"
             )
-        dst = _as_weights(dst_weights, "dst_weights")
-        src = _as_weights(src_weights, "src_weights")
-        check_ranks(dst, num_ranks, me, "dst_weights")
-        check_ranks(src, num_ranks, me, "src_weights")
+        dst = _checked(_as_weights(dst_weights, "dst_weights"), num_ranks, me, "dst_weights")
+        src = _checked(_as_weights(src_weights, "src_weights"), num_ranks, me, "src_weights")
         return Plan(
             tuple(sorted(dst.items())), tuple(sorted(src.items())), float(self_weight), False, check
         )
@@ -138,8 +172,7 @@ def _make_plan(graph, is_weighted, me, num_ranks, self_weight, src_weights, dst_
     outs = sorted(j for j in graph.successors(me) if j != me)
     sends = tuple((j, 1.0) for j in outs)
     if self_weight is not None:
-        src = _as_weights(src_weights, "src_weights")
-        check_ranks(src, num_ranks, me, "src_weights")
+        src = _checked(_as_weights(src_weights, "src_weights"), num_ranks, me, "src_weights")
         strangers = sorted(set(src) - set(ins))
         if strangers:
             raise CommError(
@@ -165,8 +198,6 @@ def check_pattern(engine, comm, sends, recvs) -> None:
     One Allgather of 2·n bytes per rank: cheap next to the exchange, and it turns "A sends to B
     but B does not expect A" into an error on every rank instead of a hang.
     """
-    import numpy as np
-
     n, me = comm.Get_size(), comm.Get_rank()
     mine = np.zeros(2 * n, dtype=np.uint8)
     mine[[d for d in sends]] = 1

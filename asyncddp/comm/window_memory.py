@@ -31,6 +31,7 @@ import torch
 
 from asyncddp.comm.averaging import combine, scaled
 from asyncddp.comm.buffers import reduction_dtype
+from asyncddp.comm.neighbor_plan import as_rank
 from asyncddp.comm.rank_mutex import RankMutexes
 from asyncddp.errors import CommError
 from asyncddp.topology.analysis import in_neighbors, out_neighbors, recv_weights
@@ -54,16 +55,17 @@ def shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
-def _weights(weights, allowed: list[int], what: str, op: str) -> dict[int, float]:
+def _weights(weights, allowed: list[int], what: str, op: str, size: int) -> dict[int, float]:
     if weights is None:
         return {r: 1.0 for r in allowed}
     if not isinstance(weights, dict):
         weights = {r: 1.0 for r in weights}
-    extra = sorted(set(weights) - set(allowed))
+    ranks = [as_rank(r, size, f"{op}: weights key") for r in weights]
+    extra = sorted(set(ranks) - set(allowed))
     if extra:
         raise CommError(f"{op}: ranks {extra} are not {what} of this rank (those are {allowed}); "
                         "pass weights only for them")
-    return {int(r): float(w) for r, w in weights.items()}
+    return {r: float(w) for r, w in zip(ranks, weights.values())}
 
 
 class Window:
@@ -75,6 +77,7 @@ class Window:
         self.MPI, self.name, self.tensor = MPI, name, tensor
         self.comm = ctx.comm.Dup()  # private: never matched against the engine's collectives
         self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
         topo = ctx.topology
         self.in_ranks = in_neighbors(topo, self.rank)
         self.out_ranks = out_neighbors(topo, self.rank)
@@ -111,9 +114,11 @@ class Window:
         host = to_store(tensor, self.store_dtype)
         with self.local():
             self._write(0, host, 1.0)
+            # A buffer's associated p starts at 0 even when its data starts as a copy of the
+            # tensor: p counts only what neighbours sent (BlueFog's rule), so a rank nobody
+            # sent to keeps p = 1 through win_update_then_collect.
             for k in range(len(self.in_ranks)):
-                self._write(k + 1, torch.zeros_like(host) if zero_init else host,
-                            0.0 if zero_init else 1.0)
+                self._write(k + 1, torch.zeros_like(host) if zero_init else host, 0.0)
                 self._header(k + 1)[0] = 0
         self.comm.Barrier()  # nobody writes into a window before its owner initialised it
 
@@ -200,7 +205,7 @@ class Window:
         the deposits of ``tensor * w`` into each destination, to run now or on the window thread."""
         op = "win_accumulate" if accumulate else "win_put"
         self.check_tensor(tensor, op)
-        dst = _weights(dst_weights, self.out_ranks, "out-neighbours", op)
+        dst = _weights(dst_weights, self.out_ranks, "out-neighbours", op, self.size)
         host = to_store(tensor, self.store_dtype)
         # A blocking put that leaves ``tensor`` alone sends straight from its memory; otherwise the
         # caller may change it (nonblocking) or we scale it (self_weight) before the deposits run.
@@ -232,7 +237,7 @@ class Window:
 
     def start_get(self, src_weights, require_mutex: bool) -> Callable[[], None]:
         """The pull of each in-neighbour's published value times ``w`` into its buffer here."""
-        src = _weights(src_weights, self.in_ranks, "in-neighbours", "win_get")
+        src = _weights(src_weights, self.in_ranks, "in-neighbours", "win_get", self.size)
 
         def pulls() -> None:
             for source, weight in sorted(src.items()):
@@ -283,7 +288,7 @@ class Window:
         if (self_weight is None) != (neighbor_weights is None):
             raise CommError("win_update: give self_weight and neighbor_weights together, or neither")
         if self_weight is not None:
-            return float(self_weight), _weights(neighbor_weights, self.in_ranks, "in-neighbours", "win_update")
+            return float(self_weight), _weights(neighbor_weights, self.in_ranks, "in-neighbours", "win_update", self.size)
         self_weight, weights = self.default_weights
         return self_weight, dict(weights)
 

@@ -25,6 +25,7 @@ import torch
 from asyncddp import exported_by
 from asyncddp.comm.buffers import reduction_dtype
 from asyncddp.comm.context import get_context
+from asyncddp.comm.neighbor_plan import as_rank
 from asyncddp.comm.window_memory import MPI_TYPES, Window
 from asyncddp.errors import CommError
 
@@ -199,8 +200,7 @@ def win_mutex(name, for_self=False, ranks=None):
     win = _window(name, "win_mutex")
     chosen = [win.rank] if for_self else (win.out_ranks if ranks is None else list(ranks))
     size = win.comm.Get_size()
-    if any(not isinstance(r, int) or not 0 <= r < size for r in chosen):
-        raise CommError(f"win_mutex: ranks {chosen} must be integers in 0..{size - 1}")
+    chosen = [as_rank(r, size, "win_mutex: rank") for r in chosen]
     win.mutexes.acquire(chosen)
     try:
         yield

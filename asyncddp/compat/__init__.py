@@ -58,4 +58,24 @@ def install_bluefog_alias() -> types.ModuleType:
                 setattr(sys.modules[".".join(parts[:depth - 1])], parts[depth - 1], package)
         sys.modules[alias] = module
         setattr(sys.modules[parent_name], child, module)
+    _restore_networkx_2_names()
     return sys.modules["bluefog"]
+
+
+def _restore_networkx_2_names() -> None:
+    """BlueFog 0.3 ran on networkx 2, and code written for it calls ``nx.to_numpy_matrix``,
+    which networkx 3.0 removed; give it back (an ``np.matrix`` of ``nx.to_numpy_array``) when
+    the installed networkx lacks it. Nothing else in networkx is touched."""
+    import networkx as nx
+    import numpy as np
+
+    if "to_numpy_matrix" in dir(nx):
+        return
+
+    def to_numpy_matrix(G, nodelist=None, dtype=None, order=None, multigraph_weight=sum,
+                        weight="weight", nonedge=0.0):
+        return np.asmatrix(nx.to_numpy_array(G, nodelist=nodelist, dtype=dtype, order=order,
+                                             multigraph_weight=multigraph_weight, weight=weight,
+                                             nonedge=nonedge))
+
+    nx.to_numpy_matrix = to_numpy_matrix

@@ -19,7 +19,8 @@ argument is the step count — whereas asyncddp's ``DistributedNeighborAllreduce
 ``model`` may be a module or a list of modules, as BlueFog allows. The returned optimizers carry
 the settable attributes BlueFog documents (``self_weight``, ``src_weights``, ``dst_weights``,
 ``src_machine_weights``, ``dst_machine_weights``, ``enable_topo_check``, ``communication_type``,
-``num_steps_per_communication``; the older ``send_neighbors``/``neighbor_weights`` pair too), read
+``num_steps_per_communication``, and the win-put optimizer's ``force_barrier``; the older
+``send_neighbors``/``neighbor_weights`` pair too), read
 at each communication round by asyncddp's implementation. Misuse raises ``BlueFogError`` (a
 ``ValueError``), as BlueFog does.
 """

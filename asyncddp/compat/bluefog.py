@@ -35,7 +35,7 @@ __all__ = [
     "broadcast", "broadcast_", "broadcast_nonblocking", "broadcast_nonblocking_",
     "allgather", "allgather_nonblocking", "neighbor_allgather", "neighbor_allgather_nonblocking",
     "neighbor_allreduce", "neighbor_allreduce_nonblocking", "hierarchical_neighbor_allreduce",
-    "hierarchical_neighbor_allreduce_nonblocking",
+    "hierarchical_neighbor_allreduce_nonblocking", "suspend", "resume",
 ]  # fmt: skip
 
 NODES_PER_MACHINE_ENV = "BLUEFOG_NODES_PER_MACHINE"
@@ -130,6 +130,7 @@ def init(topology_fn=None, is_weighted: bool = False) -> None:
 
 
 def shutdown() -> None:
+    resume()
     with _handle_lock:
         _handles.clear()
     _core.shutdown()
@@ -173,6 +174,26 @@ def unified_mpi_window_model_supported() -> bool:
         win.Free()
 
 
+@_bf_errors
+def suspend() -> None:
+    """Queue nonblocking ops without starting them until ``resume()`` (BlueFog's pause of its
+    background thread, meant for interactive sessions). Waiting on a handle still runs its op,
+    so a blocking call made while suspended completes instead of hanging."""
+    from asyncddp.comm.engine import get_engine
+
+    _core.get_context()
+    get_engine().pause()
+
+
+def resume() -> None:
+    """Start the ops queued since ``suspend()``."""
+    from asyncddp.comm.context import is_initialized
+    from asyncddp.comm.engine import get_engine
+
+    if is_initialized():
+        get_engine().resume()
+
+
 def set_skip_negotiate_stage(value: bool) -> None:
     """Accepted for compatibility. BlueFog negotiated op order through a coordinator; asyncddp
     has no such stage (every rank issues ops in program order), so there is nothing to skip."""
@@ -204,7 +225,8 @@ out_neighbor_machine_ranks = _bf_errors(_core.out_neighbor_machine_ranks)
 
 
 @_bf_errors
-def set_machine_topology(topology: nx.DiGraph | None = None, is_weighted: bool = False) -> bool:
+def set_machine_topology(topology: nx.DiGraph | None, is_weighted: bool = False) -> bool:
+    """Make ``topology`` the machine topology (``None``: ``ExponentialGraph(machine_size())``)."""
     from asyncddp.topology.graphs import exponential_graph
 
     graph = topology if topology is not None else exponential_graph(_core.machine_size())
@@ -308,7 +330,7 @@ def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None
 
 
 @_bf_errors
-def hierarchical_neighbor_allreduce(tensor, self_weight=None, src_machine_weights=None,
+def hierarchical_neighbor_allreduce(tensor, *, self_weight=None, src_machine_weights=None,
                                     dst_machine_weights=None, enable_topo_check: bool = False, name=None):
     return _core.hierarchical_neighbor_allreduce(
         tensor, self_weight=self_weight, src_machine_weights=src_machine_weights,
@@ -316,7 +338,7 @@ def hierarchical_neighbor_allreduce(tensor, self_weight=None, src_machine_weight
 
 
 @_bf_errors
-def hierarchical_neighbor_allreduce_nonblocking(tensor, self_weight=None, src_machine_weights=None,
+def hierarchical_neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_machine_weights=None,
                                                 dst_machine_weights=None, enable_topo_check: bool = False,
                                                 name=None) -> int:
     return _register(_core.hierarchical_neighbor_allreduce_nonblocking(
@@ -333,3 +355,9 @@ from asyncddp.compat._bf_optimizers import *  # noqa: E402,F401,F403  (optimizer
 from asyncddp.compat._bf_optimizers import __all__ as _optimizers_all  # noqa: E402
 
 __all__ += list(_optimizers_all)
+
+# BlueFog's bluefog.torch re-exports the topology helpers (bf.RingGraph(n), bf.GetRecvWeights).
+from asyncddp.compat.topology_util import *  # noqa: E402,F401,F403
+from asyncddp.compat.topology_util import __all__ as _topology_all  # noqa: E402
+
+__all__ += [name for name in _topology_all if name != "isPowerOf"]

@@ -27,7 +27,7 @@ __all__ = [
     "GetRecvWeights", "GetSendWeights", "GetDynamicOnePeerSendRecvRanks",
     "GetExp2DynamicSendRecvMachineRanks", "GetInnerOuterRingDynamicSendRecvRanks",
     "GetInnerOuterExpo2DynamicSendRecvRanks", "InferSourceFromDestinationRanks",
-    "InferDestinationFromSourceRanks",
+    "InferDestinationFromSourceRanks", "isPowerOf",
 ]  # fmt: skip
 
 
@@ -62,6 +62,18 @@ def RingGraph(size: int, connect_style: int = 0) -> nx.DiGraph:
 
 def FullyConnectedGraph(size: int) -> nx.DiGraph:
     return _graphs.fully_connected_graph(size)
+
+
+def isPowerOf(x, base: int) -> bool:
+    """True when ``x == base**k`` for some integer k >= 0 (exact, in integers)."""
+    if isinstance(base, bool) or not isinstance(base, int) or base < 2:
+        raise ValueError(f"isPowerOf: base must be an integer > 1, got {base!r}")
+    if not x > 0:
+        raise ValueError(f"isPowerOf: x must be positive, got {x!r}")
+    power = 1
+    while power < x:
+        power *= base
+    return power == x
 
 
 def IsTopologyEquivalent(topo1: nx.DiGraph | None, topo2: nx.DiGraph | None) -> bool:

@@ -74,25 +74,30 @@ class _GradientAllreduce(DistributedOptimizer):
         self._addp_named = named_trainable(model, self)
         self._addp_hook_handles = []
         self.num_steps_per_communication = num_steps_per_communication
-        self._addp_backward_count = 0
+        self._addp_passes = {}  # id(p) -> backward passes that reached p since the last average
         self._addp_buckets = []
-        if size() == 1:
-            return  # averaging over one rank is the identity: no hooks, step() is the plain step
-        self._addp_buckets = _buckets(self._addp_named, bucket_mb * 1024 * 1024)
+        communicate = size() > 1
+        if communicate:
+            self._addp_buckets = _buckets(self._addp_named, bucket_mb * 1024 * 1024)
         self._addp_slot = {id(p): (bucket, bucket.offsets[k], name)
                            for bucket in self._addp_buckets for k, (name, p) in enumerate(bucket.params)}
-        for _, p in self._addp_named:
-            self._addp_hook_handles.append(p.register_post_accumulate_grad_hook(self._addp_hook))
+        if communicate or num_steps_per_communication > 1:
+            # One rank averages nothing, but still needs the count to accumulate k passes.
+            for _, p in self._addp_named:
+                self._addp_hook_handles.append(p.register_post_accumulate_grad_hook(self._addp_hook))
 
     def _addp_hook(self, p) -> None:
-        # Accumulating several backward passes: communicate only after the last one.
-        if (self._addp_backward_count + 1) % self.num_steps_per_communication:
+        # Accumulating several backward passes: communicate only after the k-th one.
+        passes = self._addp_passes.get(id(p), 0) + 1
+        self._addp_passes[id(p)] = passes
+        if passes < self.num_steps_per_communication or id(p) not in self._addp_slot:
             return
         bucket, offset, name = self._addp_slot[id(p)]
-        if id(p) in bucket.ready:
+        if passes > self.num_steps_per_communication:
             raise AsyncDDPError(
-                f"gradient of {name!r} finished twice before step(): call backward once per "
-                "step, or set num_steps_per_communication to the number of backward passes"
+                f"gradient of {name!r} finished {passes} times before step(), with "
+                f"num_steps_per_communication={self.num_steps_per_communication}: call step() "
+                "after that many backward passes, or raise num_steps_per_communication"
             )
         bucket.buffer[offset:offset + p.numel()].copy_(p.grad.reshape(-1))
         bucket.ready.add(id(p))
@@ -102,17 +107,27 @@ class _GradientAllreduce(DistributedOptimizer):
     def _addp_start(self, bucket: _Bucket) -> None:
         bucket.handle = allreduce_nonblocking_(bucket.buffer, average=True, name=f"grad.bucket{bucket.index}")
 
+    def _addp_accumulating(self) -> bool:
+        """True while fewer than k backward passes ran since the last average (none: False)."""
+        passes = max(self._addp_passes.values(), default=0)
+        return 0 < passes < self.num_steps_per_communication
+
     def synchronize(self) -> None:
         """Wait for every gradient average started in this step (``step()`` calls this)."""
-        if not self._addp_hook_handles:
-            return  # one rank, or hooks removed: nothing was started
-        if (self._addp_backward_count + 1) % self.num_steps_per_communication:
-            return
+        if not self._addp_hook_handles or self._addp_accumulating():
+            return  # hooks removed, or still accumulating: nothing to average yet
+        reached = self._addp_passes
+        self._addp_passes = {}
         for bucket in self._addp_buckets:  # the same order on every rank
             if bucket.handle is None:
                 for k, (_, p) in enumerate(bucket.params):
-                    if id(p) not in bucket.ready:  # no gradient in this backward: zeros
-                        bucket.buffer[bucket.offsets[k]:bucket.offsets[k] + p.numel()].zero_()
+                    if id(p) in bucket.ready:
+                        continue
+                    part = bucket.buffer[bucket.offsets[k]:bucket.offsets[k] + p.numel()]
+                    if id(p) in reached and p.grad is not None:  # fewer passes than the others
+                        part.copy_(p.grad.reshape(-1))
+                    else:  # no gradient in this round: zeros
+                        part.zero_()
                 self._addp_start(bucket)
         for bucket in self._addp_buckets:
             synchronize(bucket.handle)
@@ -123,10 +138,9 @@ class _GradientAllreduce(DistributedOptimizer):
             bucket.ready.clear()
 
     def step(self, closure=None):
+        if self._addp_accumulating():
+            return None  # accumulate locally; the update comes with the k-th backward pass
         self.synchronize()
-        self._addp_backward_count += 1
-        if self._addp_backward_count % self.num_steps_per_communication:
-            return None  # accumulate locally; the update comes with the next communication
         return inner_step(self, closure)
 
     def remove_hooks(self) -> None:
@@ -134,6 +148,7 @@ class _GradientAllreduce(DistributedOptimizer):
         for handle in self._addp_hook_handles:
             handle.remove()
         self._addp_hook_handles = []
+        self._addp_passes.clear()  # no longer counted: a half-counted round must not hold step()
 
 
 def DistributedGradientAllreduceOptimizer(optimizer, model, num_steps_per_communication: int = 1,
@@ -143,8 +158,9 @@ def DistributedGradientAllreduceOptimizer(optimizer, model, num_steps_per_commun
     Args:
         optimizer: a torch optimizer over ``model``'s parameters (stays an instance of its class).
         model: the module being trained; its parameters get gradient hooks.
-        num_steps_per_communication: backward passes accumulated locally per averaged update
-            (``step()`` after each; only every k-th communicates and updates).
+        num_steps_per_communication: backward passes accumulated locally per averaged update:
+            the k-th pass starts the exchange, and ``step()`` (called once after the k passes,
+            or after each of them) updates only then; earlier ``step()`` calls do nothing.
         bucket_mb: gradients are averaged in buckets of at most this many MiB (like DDP's
             ``bucket_cap_mb``); smaller buckets start sooner in backward, larger ones send fewer
             messages. A parameter larger than this gets a bucket of its own.

@@ -22,6 +22,7 @@ from asyncddp.comm.collectives import (
 )
 from asyncddp.comm.engine import get_engine
 from asyncddp.comm.handles import synchronize
+from asyncddp.comm.neighbor_plan import as_rank
 from asyncddp.errors import AsyncDDPError
 
 __all__ = ["broadcast_parameters", "allreduce_parameters", "broadcast_optimizer_state"]
@@ -45,15 +46,13 @@ def _tensors(params, who: str) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def _check_root(root_rank, who: str) -> None:
-    size = get_engine().size
-    if not isinstance(root_rank, int) or isinstance(root_rank, bool) or not 0 <= root_rank < size:
-        raise AsyncDDPError(f"{who}: root_rank={root_rank!r} is not a rank of the job (0..{size - 1})")
+def _check_root(root_rank, who: str) -> int:
+    return as_rank(root_rank, get_engine().size, f"{who}: root_rank")
 
 
 def broadcast_parameters(params, root_rank: int = 0) -> None:
     """Overwrite every tensor in ``params`` with ``root_rank``'s value (in place, bit-exact)."""
-    _check_root(root_rank, "broadcast_parameters")
+    root_rank = _check_root(root_rank, "broadcast_parameters")
     named = _tensors(params, "broadcast_parameters")
     # detach(): the comm thread writes the result, and no_grad does not cross threads.
     handles = [
@@ -88,7 +87,7 @@ def broadcast_optimizer_state(optimizer, root_rank: int = 0) -> None:
         raise AsyncDDPError(
             f"broadcast_optimizer_state expects a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
-    _check_root(root_rank, "broadcast_optimizer_state")
+    root_rank = _check_root(root_rank, "broadcast_optimizer_state")
     engine = get_engine()
     payload = torch.empty(0, dtype=torch.uint8)
     if engine.rank == root_rank:

@@ -4,12 +4,12 @@
 parameters of that dtype back to back (collective, at construction; one window rather than one
 per parameter because creating a window costs a collective allocation); the parameters become
 views into that window's tensor (on the CPU, its own published memory: ``win_memory``), so
-communication reads and writes them in place. Each ``step()`` runs
-the user's update, then every ``num_steps_per_communication`` steps puts the new parameters
-into the out-neighbours' window buffers (passive target: the neighbour takes no part) and
-replaces them by the average of this rank's value and whatever the
-in-neighbours last deposited (``win_update``; a neighbour that has not put since is counted with
-its previous value). Ranks may therefore run at different speeds and take different numbers of
+communication reads and writes them in place. Every ``num_steps_per_communication`` steps
+(or backward passes), ``step()`` puts the parameters into the out-neighbours' window buffers
+(passive target: the neighbour takes no part) and replaces them by the average of this rank's
+value and whatever the in-neighbours last deposited (``win_update``; a neighbour that has not
+put since is counted with its previous value); every ``step()`` then runs the user's update
+with the gradient computed before the averaging (BlueFog's order). Ranks may therefore run at different speeds and take different numbers of
 steps — there is no collective inside ``step()``. ``free()`` releases the windows and IS
 collective: every rank calls it once, after its own training loop.
 """
@@ -20,6 +20,7 @@ import itertools
 
 import torch
 
+from asyncddp.comm.collectives import barrier
 from asyncddp.comm.context import size
 from asyncddp.comm.windows import win_create, win_free, win_memory, win_put, win_update
 from asyncddp.errors import AsyncDDPError
@@ -50,14 +51,23 @@ class _WinPut(DistributedOptimizer):
         self.neighbor_weights = None
         self.dst_weights = None  # None: put to every out-neighbour with weight 1
         self.require_mutex = False
+        # True: step() waits for every rank before averaging, so the average sees every
+        # neighbour's put of this round (lockstep; BlueFog's attribute of the same name).
+        self.force_barrier = False
         self._addp_step_count = 0
+        self._addp_since = 0  # steps since the last communication
+        self._addp_passes = {}  # id(p) -> backward passes that reached p since then
         self._addp_solo = size() == 1
-        # Same counter on every rank as long as every rank builds its optimizers in the same order.
-        prefix = window_prefix if window_prefix is not None else f"winput{next(_instances)}"
+        self._addp_put = False  # this round's put is done
+        # The instance number makes names unique, so an optimizer left alive (say, by an
+        # exception) never blocks the next one; it is the same on every rank as long as every
+        # rank builds its optimizers in the same order (win_create checks that names agree).
+        number = next(_instances)
+        prefix = window_prefix if window_prefix is not None else "winput"
         self.window_prefix = prefix
         self._addp_windows = []  # (window name, flat tensor, the parameters that are views of it)
         for k, (flat, params) in enumerate(flatten_parameters(p for _, p in self._addp_named)):
-            window = f"{prefix}.{k}"
+            window = f"{prefix}.{number}.{k}"
             win_create(flat, window)
             if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
                 # Keep the parameters in the window's published block: put and update then
@@ -65,34 +75,77 @@ class _WinPut(DistributedOptimizer):
                 flat = win_memory(window)
                 point_into(params, flat)
             self._addp_windows.append((window, flat, params))
+        # Count backward passes, so that k passes before one step() communicate once.
+        self._addp_hook_handles = [p.register_post_accumulate_grad_hook(self._addp_count)
+                                   for _, p in self._addp_named]
+
+    def _addp_count(self, p) -> None:
+        passes = self._addp_passes.get(id(p), 0) + 1
+        self._addp_passes[id(p)] = passes
+        if passes == self.num_steps_per_communication and not self._addp_put:
+            # The backward pass that completes the round: the parameters are what the gradient
+            # is computed at, and stay so until step(). Putting them now rather than in step()
+            # gives the neighbours' puts the rest of the backward pass to land before each
+            # rank's win_update reads them (BlueFog puts at forward time for the same reason).
+            self._addp_put_all()
+
+    def _addp_put_all(self) -> None:
+        self._addp_put = True
+        if self._addp_solo:
+            return
+        for window, flat, _ in self._addp_windows:
+            win_put(flat, window, dst_weights=self.dst_weights, require_mutex=self.require_mutex)
 
     def step(self, closure=None):
         if not self._addp_windows:
             raise AsyncDDPError("DistributedWinPutOptimizer.step after free(): the windows are gone")
-        loss = inner_step(self, closure)
         self._addp_step_count += 1
+        self._addp_since += 1
+        # Communicate after k steps or k backward passes, whichever comes first: one backward
+        # per step counts steps, k backward passes before one step() count passes.
+        progress = max(self._addp_since, max(self._addp_passes.values(), default=0))
         # One rank with default weights: no neighbours to put to, and the update is the identity.
         solo = self._addp_solo and self.self_weight in (None, 1.0)
-        if self._addp_step_count % self.num_steps_per_communication == 0 and not solo:
-            for window, flat, _ in self._addp_windows:
-                win_put(flat, window, dst_weights=self.dst_weights, require_mutex=self.require_mutex)
-                # flat (the parameters) <- self_weight * flat + sum_j w_j * (what in-neighbour j put last)
+        if progress >= self.num_steps_per_communication:
+            if not self._addp_put:  # no backward pass completed the round (a closure, say)
+                self._addp_put_all()
+            if self.force_barrier:
+                barrier()
+            self._addp_since = 0
+            self._addp_passes.clear()
+            self._addp_put = False
+            for window, _, _ in self._addp_windows if not solo else ():
+                # Average the parameters the gradient was computed at with what the
+                # in-neighbours put last; the local update follows (BlueFog's order).
                 win_update(window, self_weight=self.self_weight,
                            neighbor_weights=self.neighbor_weights,
                            require_mutex=self.require_mutex)  # fmt: skip
-        return loss
+        return inner_step(self, closure)
 
     @property
     def num_steps(self) -> int:
         """Local steps taken so far on this rank."""
         return self._addp_step_count
 
+    @property
+    def window_names(self) -> list[str]:
+        """The names of this optimizer's windows (empty after ``free()``)."""
+        return [window for window, _, _ in self._addp_windows]
+
     def free(self) -> None:
-        """Release the windows (collective: every rank, once, after its training loop)."""
+        """Release the windows (collective: every rank, once, after its training loop).
+        Calling it again does nothing."""
+        for handle in self._addp_hook_handles:
+            handle.remove()
+        self._addp_hook_handles = []
         for window, flat, params in self._addp_windows:
             win_free(window)  # moves flat off the window's memory; re-point the views to it
             point_into(params, flat)
         self._addp_windows = []
+
+    def unregister_window(self) -> None:
+        """BlueFog's name for ``free()`` (collective, idempotent)."""
+        self.free()
 
 
 def DistributedWinPutOptimizer(optimizer, model, num_steps_per_communication=1, window_prefix=None):
@@ -101,8 +154,10 @@ def DistributedWinPutOptimizer(optimizer, model, num_steps_per_communication=1, 
     Args:
         optimizer: a torch optimizer over ``model``'s parameters.
         model: the module being trained.
-        num_steps_per_communication: local steps between puts.
-        window_prefix: window name prefix (default ``winputN``, N counting optimizers built).
+        num_steps_per_communication: local steps (or backward passes, when several run
+            before one ``step()``) between puts.
+        window_prefix: window name prefix; windows are named ``PREFIX.N.K`` (default prefix
+            ``winput``; N counts optimizers built, K the parameter dtype group).
     """
     who = "DistributedWinPutOptimizer"
     check_optimizer(optimizer, who)
