@@ -144,6 +144,8 @@ def test_dry_run_json_runs_nothing(tmp_path):
          "ASYNCDDP_MPIRUN=/nonexistent/mpirun is not an executable file"),
         (["examples/hello.py"], {}, "give the number of ranks with -np N"),
         (["-np", "2"], {}, "no command to run"),
+        (["-np", "2", "--mpi-args", "--mca btl 'self", "examples/hello.py"], {},
+         "--mpi-args \"--mca btl 'self\": No closing quotation; balance the quotes"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, env, message):
