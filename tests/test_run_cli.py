@@ -95,14 +95,54 @@ def test_ctrl_c_stops_every_rank_and_exits_130():
     assert [pid for pid in pids if _is_running(pid)] == []
 
 
+OUT_AND_ERR = ("import os, sys; r = os.environ['OMPI_COMM_WORLD_RANK']; print('out', r, *sys.argv[1:]); "
+               "print('err', r, file=sys.stderr)")
+
+
+def _logs_line(done: subprocess.CompletedProcess, output_dir: Path) -> Path:
+    """The run's log folder, as its first stderr line names it."""
+    match = re.fullmatch(r"asyncddp: this run's logs: (.+)/", done.stderr.splitlines()[0])
+    assert match, done.stderr
+    folder = Path(match.group(1))
+    assert folder.parent == output_dir and re.fullmatch(r"run-\d{8}-\d{6}(-\d+)?", folder.name), folder
+    return folder
+
+
 def test_output_dir_writes_one_log_per_rank_and_still_echoes(tmp_path):
-    done = asyncddp("run", "-np", "3", "--output-dir", str(tmp_path), sys.executable, "-c",
-                    "import os, sys; r = os.environ['OMPI_COMM_WORLD_RANK']; print('out', r); print('err', r, file=sys.stderr)")
+    done = asyncddp("run", "-np", "3", "--output-dir", str(tmp_path), sys.executable, "-c", OUT_AND_ERR)
     assert done.returncode == 0, done.stderr
     assert sorted(done.stdout.splitlines()) == ["[0] out 0", "[1] out 1", "[2] out 2"]
+    logs = _logs_line(done, tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["latest", logs.name]  # nothing else of the job
+    assert sorted(path.name for path in logs.iterdir()) == ["rank.0.log", "rank.1.log", "rank.2.log"]
     for rank in range(3):
         assert f"[{rank}] err {rank}" in done.stderr.splitlines()
-        assert sorted((tmp_path / f"rank.{rank}.log").read_text().splitlines()) == [f"err {rank}", f"out {rank}"]
+        lines = (tmp_path / "latest" / f"rank.{rank}.log").read_text().splitlines()
+        assert sorted(lines) == [f"err {rank}", f"out {rank}"]
+
+
+def test_a_reused_output_dir_keeps_every_runs_logs_apart(tmp_path):
+    first = asyncddp("run", "-np", "3", "--output-dir", str(tmp_path), sys.executable, "-c", OUT_AND_ERR, "first")
+    second = asyncddp("run", "-np", "2", "--output-dir", str(tmp_path), sys.executable, "-c", OUT_AND_ERR, "second")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    old, new = _logs_line(first, tmp_path), _logs_line(second, tmp_path)
+    assert old != new and (tmp_path / "latest").resolve() == new.resolve()
+    assert sorted(path.name for path in old.iterdir()) == ["rank.0.log", "rank.1.log", "rank.2.log"]
+    assert sorted(path.name for path in new.iterdir()) == ["rank.0.log", "rank.1.log"]  # no rank.2.log of the first
+    for folder, word, ranks in ((old, "first", 3), (new, "second", 2)):
+        for rank in range(ranks):
+            lines = (folder / f"rank.{rank}.log").read_text().splitlines()
+            assert sorted(lines) == [f"err {rank}", f"out {rank} {word}"]
+
+
+def test_an_output_dir_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    for where, problem in ((tmp_path / "afile" / "sub", "Not a directory"),
+                           (Path("/proc/asyncddp-x"), "No such file or directory")):
+        done = asyncddp("run", "-np", "2", "--output-dir", str(where), "examples/hello.py")
+        assert done.returncode == 2 and done.stdout == "", done.stderr
+        assert done.stderr == (f"asyncddp: error: --output-dir {where}: cannot create a folder there: {problem}; "
+                               "give a directory you can write to\n")
 
 
 def test_module_form_and_config_env(tmp_path):
