@@ -143,6 +143,9 @@ def test_an_output_dir_that_cannot_be_made_is_one_line(tmp_path):
         assert done.returncode == 2 and done.stdout == "", done.stderr
         assert done.stderr == (f"asyncddp: error: --output-dir {where}: cannot create a folder there: {problem}; "
                                "give a directory you can write to\n")
+    done = asyncddp("run", "-np", "2", "--output-dir", str(tmp_path / "afile"), "examples/hello.py")
+    assert done.returncode == 2 and done.stderr == (f"asyncddp: error: --output-dir {tmp_path / 'afile'}: that is a "
+                                                    "file, not a directory; give a directory (it is created if missing)\n")
 
 
 def test_module_form_and_config_env(tmp_path):
@@ -232,3 +235,17 @@ def test_unreachable_host_without_preflight_fails_fast_with_one_summary():
     assert done.returncode != 0 and time.monotonic() - started < 30
     assert "Could not resolve hostname nonexistent.invalid" in done.stderr
     assert done.stderr.splitlines()[-1].startswith("asyncddp: job failed: mpirun could not start its daemon on nonexistent")
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
+    from asyncddp.launcher.log_dir import new_log_dir
+
+    moment = time.mktime((2026, 12, 2, 10, 30, 12, 0, 0, -1))
+    folders = [new_log_dir(str(tmp_path / "logs"), now=moment) for _ in range(3)]
+    assert [Path(folder).name for folder in folders] == ["run-20261202-103012", "run-20261202-103012-2",
+                                                         "run-20261202-103012-3"]
+    assert os.readlink(tmp_path / "logs" / "latest") == "run-20261202-103012-3"
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "latest").write_text("the user's")  # a latest of the user's own is left alone
+    assert Path(new_log_dir(str(tmp_path / "own"), now=moment)).is_dir()
+    assert (tmp_path / "own" / "latest").read_text() == "the user's"

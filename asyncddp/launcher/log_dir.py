@@ -31,6 +31,9 @@ def _cannot(output_dir: str, error: OSError) -> ConfigError:
 def new_log_dir(output_dir: str, now: float | None = None) -> str:
     """Create ``output_dir`` if needed and a new folder in it for this run's logs; its path."""
     base = Path(output_dir)
+    if base.exists() and not base.is_dir():
+        raise ConfigError(f"--output-dir {output_dir}: that is a file, not a directory; give a directory "
+                          "(it is created if missing)")
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as error:
