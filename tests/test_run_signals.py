@@ -263,3 +263,25 @@ def test_sigterm_to_an_emulated_run_also_removes_its_namespaces(tmp_path):
     launch.assert_nothing_left()
     assert [name for name in netns.list_namespaces() if name.startswith(mine)] == []
     assert not list(netns.STATE_ROOT.glob(f"{mine}*")) and not list(Path("/etc/netns").glob(f"{mine}*"))
+
+
+def test_a_signal_ignored_at_start_stays_ignored_as_under_nohup(tmp_path):
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    with open(tmp_path / "err", "w") as err:
+        job = subprocess.Popen([sys.executable, "-m", "asyncddp", *_run_args(pid_dir)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(pid_dir.glob("pid.[0-9]*"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = [int(path.read_text()) for path in pid_dir.glob("pid.[0-9]*")]
+        job.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        assert job.poll() is None and all(_alive(pid) for pid in pids)  # nohup's promise kept
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(15) == 143
+    finally:
+        if job.poll() is None:
+            job.kill()

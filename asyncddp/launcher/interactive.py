@@ -7,7 +7,7 @@ connects with ``ipyparallel.Client(profile=...)`` and every ``%%px`` cell runs o
 ``asyncddp.init()`` itself. The profile directory (``$IPYTHONDIR/profile_<name>``, default profile
 ``asyncddp``) is created for the user; ``asyncddp_ipy.json`` in it records the two processes
 started, so that ``stop`` and ``status`` (another shell, later) find them. ``stop`` interrupts the
-runner (which stops every rank as on Ctrl-C), ends the controller, and finally ends any process
+runner with SIGTERM (which stops every rank), ends the controller, and finally ends any process
 still naming the profile directory on its command line — nothing of the cluster is left running.
 ``start`` itself, stopped by SIGINT, SIGTERM or SIGHUP before every engine registered, ends what
 it started the same way (``stop_signals``); once it returned, the cluster is ``stop``'s to end.
@@ -257,7 +257,9 @@ def _wait_gone(pids: list[int], seconds: float) -> list[int]:
 def _stop_processes(directory: Path, state: dict) -> None:
     runner, controller = state.get("runner_pid"), state.get("controller_pid")
     if runner and _alive(runner):
-        _signal(runner, signal.SIGINT)  # asyncddp run's Ctrl-C path stops every rank
+        # SIGTERM, not SIGINT: a cluster started from a script in the background inherits an
+        # ignored SIGINT, and asyncddp run keeps ignoring what it was started ignoring.
+        _signal(runner, signal.SIGTERM)
         _wait_gone([runner], 20)
     if controller and _alive(controller):
         _signal(controller, signal.SIGTERM)

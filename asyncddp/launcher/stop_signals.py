@@ -7,7 +7,8 @@ only): without a policy, mpirun and every rank outlive the launcher, and its tem
 emulated namespaces stay behind.
 
 ``handled()`` installs one handler for the three while a command that starts ranks runs (nested
-uses share it; only the main thread can install handlers, elsewhere it does nothing). Outside a job
+uses share it; only the main thread can install handlers, elsewhere it does nothing; a signal the
+process was started ignoring, as under ``nohup``, stays ignored). Outside a job
 the handler raises ``Stopped``, a ``SystemExit`` carrying 128+signal: no ``except Exception``
 swallows it, every ``finally`` on the way out runs (temporary directories, namespaces), the CLI
 prints it as one line, and uncaught it still exits with the shell's code for that signal.
@@ -97,7 +98,10 @@ def handled() -> Iterator[None]:
         yield
         return
     if _policy.depth == 0:
-        _policy.previous = {signum: signal.signal(signum, _policy.handle) for signum in STOP_SIGNALS}
+        # A signal ignored when we started stays ignored: nohup ignores SIGHUP, and a shell
+        # script ignores SIGINT for the jobs it puts in the background.
+        _policy.previous = {signum: signal.signal(signum, _policy.handle) for signum in STOP_SIGNALS
+                            if signal.getsignal(signum) is not signal.SIG_IGN}
     _policy.depth += 1
     try:
         yield
