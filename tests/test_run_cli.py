@@ -82,7 +82,8 @@ def _is_running(pid: int) -> bool:
 def test_ctrl_c_stops_every_rank_and_exits_130():
     code = "import os, time; print('pid', os.getpid(), flush=True); time.sleep(60)"
     process = subprocess.Popen([sys.executable, "-m", "asyncddp", "run", "-np", "2", sys.executable, "-c", code],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     pids: list[int] = []
     while len(pids) < 2:
         line = process.stdout.readline()

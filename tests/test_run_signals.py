@@ -73,6 +73,14 @@ def _descendants(pid: int) -> set[int]:
     return found | {member for member, (_, session) in table.items() if session in leaders}
 
 
+def _interactive_signals() -> None:
+    """In the child: the stop signals at their defaults, as from an interactive shell (a harness
+    running the tests in the background would otherwise pass on an ignored SIGINT, which the
+    launcher rightly keeps ignoring)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 class Launch:
     """A CLI process with its own TMPDIR, output in files, and the pids of its job as seen so far."""
 
@@ -84,7 +92,7 @@ class Launch:
         self.out_path, self.err_path = tmp_path / "out", tmp_path / "err"
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.process = subprocess.Popen([sys.executable, "-m", "asyncddp", *args], cwd=ROOT, stdout=out,
-                                            stderr=err, stdin=subprocess.DEVNULL,
+                                            stderr=err, stdin=subprocess.DEVNULL, preexec_fn=_interactive_signals,
                                             env={**os.environ, "TMPDIR": str(self.tmp), **(env or {})})
         self.pids: set[int] = set()
 
@@ -187,8 +195,8 @@ def test_a_reader_that_goes_away_stops_the_job(tmp_path):
     # blocking forever on a pipe nobody drains.
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    job = subprocess.Popen([sys.executable, "-m", "asyncddp", *_run_args(pid_dir)], cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    job = subprocess.Popen([sys.executable, "-m", "asyncddp", *_run_args(pid_dir)], cwd=ROOT, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         assert job.stdout.readline().startswith("[")
         deadline = time.monotonic() + 60
@@ -271,7 +279,7 @@ def test_a_signal_ignored_at_start_stays_ignored_as_under_nohup(tmp_path):
     with open(tmp_path / "err", "w") as err:
         job = subprocess.Popen([sys.executable, "-m", "asyncddp", *_run_args(pid_dir)], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
-                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+                               preexec_fn=lambda: (_interactive_signals(), signal.signal(signal.SIGHUP, signal.SIG_IGN)))
     try:
         deadline = time.monotonic() + 60
         while len(list(pid_dir.glob("pid.[0-9]*"))) < 3 and time.monotonic() < deadline:
