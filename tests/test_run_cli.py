@@ -82,7 +82,8 @@ def _is_running(pid: int) -> bool:
 def test_ctrl_c_stops_every_rank_and_exits_130():
     code = "import os, time; print('pid', os.getpid(), flush=True); time.sleep(60)"
     process = subprocess.Popen([sys.executable, "-m", "asyncddp", "run", "-np", "2", sys.executable, "-c", code],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     pids: list[int] = []
     while len(pids) < 2:
         line = process.stdout.readline()
@@ -95,14 +96,57 @@ def test_ctrl_c_stops_every_rank_and_exits_130():
     assert [pid for pid in pids if _is_running(pid)] == []
 
 
+OUT_AND_ERR = ("import os, sys; r = os.environ['OMPI_COMM_WORLD_RANK']; print('out', r, *sys.argv[1:]); "
+               "print('err', r, file=sys.stderr)")
+
+
+def _logs_line(done: subprocess.CompletedProcess, output_dir: Path) -> Path:
+    """The run's log folder, as its first stderr line names it."""
+    match = re.fullmatch(r"asyncddp: this run's logs: (.+)/", done.stderr.splitlines()[0])
+    assert match, done.stderr
+    folder = Path(match.group(1))
+    assert folder.parent == output_dir and re.fullmatch(r"run-\d{8}-\d{6}(-\d+)?", folder.name), folder
+    return folder
+
+
 def test_output_dir_writes_one_log_per_rank_and_still_echoes(tmp_path):
-    done = asyncddp("run", "-np", "3", "--output-dir", str(tmp_path), sys.executable, "-c",
-                    "import os, sys; r = os.environ['OMPI_COMM_WORLD_RANK']; print('out', r); print('err', r, file=sys.stderr)")
+    done = asyncddp("run", "-np", "3", "--output-dir", str(tmp_path), sys.executable, "-c", OUT_AND_ERR)
     assert done.returncode == 0, done.stderr
     assert sorted(done.stdout.splitlines()) == ["[0] out 0", "[1] out 1", "[2] out 2"]
+    logs = _logs_line(done, tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["latest", logs.name]  # nothing else of the job
+    assert sorted(path.name for path in logs.iterdir()) == ["rank.0.log", "rank.1.log", "rank.2.log"]
     for rank in range(3):
         assert f"[{rank}] err {rank}" in done.stderr.splitlines()
-        assert sorted((tmp_path / f"rank.{rank}.log").read_text().splitlines()) == [f"err {rank}", f"out {rank}"]
+        lines = (tmp_path / "latest" / f"rank.{rank}.log").read_text().splitlines()
+        assert sorted(lines) == [f"err {rank}", f"out {rank}"]
+
+
+def test_a_reused_output_dir_keeps_every_runs_logs_apart(tmp_path):
+    first = asyncddp("run", "-np", "3", "--output-dir", str(tmp_path), sys.executable, "-c", OUT_AND_ERR, "first")
+    second = asyncddp("run", "-np", "2", "--output-dir", str(tmp_path), sys.executable, "-c", OUT_AND_ERR, "second")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    old, new = _logs_line(first, tmp_path), _logs_line(second, tmp_path)
+    assert old != new and (tmp_path / "latest").resolve() == new.resolve()
+    assert sorted(path.name for path in old.iterdir()) == ["rank.0.log", "rank.1.log", "rank.2.log"]
+    assert sorted(path.name for path in new.iterdir()) == ["rank.0.log", "rank.1.log"]  # no rank.2.log of the first
+    for folder, word, ranks in ((old, "first", 3), (new, "second", 2)):
+        for rank in range(ranks):
+            lines = (folder / f"rank.{rank}.log").read_text().splitlines()
+            assert sorted(lines) == [f"err {rank}", f"out {rank} {word}"]
+
+
+def test_an_output_dir_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    for where, problem in ((tmp_path / "afile" / "sub", "Not a directory"),
+                           (Path("/proc/asyncddp-x"), "No such file or directory")):
+        done = asyncddp("run", "-np", "2", "--output-dir", str(where), "examples/hello.py")
+        assert done.returncode == 2 and done.stdout == "", done.stderr
+        assert done.stderr == (f"asyncddp: error: --output-dir {where}: cannot create a folder there: {problem}; "
+                               "give a directory you can write to\n")
+    done = asyncddp("run", "-np", "2", "--output-dir", str(tmp_path / "afile"), "examples/hello.py")
+    assert done.returncode == 2 and done.stderr == (f"asyncddp: error: --output-dir {tmp_path / 'afile'}: that is a "
+                                                    "file, not a directory; give a directory (it is created if missing)\n")
 
 
 def test_module_form_and_config_env(tmp_path):
@@ -144,6 +188,8 @@ def test_dry_run_json_runs_nothing(tmp_path):
          "ASYNCDDP_MPIRUN=/nonexistent/mpirun is not an executable file"),
         (["examples/hello.py"], {}, "give the number of ranks with -np N"),
         (["-np", "2"], {}, "no command to run"),
+        (["-np", "2", "--mpi-args", "--mca btl 'self", "examples/hello.py"], {},
+         "--mpi-args \"--mca btl 'self\": No closing quotation; balance the quotes"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, env, message):
@@ -190,3 +236,17 @@ def test_unreachable_host_without_preflight_fails_fast_with_one_summary():
     assert done.returncode != 0 and time.monotonic() - started < 30
     assert "Could not resolve hostname nonexistent.invalid" in done.stderr
     assert done.stderr.splitlines()[-1].startswith("asyncddp: job failed: mpirun could not start its daemon on nonexistent")
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
+    from asyncddp.launcher.log_dir import new_log_dir
+
+    moment = time.mktime((2026, 12, 2, 10, 30, 12, 0, 0, -1))
+    folders = [new_log_dir(str(tmp_path / "logs"), now=moment) for _ in range(3)]
+    assert [Path(folder).name for folder in folders] == ["run-20261202-103012", "run-20261202-103012-2",
+                                                         "run-20261202-103012-3"]
+    assert os.readlink(tmp_path / "logs" / "latest") == "run-20261202-103012-3"
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "latest").write_text("the user's")  # a latest of the user's own is left alone
+    assert Path(new_log_dir(str(tmp_path / "own"), now=moment)).is_dir()
+    assert (tmp_path / "own" / "latest").read_text() == "the user's"

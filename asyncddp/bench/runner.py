@@ -6,7 +6,8 @@ Every benchmark runs ``python -m mpi4py -m asyncddp.bench_ranks WORKLOAD OPTIONS
 ``--hostfile/-H/--config`` mean the same) and executed by ``asyncddp.launcher.job.run_plan``. Rank 0's
 stdout is parsed line by line: progress lines feed ``on_progress``, and its result arrives both
 as a file (local rank 0) and as one tagged line (rank 0 on another host). A failed job becomes a
-``BenchError`` naming the rank and the error it printed.
+``BenchError`` naming the rank and the error it printed; a job stopped by SIGINT, SIGTERM or SIGHUP
+ends the whole benchmark (``stop_signals.Stopped``) once its ranks and files are gone.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 from asyncddp.bench.results import (PROGRESS_TAG, RESULT_TAG, BenchError, CommBenchOptions, CommBenchResult,
                                     ModelBenchOptions, ModelBenchResult, ModelRun, StragglerOptions, StragglerResult)
+from asyncddp.launcher import stop_signals
 from asyncddp.launcher.config import RunOptions
 
 __all__ = ["run_comm_bench", "run_model_bench", "run_straggler_bench"]
@@ -93,7 +94,7 @@ def _run_ranks(workload: str, payload: dict, num_ranks: int, launch: RunOptions,
     from asyncddp.launcher.job import run_plan
     from asyncddp.launcher.prepare import check_ssh, job_running
 
-    with tempfile.TemporaryDirectory(prefix="asyncddp-bench-") as workdir:
+    with stop_signals.private_dir("asyncddp-bench-") as workdir:
         result_path = str(Path(workdir) / "result.json")
         planned = _plan(workload, (json.dumps(payload), result_path), num_ranks, launch, workdir)
         check_ssh(planned)
@@ -101,6 +102,8 @@ def _run_ranks(workload: str, payload: dict, num_ranks: int, launch: RunOptions,
         out, err = _Lines(on_progress), _Lines(None)
         with job_running(planned):
             job = run_plan(planned.plan, timeout=planned.config.timeout, out=out, err=err)
+        if job.reason == "interrupted":  # the user stopped it: no further launch, no error row
+            raise stop_signals.Stopped(job.exit_code - 128, "all ranks were stopped")
         if job.exit_code != 0:
             summary = (job.summary or f"job exited with code {job.exit_code}").removeprefix("asyncddp: ")
             cause = err.rank_error() or out.rank_error()

@@ -4,6 +4,8 @@ Each command lives in its own module under ``asyncddp/cli/`` and exposes ``regis
 the user can cause arrive here as ``AsyncDDPError`` (or as Typer's usage errors) and leave as one
 line on stderr with a non-zero exit code, plus a JSON document on stdout when the command was
 asked for ``--json`` (``json_errors``); ``--debug`` (or ``ASYNCDDP_DEBUG=1``) shows the traceback.
+A command stopped by SIGINT, SIGTERM or SIGHUP before or after its job (``Stopped``) leaves the
+same way, with the shell's exit code for that signal (128+signal).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import typer
 
 from asyncddp import __version__
 from asyncddp.errors import AsyncDDPError
+from asyncddp.launcher.stop_signals import Stopped
 
 app = typer.Typer(
     name="asyncddp",
@@ -81,6 +84,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"asyncddp: error: {error}", file=sys.stderr)
         print_error_document(watch, str(error), error.exit_code, type(error).__name__)
         sys.exit(error.exit_code)
+    except Stopped as stopped:
+        try:  # after SIGHUP the terminal may be gone; the exit code must still be the signal's
+            print(f"asyncddp: {stopped}", file=sys.stderr, flush=True)
+            print_error_document(watch, str(stopped), stopped.code, "Stopped")
+        except OSError:
+            pass
+        sys.exit(stopped.code)
     finally:
         sys.stdout = stdout
     sys.exit(code if isinstance(code, int) else 0)

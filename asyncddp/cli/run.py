@@ -4,16 +4,15 @@ Thin layer: flags (the shared launch flags of ``asyncddp.cli.launch_flags`` plus
 ``RunOptions``; ``plan_job`` applies the config file, finds the MPI and makes
 the mpirun command; ``--dry-run`` prints it, otherwise ``check_ssh`` and ``run_plan`` run it and its
 exit code becomes ours. Everything after the script (or ``-m module``, or a command) goes to the
-ranks untouched: click stops parsing at the first positional argument.
+ranks untouched: click stops parsing at the first positional argument. From the first step on,
+SIGINT, SIGTERM and SIGHUP stop the job and remove what this run made (``stop_signals``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import replace
 
 import typer
@@ -32,7 +31,9 @@ def register(app: typer.Typer) -> None:
                                             help="What every rank runs."),
         num_ranks: int = typer.Option(None, "-np", "--np", "-n", help="Number of ranks."),
         network: str = typer.Option(None, "--network-interface", help="Interface name or CIDR subnet for MPI traffic."),
-        output_dir: str = typer.Option(None, "--output-dir", help="Also write each rank's output to DIR/rank.N.log."),
+        output_dir: str = typer.Option(None, "--output-dir",
+                                       help="Also write each rank's output to DIR/run-<start time>/rank.N.log, "
+                                            "a new folder per run (DIR/latest: the newest)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the mpirun command and rank map; run nothing."),
         as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as JSON."),
         timeline: str = typer.Option(None, "--timeline", "--timeline-filename",
@@ -46,26 +47,35 @@ def register(app: typer.Typer) -> None:
         launch=None,
     ) -> None:
         """Run a script, -m module or command on every rank: asyncddp run -np 4 train.py ARGS..."""
+        from asyncddp.launcher import stop_signals
         from asyncddp.launcher.prepare import check_ssh, job_running, plan_job
 
         options = replace(launch, command=tuple(command or ()), num_ranks=num_ranks, network=network,
                           output_dir=output_dir, timeline=timeline, ssh_port=ssh_port, use_infiniband=use_infiniband)
-        # The private ssh_config lives with the logs (--output-dir), else in a 0700 directory of
-        # this run alone, removed when the job ends.
-        private_dir = output_dir or tempfile.mkdtemp(prefix=f"asyncddp-{os.getuid()}-")
-        try:
+        # The private ssh_config and library links live in a 0700 directory of this run alone,
+        # removed when the job ends; the output directory holds logs only.
+        with stop_signals.private_dir(f"asyncddp-{os.getuid()}-") as private_dir:
             job = plan_job(options, private_dir)
             if dry_run:
                 typer.echo(json.dumps(job.to_dict(), indent=2) if as_json else job.describe())
                 return
             check_ssh(job, preflight)
             from asyncddp.launcher.job import run_plan
+            from asyncddp.launcher.log_dir import new_log_dir
 
+            logs = new_log_dir(output_dir) if output_dir else None
+            if logs:
+                _say(f"asyncddp: this run's logs: {logs}/")
             with job_running(job):
-                result = run_plan(job.plan, output_dir=output_dir, timeout=job.config.timeout)
-        finally:
-            if not output_dir:
-                shutil.rmtree(private_dir, ignore_errors=True)
+                result = run_plan(job.plan, output_dir=logs, timeout=job.config.timeout)
         if result.summary:
-            print(result.summary, file=sys.stderr)
+            _say(result.summary)
         raise typer.Exit(result.exit_code)
+
+
+def _say(line: str) -> None:
+    # After SIGHUP the terminal may be gone; the exit code must still be the signal's.
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass

@@ -415,7 +415,10 @@ def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
     if options.use_infiniband:
         mpi_args += ["--mca", "pml", "ucx"]
     if options.mpi_args:
-        mpi_args += shlex.split(options.mpi_args)
+        try:
+            mpi_args += [check_text(item, "--mpi-args") for item in shlex.split(options.mpi_args)]
+        except ValueError as problem:
+            raise ConfigError(f"--mpi-args {quote(options.mpi_args)}: {problem}; balance the quotes") from None
     if options.timeout is not None:
         check_seconds(options.timeout, "--timeout")
     if options.network is not None:

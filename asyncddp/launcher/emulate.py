@@ -15,8 +15,9 @@ too (several senders cannot push more than the node's link into it).
 mpirun itself runs inside node 0 (like a user logged in on the first machine); for the other
 nodes Open MPI's rsh launcher calls the cluster's agent, ``AGENT HOST COMMAND...``, a script
 written from validated names that runs COMMAND in HOST's namespace under HOST's hostname.
-Everything is removed when the context ends (exceptions, Ctrl-C, SIGTERM), by a guard process when
-this one is killed outright, and by the next run when even the guard was killed (``netns``).
+Everything is removed when the context ends (exceptions, and SIGINT, SIGTERM or SIGHUP under the
+launcher's one signal policy, ``stop_signals``), by a guard process when this one is killed
+outright, and by the next run when even the guard was killed (``netns``).
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ import contextlib
 import math
 import os
 import shlex
-import signal
 import stat
-import threading
 import zlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from asyncddp.errors import LaunchError
+from asyncddp.launcher import stop_signals
 from asyncddp.launcher.emulate_spec import EmulateSpec, format_rate
 from asyncddp.launcher.plan import LaunchPlan
 from asyncddp.launcher.netns import (NETNS_ETC, STATE_ROOT, check_name, new_tag, remove_stale, remove_tag,
@@ -239,10 +239,6 @@ NETEM_MISSING = ("--emulate: latency and loss need the kernel's netem qdisc, whi
                  "(CONFIG_NET_SCH_NETEM), or leave latency and loss out of --emulate")
 
 
-def _raise_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def new_cluster(spec: EmulateSpec, prefix: str = PREFIX) -> EmulatedCluster:
     """The plan of a cluster for ``spec`` under a tag of this process (nothing is created)."""
     return plan_cluster(spec, new_tag(prefix))
@@ -278,23 +274,21 @@ def emulated_cluster(spec: EmulateSpec | EmulatedCluster, prefix: str = PREFIX):
     """Build the cluster for ``spec`` (or an already planned one), yield its ``EmulatedCluster``,
     remove it all afterwards.
 
-    Raises ``LaunchError`` (one line) without root or iproute2. SIGTERM raises SystemExit here so
-    the removal runs; when this process is killed outright its guard process removes everything.
+    Raises ``LaunchError`` (one line) without root or iproute2. A stop signal raises
+    ``stop_signals.Stopped`` here (a job inside records it instead) so the removal runs, and the
+    removal itself is not cut short by another; when this process is killed outright its guard
+    process removes everything.
     """
     require_netns("--emulate")
-    remove_stale(prefix)
-    cluster = spec if isinstance(spec, EmulatedCluster) else new_cluster(spec, prefix)
-    write_owner(cluster.tag)
-    guard = start_guard(cluster.tag)
-    on_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm) if on_main else None
-    try:
-        build_cluster(cluster)
-        yield cluster
-    finally:
+    with stop_signals.handled():
+        remove_stale(prefix)
+        cluster = spec if isinstance(spec, EmulatedCluster) else new_cluster(spec, prefix)
+        write_owner(cluster.tag)
+        guard = start_guard(cluster.tag)
         try:
-            remove_tag(cluster.tag)
-            stop_guard(guard)
+            build_cluster(cluster)
+            yield cluster
         finally:
-            if on_main:
-                signal.signal(signal.SIGTERM, previous)
+            with stop_signals.deferred():
+                remove_tag(cluster.tag)
+                stop_guard(guard)

@@ -7,8 +7,10 @@ connects with ``ipyparallel.Client(profile=...)`` and every ``%%px`` cell runs o
 ``asyncddp.init()`` itself. The profile directory (``$IPYTHONDIR/profile_<name>``, default profile
 ``asyncddp``) is created for the user; ``asyncddp_ipy.json`` in it records the two processes
 started, so that ``stop`` and ``status`` (another shell, later) find them. ``stop`` interrupts the
-runner (which stops every rank as on Ctrl-C), ends the controller, and finally ends any process
+runner with SIGTERM (which stops every rank), ends the controller, and finally ends any process
 still naming the profile directory on its command line — nothing of the cluster is left running.
+``start`` itself, stopped by SIGINT, SIGTERM or SIGHUP before every engine registered, ends what
+it started the same way (``stop_signals``); once it returned, the cluster is ``stop``'s to end.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from asyncddp.errors import AsyncDDPError, ConfigError, LaunchError
+from asyncddp.launcher import stop_signals
 from asyncddp.launcher.config import RunOptions
 
 __all__ = ["IpyStatus", "profile_dir", "require_ipyparallel", "start", "stop", "status"]
@@ -127,18 +130,17 @@ def _check_plan(num_ranks: int, launch: RunOptions, directory: Path) -> bool:
     """Plan the engines' job here first (``plan_job``, as ``asyncddp run`` will): a bad hostfile,
     -np or MPI fails now, in one line. Returns whether every host is this machine (then the
     controller listens on loopback only)."""
-    import tempfile
-
     from asyncddp.launcher.hosts import launches_over_ssh
     from asyncddp.launcher.prepare import plan_job
 
     options = replace(launch, command=("-m", "ipyparallel.engine", f"--profile-dir={directory}"),
                       num_ranks=num_ranks)
-    with tempfile.TemporaryDirectory(prefix="asyncddp-ipy-") as private_dir:
+    with stop_signals.private_dir("asyncddp-ipy-") as private_dir:
         job = plan_job(options, private_dir)
     return not any(launches_over_ssh(host) for host in job.config.hosts)
 
 
+@stop_signals.handled()
 def start(num_ranks: int, profile: str = DEFAULT_PROFILE, *, launch: RunOptions = RunOptions(),
           ipython_dir: str | None = None, timeout: float = 120.0) -> IpyStatus:
     """Start the controller and ``num_ranks`` MPI engines where ``launch`` (hosts, config, -x, mpirun
@@ -155,19 +157,17 @@ def start(num_ranks: int, profile: str = DEFAULT_PROFILE, *, launch: RunOptions 
     if current.controller_pid or current.runner_pid:
         _stop_processes(directory, _read_state(directory))  # half of an old cluster: clear it
     local = _check_plan(num_ranks, launch, directory)
-    (directory / "log").mkdir(parents=True, exist_ok=True)
-    (directory / "security").mkdir(parents=True, exist_ok=True)
-    for stale in (directory / "security").glob("ipcontroller-*.json"):
-        stale.unlink()  # an old connection file would let us "connect" to a dead controller
+    _make_profile(directory)
     log = directory / "log" / "asyncddp-ipy.log"
-    with open(log, "w") as sink:
-        controller = subprocess.Popen(
-            [sys.executable, "-m", "ipyparallel.controller", f"--profile-dir={directory}",
-             f"--ip={'127.0.0.1' if local else '*'}", "--log-level=WARN"],
-            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-    state = {"controller_pid": controller.pid, "runner_pid": None, "num_ranks": num_ranks, "log": str(log)}
-    _write_state(directory, state)
+    state = {"controller_pid": None, "runner_pid": None, "num_ranks": num_ranks, "log": str(log)}
     try:
+        with open(log, "w") as sink:
+            controller = subprocess.Popen(
+                [sys.executable, "-m", "ipyparallel.controller", f"--profile-dir={directory}",
+                 f"--ip={'127.0.0.1' if local else '*'}", "--log-level=WARN"],
+                stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        state["controller_pid"] = controller.pid
+        _write_state(directory, state)
         _wait_for(lambda: (directory / "security" / "ipcontroller-engine.json").exists(), controller,
                   timeout, f"the ipyparallel controller did not start within {timeout:g} s; see {log}")
         with open(log, "a") as sink:
@@ -192,9 +192,23 @@ def start(num_ranks: int, profile: str = DEFAULT_PROFILE, *, launch: RunOptions 
         finally:
             client.close()
     except BaseException:
-        _stop_processes(directory, state)
+        with stop_signals.deferred():  # a second signal must not leave half the cluster running
+            _stop_processes(directory, state)
         raise
     return IpyStatus(profile, str(directory), True, num_ranks, controller.pid, runner.pid, str(log))
+
+
+def _make_profile(directory: Path) -> None:
+    """The profile's log and security folders, without an old connection file (which would let
+    us "connect" to a dead controller)."""
+    try:
+        (directory / "log").mkdir(parents=True, exist_ok=True)
+        (directory / "security").mkdir(parents=True, exist_ok=True)
+        for stale in (directory / "security").glob("ipcontroller-*.json"):
+            stale.unlink()
+    except OSError as error:
+        raise ConfigError(f"cannot create the profile directory {directory} ({error.strerror}): set IPYTHONDIR "
+                          "to a directory you can write to, or choose another --profile") from None
 
 
 def _write_state(directory: Path, state: dict) -> None:
@@ -243,7 +257,9 @@ def _wait_gone(pids: list[int], seconds: float) -> list[int]:
 def _stop_processes(directory: Path, state: dict) -> None:
     runner, controller = state.get("runner_pid"), state.get("controller_pid")
     if runner and _alive(runner):
-        _signal(runner, signal.SIGINT)  # asyncddp run's Ctrl-C path stops every rank
+        # SIGTERM, not SIGINT: a cluster started from a script in the background inherits an
+        # ignored SIGINT, and asyncddp run keeps ignoring what it was started ignoring.
+        _signal(runner, signal.SIGTERM)
         _wait_gone([runner], 20)
     if controller and _alive(controller):
         _signal(controller, signal.SIGTERM)

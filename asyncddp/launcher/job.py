@@ -5,7 +5,8 @@ Open MPI, ``[2]<asyncddp>`` from MPICH; Open MPI 4 and MPICH tag each chunk a ra
 is joined back into that rank's lines) becomes ``[2] line`` on the console and, with an output directory,
 ``rank.2.log``; mpirun's own messages become ``[mpirun] ...`` and ``mpirun.log``. The job ends with
 the first failing rank's exit code and a one-line summary naming rank, host and code; a timeout
-kills it with 124, Ctrl-C with 130.
+kills it with 124. SIGINT, SIGTERM and SIGHUP (``asyncddp.launcher.stop_signals``) stop every rank
+and end it with 128+signal: 130 for Ctrl-C, 143 for ``kill``, 129 for a closed terminal.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
-from asyncddp.errors import LaunchError
+from asyncddp.errors import ConfigError, LaunchError
+from asyncddp.launcher import stop_signals
 from asyncddp.launcher.mpi import MpiFlavor, find_failure, split_tagged_line
 from asyncddp.launcher.plan import LaunchPlan
 
 __all__ = ["JobResult", "run_plan"]
 
 TIMEOUT_EXIT = 124
-INTERRUPT_EXIT = 130
 # After mpirun reports a dead rank it normally ends the job itself; past this we kill it.
 FAILURE_GRACE_S = 3.0
 KILL_GRACE_S = 2.0
@@ -39,7 +40,7 @@ STACKS_GRACE_S = 1.5
 @dataclass(frozen=True)
 class JobResult:
     exit_code: int
-    reason: str  # "ok", "failed", "timeout", "interrupted"
+    reason: str  # "ok", "failed", "timeout", "interrupted" (by a stop signal, exit_code 128+signal)
     failed_rank: int | None = None
     failed_host: str | None = None
     duration_s: float = 0.0
@@ -62,8 +63,16 @@ class _Output:
         self.failure_seen_at: float | None = None
         self.stack_lines = 0  # faulthandler's "Thread 0x... (most recent call first):" headers seen
         self.pending: dict[tuple[str, int | None, str], str] = {}
+        # Set when the console cannot be written (a reader such as `| head` went away): the job
+        # is stopped as mpirun's would be by SIGPIPE, instead of the pumps dying and the ranks
+        # blocking on a full pipe.
+        self.console_closed = threading.Event()
         if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ConfigError(f"cannot write logs to {self.dir}: {error.strerror}; give a directory you can "
+                                  "write to") from None
 
     def _file(self, name: str) -> IO[str] | None:
         if self.dir is None:
@@ -87,12 +96,9 @@ class _Output:
 
     def _show(self, rank: int | None, stream: str, text: str) -> None:
         """Write one whole line of a rank (or of mpirun) to the console, its log and the watch; lock held."""
-        if rank is None:
-            self.err.write(f"[mpirun] {text}\n")
-            log = self._file("mpirun.log")
-        else:
-            (self.out if stream == "stdout" else self.err).write(f"[{rank}] {text}\n")
-            log = self._file(f"rank.{rank}.log")
+        console = self.out if stream == "stdout" and rank is not None else self.err
+        self._write_console(console, f"[{'mpirun' if rank is None else rank}] {text}\n")
+        log = self._file("mpirun.log" if rank is None else f"rank.{rank}.log")
         if log is not None:
             log.write(text + "\n")
         if rank is not None and text.endswith("(most recent call first):"):
@@ -103,7 +109,15 @@ class _Output:
                 del self.diagnostics[:1000]
             if self.failure_seen_at is None and find_failure("\n".join(self.diagnostics[-8:]), self.flavor):
                 self.failure_seen_at = time.monotonic()
-        (self.out if stream == "stdout" and rank is not None else self.err).flush()
+
+    def _write_console(self, console: IO[str], text: str) -> None:
+        if self.console_closed.is_set():
+            return
+        try:
+            console.write(text)
+            console.flush()
+        except OSError:
+            self.console_closed.set()
 
     def close(self) -> None:
         with self.lock:
@@ -135,10 +149,14 @@ def _session_members(session: int) -> list[int]:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to mpirun (it stops its ranks), then SIGKILL to whatever is left of its session."""
+    """SIGTERM to mpirun's process group (mpirun passes it on to its ranks and ends), then SIGKILL
+    to whatever is left of its session after a grace time."""
     if process.poll() is None:
         try:
-            process.send_signal(signal.SIGTERM)
+            os.killpg(process.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
             process.wait(KILL_GRACE_S)
         except subprocess.TimeoutExpired:
             pass
@@ -199,58 +217,62 @@ def _summary(plan: LaunchPlan, output: _Output, returncode: int) -> JobResult:
 
 def run_plan(plan: LaunchPlan, *, output_dir: str | None = None, timeout: float | None = None,
              out: IO[str] | None = None, err: IO[str] | None = None) -> JobResult:
-    """Run ``plan`` to the end and say how it ended; never raises for a failing job."""
+    """Run ``plan`` to the end and say how it ended; never raises for a failing job.
+
+    SIGINT, SIGTERM and SIGHUP stop every rank and end the job with reason "interrupted" and exit
+    code 128+signal: the watch loop polls for them (``stop_signals.deferred``), so no exception
+    can land between starting mpirun and watching it, or inside Popen's bookkeeping.
+    """
     out, err = out or sys.stdout, err or sys.stderr
-    _write_files(plan)
-    output = _Output(plan.flavor, output_dir, out, err)
     started = time.monotonic()
-    # Ctrl-C sets a flag that the loop below checks, instead of raising KeyboardInterrupt
-    # wherever the main thread happens to be: raised inside Popen.poll() it can leave Popen's
-    # waitpid lock held, and the wait() in _stop then blocks forever; raised between Popen and
-    # the loop it would orphan mpirun.
-    interrupted = threading.Event()
-    on_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if on_main else None
-    try:
+    with stop_signals.deferred() as stop:
+        _write_files(plan)
+        output = _Output(plan.flavor, output_dir, out, err)
         try:
             process = subprocess.Popen(list(plan.argv), env={**os.environ, **plan.env}, cwd=plan.cwd,
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        start_new_session=True)
         except OSError as error:
+            output.close()
             raise LaunchError(f"cannot start {plan.argv[0]} ({error}); check the mpirun installation") from None
         pumps = [threading.Thread(target=_pump, args=(pipe, name, output), daemon=True)
                  for pipe, name in ((process.stdout, "stdout"), (process.stderr, "stderr"))]
         for pump in pumps:
             pump.start()
-        result = _watch(process, output, timeout, started, interrupted)
-    finally:
-        if on_main:
-            signal.signal(signal.SIGINT, previous)
-    for pump in pumps:
-        pump.join(5)
-    output.close()
+        try:
+            result = _watch(process, output, timeout, started, stop)
+        except BaseException:  # whatever went wrong here, mpirun must not outlive us
+            _stop(process)
+            raise
+        for pump in pumps:
+            pump.join(5)
+        output.close()
     result = result or _summary(plan, output, process.returncode)
     return JobResult(**{**result.to_dict(), "duration_s": round(time.monotonic() - started, 3)})
 
 
 def _watch(process: subprocess.Popen, output: _Output, timeout: float | None, started: float,
-           interrupted: threading.Event) -> JobResult | None:
-    """Wait for mpirun; stop it on timeout, on a reported rank failure or on Ctrl-C."""
-    try:
-        while process.poll() is None:
-            if interrupted.wait(0.1):
-                raise KeyboardInterrupt
-            now = time.monotonic()
-            if timeout is not None and now - started > timeout:
-                stacks = _ask_for_stacks(process, output)
-                _stop(process)
-                where = " (the ranks' Python stacks at that moment are above)" if stacks else ""
-                return JobResult(TIMEOUT_EXIT, "timeout",
-                                 summary=f"asyncddp: job timed out after {timeout:g} s (--timeout){where}; "
-                                         "all ranks were killed")
-            if output.failure_seen_at is not None and now - output.failure_seen_at > FAILURE_GRACE_S:
-                _stop(process)
-    except KeyboardInterrupt:  # the flag, or a real one off the main thread
-        _stop(process)
-        return JobResult(INTERRUPT_EXIT, "interrupted", summary="asyncddp: interrupted (Ctrl-C); all ranks were stopped")
+           stop: stop_signals.Deferral) -> JobResult | None:
+    """Wait for mpirun; stop it on timeout, on a reported rank failure, on a stop signal or when
+    the console went away."""
+    while process.poll() is None:
+        if stop.wait(0.1):
+            signum = stop.take()
+            _stop(process)
+            return JobResult(128 + signum, "interrupted",
+                             summary=f"asyncddp: {stop_signals.describe(signum)}; all ranks were stopped")
+        if output.console_closed.is_set():
+            _stop(process)
+            return JobResult(128 + signal.SIGPIPE, "interrupted",
+                             summary="asyncddp: the output's reader went away (broken pipe); all ranks were stopped")
+        now = time.monotonic()
+        if timeout is not None and now - started > timeout:
+            stacks = _ask_for_stacks(process, output)
+            _stop(process)
+            where = " (the ranks' Python stacks at that moment are above)" if stacks else ""
+            return JobResult(TIMEOUT_EXIT, "timeout",
+                             summary=f"asyncddp: job timed out after {timeout:g} s (--timeout){where}; "
+                                     "all ranks were killed")
+        if output.failure_seen_at is not None and now - output.failure_seen_at > FAILURE_GRACE_S:
+            _stop(process)
     return None
