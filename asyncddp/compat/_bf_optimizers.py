@@ -87,28 +87,27 @@ def _comm_type(communication_type):
     return communication_type  # asyncddp validates and names the allowed values
 
 
-@_bf_errors
-def DistributedAdaptWithCombineOptimizer(
-    optimizer, model, communication_type=CommunicationType.neighbor_allreduce,
-    num_steps_per_communication=1,
-):  # fmt: skip
-    """Adapt-with-combine: ``w+ = W w - lr * grad(w)``; communication overlaps backward."""
-    return _optim.DistributedNeighborAllreduceOptimizer(
-        optimizer, _module(model), communication_type=_comm_type(communication_type),
-        num_steps_per_communication=num_steps_per_communication, atc=False,
-    )  # fmt: skip
+def _combine_optimizer(name: str, atc: bool, doc: str):
+    """BlueFog's two neighbour-averaging optimizers differ only in when averaging happens."""
+
+    def factory(optimizer, model, communication_type=CommunicationType.neighbor_allreduce,
+                num_steps_per_communication=1):
+        return _optim.DistributedNeighborAllreduceOptimizer(
+            optimizer, _module(model), communication_type=_comm_type(communication_type),
+            num_steps_per_communication=num_steps_per_communication, atc=atc,
+        )  # fmt: skip
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    return _bf_errors(factory)
 
 
-@_bf_errors
-def DistributedAdaptThenCombineOptimizer(
-    optimizer, model, communication_type=CommunicationType.neighbor_allreduce,
-    num_steps_per_communication=1,
-):  # fmt: skip
-    """Adapt-then-combine: ``w+ = W (w - lr * grad(w))``, for any torch optimizer."""
-    return _optim.DistributedNeighborAllreduceOptimizer(
-        optimizer, _module(model), communication_type=_comm_type(communication_type),
-        num_steps_per_communication=num_steps_per_communication, atc=True,
-    )  # fmt: skip
+DistributedAdaptWithCombineOptimizer = _combine_optimizer(
+    "DistributedAdaptWithCombineOptimizer", False,
+    "Adapt-with-combine: ``w+ = W w - lr * grad(w)``; communication overlaps backward.")
+DistributedAdaptThenCombineOptimizer = _combine_optimizer(
+    "DistributedAdaptThenCombineOptimizer", True,
+    "Adapt-then-combine: ``w+ = W (w - lr * grad(w))``, for any torch optimizer.")
 
 
 def _legacy(name: str, kind: CommunicationType):

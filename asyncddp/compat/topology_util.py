@@ -91,28 +91,25 @@ def IsRegularGraph(topo: nx.DiGraph) -> bool:
     return len(degrees) <= 1
 
 
-def GetRecvWeights(topo: nx.DiGraph, rank: int) -> tuple[float, dict[int, float]]:
-    """``(W[rank, rank], {src: W[src, rank]})`` with W BlueFog's matrix (W[i, j] on edge i→j)."""
+def _self_and_neighbor_weights(topo: nx.DiGraph, rank: int, edges) -> tuple[float, dict[int, float]]:
     self_weight, weights = 0.0, {}
-    for src in topo.predecessors(rank):
-        weight = float(topo[src][rank].get("weight", 1.0))
-        if src == rank:
+    for other, data in edges:
+        weight = float(data.get("weight", 1.0))
+        if other == rank:
             self_weight = weight
         else:
-            weights[src] = weight
+            weights[other] = weight
     return self_weight, weights
+
+
+def GetRecvWeights(topo: nx.DiGraph, rank: int) -> tuple[float, dict[int, float]]:
+    """``(W[rank, rank], {src: W[src, rank]})`` with W BlueFog's matrix (W[i, j] on edge i→j)."""
+    return _self_and_neighbor_weights(topo, rank, ((src, topo[src][rank]) for src in topo.predecessors(rank)))
 
 
 def GetSendWeights(topo: nx.DiGraph, rank: int) -> tuple[float, dict[int, float]]:
     """``(W[rank, rank], {dst: W[rank, dst]})``."""
-    self_weight, weights = 0.0, {}
-    for dst in topo.successors(rank):
-        weight = float(topo[rank][dst].get("weight", 1.0))
-        if dst == rank:
-            self_weight = weight
-        else:
-            weights[dst] = weight
-    return self_weight, weights
+    return _self_and_neighbor_weights(topo, rank, ((dst, topo[rank][dst]) for dst in topo.successors(rank)))
 
 
 def _clockwise_out(topo: nx.DiGraph, rank: int, size: int) -> list[int]:
