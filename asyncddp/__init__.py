@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
         )
     },
     "NeighborStep": "asyncddp.topology.schedules",
+    **{name: "asyncddp.checkpoint" for name in ("save_checkpoint", "load_checkpoint", "CheckpointError")},
     **{name: "asyncddp.topology" for name in (
         "exponential_graph", "exponential_two_graph", "symmetric_exponential_graph", "ring_graph",
         "mesh_grid_2d_graph", "star_graph", "fully_connected_graph", "hypercube_graph",

@@ -43,13 +43,21 @@ def register(app: typer.Typer) -> None:
         preflight: bool = typer.Option(
             None, "--preflight/--no-preflight",
             help="Check SSH to every remote host before starting mpirun (default: on when any host is remote)."),
+        fault_tolerant: bool = typer.Option(
+            None, "--fault-tolerant/--no-fault-tolerant",
+            help="A rank that dies no longer ends the job: the others go on (Open MPI 5 with ULFM)."),
+        min_ranks: int = typer.Option(None, "--min-ranks",
+                                      help="With --fault-tolerant: fail the job when fewer ranks finish."),
+        max_restarts: int = typer.Option(None, "--max-restarts",
+                                         help="Relaunch the whole job after a failure, at most K times."),
         launch=None,
     ) -> None:
         """Run a script, -m module or command on every rank: asyncddp run -np 4 train.py ARGS..."""
         from asyncddp.launcher.prepare import check_ssh, job_running, plan_job
 
         options = replace(launch, command=tuple(command or ()), num_ranks=num_ranks, network=network,
-                          output_dir=output_dir, timeline=timeline, ssh_port=ssh_port, use_infiniband=use_infiniband)
+                          output_dir=output_dir, timeline=timeline, ssh_port=ssh_port, use_infiniband=use_infiniband,
+                          fault_tolerant=fault_tolerant, min_ranks=min_ranks, max_restarts=max_restarts)
         # The private ssh_config lives with the logs (--output-dir), else in a 0700 directory of
         # this run alone, removed when the job ends.
         private_dir = output_dir or tempfile.mkdtemp(prefix=f"asyncddp-{os.getuid()}-")
@@ -59,10 +67,15 @@ def register(app: typer.Typer) -> None:
                 typer.echo(json.dumps(job.to_dict(), indent=2) if as_json else job.describe())
                 return
             check_ssh(job, preflight)
-            from asyncddp.launcher.job import run_plan
+            if job.config.fault_tolerant:
+                from asyncddp.launcher.mpi import check_fault_tolerance
+
+                check_fault_tolerance(job.plan.argv[0])
+            from asyncddp.launcher.restart import run_with_restarts
 
             with job_running(job):
-                result = run_plan(job.plan, output_dir=output_dir, timeout=job.config.timeout)
+                result = run_with_restarts(job.plan, job.config.max_restarts, output_dir=output_dir,
+                                           timeout=job.config.timeout)
         finally:
             if not output_dir:
                 shutil.rmtree(private_dir, ignore_errors=True)

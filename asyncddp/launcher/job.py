@@ -5,7 +5,8 @@ Open MPI, ``[2]<asyncddp>`` from MPICH; Open MPI 4 and MPICH tag each chunk a ra
 is joined back into that rank's lines) becomes ``[2] line`` on the console and, with an output directory,
 ``rank.2.log``; mpirun's own messages become ``[mpirun] ...`` and ``mpirun.log``. The job ends with
 the first failing rank's exit code and a one-line summary naming rank, host and code; a timeout
-kills it with 124, Ctrl-C with 130.
+kills it with 124, Ctrl-C with 130. A fault-tolerant plan's job goes on when ranks are lost, and its
+summary and code come from ``asyncddp.launcher.survival``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import IO
 from asyncddp.errors import LaunchError
 from asyncddp.launcher.mpi import MpiFlavor, find_failure, split_tagged_line
 from asyncddp.launcher.plan import LaunchPlan
+from asyncddp.launcher.survival import LostRank, RankEnds, survival_result
 
 __all__ = ["JobResult", "run_plan"]
 
@@ -44,6 +46,7 @@ class JobResult:
     failed_host: str | None = None
     duration_s: float = 0.0
     summary: str = ""
+    lost: tuple[LostRank, ...] = ()  # fault-tolerant jobs: the ranks lost on the way
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +54,8 @@ class JobResult:
 
 class _Output:
     """Routes mpirun's lines to the console and per-rank log files; watches for failures."""
+
+    ends: RankEnds | None = None  # a fault-tolerant job's rank guard reports
 
     def __init__(self, flavor: MpiFlavor, output_dir: str | None, out: IO[str], err: IO[str]) -> None:
         self.flavor = flavor
@@ -87,6 +92,10 @@ class _Output:
 
     def _show(self, rank: int | None, stream: str, text: str) -> None:
         """Write one whole line of a rank (or of mpirun) to the console, its log and the watch; lock held."""
+        if rank is not None and self.ends is not None and (shown := self.ends.note(rank, text)) is not None:
+            if not shown:
+                return
+            text = shown
         if rank is None:
             self.err.write(f"[mpirun] {text}\n")
             log = self._file("mpirun.log")
@@ -180,6 +189,9 @@ def _write_files(plan: LaunchPlan) -> None:
 
 def _summary(plan: LaunchPlan, output: _Output, returncode: int) -> JobResult:
     failure = find_failure("\n".join(output.diagnostics), plan.flavor)
+    if output.ends is not None and output.ends.ends and failure is None:
+        code, summary, lost = survival_result(output.ends, plan.rank_hosts, plan.min_ranks)
+        return JobResult(code, "ok" if code == 0 else "failed", summary=summary, lost=tuple(lost))
     if returncode == 0 and failure is None:
         return JobResult(0, "ok")
     rank, code = failure if failure else (None, None)
@@ -204,6 +216,8 @@ def run_plan(plan: LaunchPlan, *, output_dir: str | None = None, timeout: float 
     _write_files(plan)
     output = _Output(plan.flavor, output_dir, out, err)
     started = time.monotonic()
+    if plan.fault_tolerant:
+        output.ends = RankEnds(len(plan.rank_hosts), started)
     # Ctrl-C sets a flag that the loop below checks, instead of raising KeyboardInterrupt
     # wherever the main thread happens to be: raised inside Popen.poll() it can leave Popen's
     # waitpid lock held, and the wait() in _stop then blocks forever; raised between Popen and
@@ -223,6 +237,8 @@ def run_plan(plan: LaunchPlan, *, output_dir: str | None = None, timeout: float 
         for pump in pumps:
             pump.start()
         result = _watch(process, output, timeout, started, interrupted)
+        if result is None and process.returncode != 0:
+            _stop(process)  # a killed mpirun leaves its ranks running in our session
     finally:
         if on_main:
             signal.signal(signal.SIGINT, previous)
