@@ -19,6 +19,7 @@ of ranks; with several hosts the path must be on a filesystem they share.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,6 @@ def load_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None) 
         if optimizer is not None and state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
         return int(state["step"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as error:
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"cannot load checkpoint {path}: {first}") from None

@@ -266,6 +266,9 @@ def _watch(process: subprocess.Popen, output: _Output, timeout: float | None, st
                                          "all ranks were killed")
             if output.failure_seen_at is not None and now - output.failure_seen_at > FAILURE_GRACE_S:
                 _stop(process)
+            if output.ends is not None and (hung := output.ends.lingering(now)):
+                output.ends.stopped = hung
+                _stop(process)
     except KeyboardInterrupt:  # the flag, or a real one off the main thread
         _stop(process)
         return JobResult(INTERRUPT_EXIT, "interrupted", summary="asyncddp: interrupted (Ctrl-C); all ranks were stopped")

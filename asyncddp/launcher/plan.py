@@ -220,6 +220,10 @@ def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executab
     if config.fault_tolerant:
         groups += impl.fault_tolerance_flags(DETECTOR)  # refuses, in one line, where the MPI cannot
         env["ASYNCDDP_FAULT_TOLERANT"] = "1"
+        if not _user_sets("MPI4PY_RC_FINALIZE", config, environ):
+            # Open MPI's MPI_Finalize waits for every rank of the job, a hung one the survivors left
+            # behind included: ranks leave without it (asyncddp.launcher.survival).
+            env["MPI4PY_RC_FINALIZE"] = "false"
     if config.max_restarts:
         env["ASYNCDDP_RESTART_COUNT"] = "0"  # each relaunch sets its own count (asyncddp.launcher.restart)
     env.update(dict(config.env_set))

@@ -2,7 +2,7 @@
 
 mpirun under ULFM keeps quiet about a rank it lost (it exits 0 when the others finish), so the
 launcher could not say which rank died, when or how. The guard runs the rank's command as its
-child and, when the child ends, writes one line to stderr (``rank_end_line``) that reaches the
+child and, when the child ends, writes one line to stderr (``asyncddp.rank_report.rank_end_line``) that reaches the
 launcher through mpirun's tagged output: the rank finished, or it was lost with its exit code or
 signal.
 
@@ -24,26 +24,11 @@ import signal
 import subprocess
 import sys
 
-__all__ = ["rank_end_line", "parse_rank_end", "main"]
+from asyncddp.rank_report import rank_end_line
 
-MARKER = "asyncddp-rank-end:"
+__all__ = ["main"]
+
 _PR_SET_PDEATHSIG = 1
-
-
-def rank_end_line(rank: int, returncode: int) -> str:
-    """The guard's report for ``rank`` whose child ended with ``returncode`` (negative: a signal)."""
-    return f"{MARKER} rank={rank} returncode={returncode}"
-
-
-def parse_rank_end(text: str) -> tuple[int, int] | None:
-    """(rank, returncode) of a guard's report, None for any other line."""
-    if not text.startswith(MARKER):
-        return None
-    try:
-        fields = dict(item.split("=", 1) for item in text[len(MARKER):].split())
-        return int(fields["rank"]), int(fields["returncode"])
-    except (ValueError, KeyError):
-        return None
 
 
 def _die_with_parent() -> None:
