@@ -136,12 +136,12 @@ def test_survival_verdicts():
         shown = ends.note(rank, rank_end_line(rank, code))
         assert shown == ("" if code == 0 else "asyncddp: rank 1 lost: killed by SIGKILL")
     hosts = ("a", "a", "b", "b")
-    code, summary, lost = survival_result(ends, hosts, None)
-    assert code == 0 and [item.rank for item in lost] == [1, 2]
+    code, summary, lost, first = survival_result(ends, hosts, None)
+    assert code == 0 and [item.rank for item in lost] == [1, 2] and first is None
     assert summary.startswith("asyncddp: job finished on 2 of 4 ranks; lost 2: rank 1 on a at ")
     assert summary.endswith("(killed by SIGKILL); rank 2 on b (no report: lost with its guard, or its host was lost)")
-    code, summary, _ = survival_result(ends, hosts, 3)
-    assert code == 137 and summary.startswith("asyncddp: job failed: 2 of 4 ranks finished, 3 needed (--min-ranks 3)")
+    code, summary, _, first = survival_result(ends, hosts, 3)
+    assert code == 137 and first.rank == 1 and summary.startswith("asyncddp: job failed: 2 of 4 ranks finished, 3 needed (--min-ranks 3)")
 
 
 def test_lost_ranks_are_reported_only_in_a_fault_tolerant_job(capsys, monkeypatch):

@@ -190,8 +190,10 @@ def _write_files(plan: LaunchPlan) -> None:
 def _summary(plan: LaunchPlan, output: _Output, returncode: int) -> JobResult:
     failure = find_failure("\n".join(output.diagnostics), plan.flavor)
     if output.ends is not None and output.ends.ends and failure is None:
-        code, summary, lost = survival_result(output.ends, plan.rank_hosts, plan.min_ranks)
-        return JobResult(code, "ok" if code == 0 else "failed", summary=summary, lost=tuple(lost))
+        code, summary, lost, first = survival_result(output.ends, plan.rank_hosts, plan.min_ranks)
+        if lost or returncode == 0:  # else mpirun failed on its own: its own messages say why
+            return JobResult(code, "ok" if code == 0 else "failed", first and first.rank, first and first.host,
+                             summary=summary, lost=tuple(lost))
     if returncode == 0 and failure is None:
         return JobResult(0, "ok")
     rank, code = failure if failure else (None, None)

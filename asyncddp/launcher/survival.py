@@ -112,18 +112,19 @@ def _lost(ends: RankEnds, rank_hosts: tuple[str, ...]) -> list[LostRank]:
 
 
 def survival_result(ends: RankEnds, rank_hosts: tuple[str, ...], min_ranks: int | None):
-    """(exit code, summary, lost ranks) of a fault-tolerant job whose mpirun has ended: 0 when at
-    least ``min_ranks`` (default 1) ranks finished; otherwise the first lost rank's code."""
+    """(exit code, summary, lost ranks in rank order, the rank whose loss sets the code or None) of
+    a fault-tolerant job whose mpirun has ended: 0 when at least ``min_ranks`` (default 1) ranks
+    finished; otherwise the code of the rank lost first."""
     lost = _lost(ends, rank_hosts)
     finished = ends.num_ranks - len(lost)
     needed = min_ranks or 1
     names = "; ".join(item.describe() for item in lost)
     if finished >= needed and not lost:
-        return 0, "", lost
+        return 0, "", lost, None
     if finished >= needed:
         return 0, (f"asyncddp: job finished on {finished} of {ends.num_ranks} ranks; "
-                   f"lost {len(lost)}: {names}"), lost
+                   f"lost {len(lost)}: {names}"), lost, None
     want = f" (--min-ranks {min_ranks})" if min_ranks else ""
     first = min(lost, key=lambda item: (item.at_s is None, item.at_s or 0.0))
     return first.exit_code, (f"asyncddp: job failed: {finished} of {ends.num_ranks} ranks finished, "
-                             f"{needed} needed{want}; lost {len(lost)}: {names}"), lost
+                             f"{needed} needed{want}; lost {len(lost)}: {names}"), lost, first
