@@ -34,6 +34,7 @@ _TABLE: dict[str, tuple[str, ...]] = {
         "CommError", "TopologyError",
     ),
     "asyncddp.topology.schedules": ("NeighborStep",),
+    "asyncddp.checkpoint": ("save_checkpoint", "load_checkpoint", "CheckpointError"),
     "asyncddp.topology": (
         "exponential_graph", "exponential_two_graph", "symmetric_exponential_graph", "ring_graph",
         "mesh_grid_2d_graph", "star_graph", "fully_connected_graph", "hypercube_graph",

@@ -44,6 +44,13 @@ def register(app: typer.Typer) -> None:
         preflight: bool = typer.Option(
             None, "--preflight/--no-preflight",
             help="Check SSH to every remote host before starting mpirun (default: on when any host is remote)."),
+        fault_tolerant: bool = typer.Option(
+            None, "--fault-tolerant/--no-fault-tolerant",
+            help="A rank that dies no longer ends the job: the others go on (Open MPI 5 with ULFM)."),
+        min_ranks: int = typer.Option(None, "--min-ranks",
+                                      help="With --fault-tolerant: fail the job when fewer ranks finish."),
+        max_restarts: int = typer.Option(None, "--max-restarts",
+                                         help="Relaunch the whole job after a failure, at most K times."),
         launch=None,
     ) -> None:
         """Run a script, -m module or command on every rank: asyncddp run -np 4 train.py ARGS..."""
@@ -51,7 +58,8 @@ def register(app: typer.Typer) -> None:
         from asyncddp.launcher.prepare import check_ssh, job_running, plan_job
 
         options = replace(launch, command=tuple(command or ()), num_ranks=num_ranks, network=network,
-                          output_dir=output_dir, timeline=timeline, ssh_port=ssh_port, use_infiniband=use_infiniband)
+                          output_dir=output_dir, timeline=timeline, ssh_port=ssh_port, use_infiniband=use_infiniband,
+                          fault_tolerant=fault_tolerant, min_ranks=min_ranks, max_restarts=max_restarts)
         # The private ssh_config and library links live in a 0700 directory of this run alone,
         # removed when the job ends; the output directory holds logs only.
         with stop_signals.private_dir(f"asyncddp-{os.getuid()}-") as private_dir:
@@ -60,14 +68,19 @@ def register(app: typer.Typer) -> None:
                 typer.echo(json.dumps(job.to_dict(), indent=2) if as_json else job.describe())
                 return
             check_ssh(job, preflight)
-            from asyncddp.launcher.job import run_plan
+            if job.config.fault_tolerant:
+                from asyncddp.launcher.mpi import check_fault_tolerance
+
+                check_fault_tolerance(job.plan.argv[0])
             from asyncddp.launcher.log_dir import new_log_dir
+            from asyncddp.launcher.restart import run_with_restarts
 
             logs = new_log_dir(output_dir) if output_dir else None
             if logs:
                 _say(f"asyncddp: this run's logs: {logs}/")
             with job_running(job):
-                result = run_plan(job.plan, output_dir=logs, timeout=job.config.timeout)
+                result = run_with_restarts(job.plan, job.config.max_restarts, output_dir=logs,
+                                           timeout=job.config.timeout)
         if result.summary:
             _say(result.summary)
         raise typer.Exit(result.exit_code)

@@ -25,6 +25,9 @@ example)::
     python: /opt/venv/bin/python # default interpreter on every host
     np: 8                        # default number of ranks
     emulate: nodes=4,bandwidth=1gbit   # instead of hosts: an emulated cluster (see --emulate)
+    fault_tolerant: true         # a lost rank no longer ends the job (see --fault-tolerant)
+    min_ranks: 3                 # with fault_tolerant: fail the job when fewer ranks finish
+    max_restarts: 2              # relaunch the whole job after a failure, at most this often
 
 Unknown keys are errors naming the file, line and YAML path, and so is every value that does not
 have its syntax (host names, users, ports, key paths, variable names: see ``validation``). The
@@ -61,6 +64,8 @@ __all__ = ["SshSettings", "ClusterConfig", "RunOptions", "RunConfig", "load_conf
 
 # A config listing thousands of hosts is far below this; PyYAML reads about 0.3 MB/s.
 MAX_CONFIG_BYTES = 1 << 20
+# A job that needs more relaunches than this has a problem a restart will not fix.
+MAX_RESTARTS = 100
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,9 @@ class ClusterConfig:
     python: str | None = None
     num_ranks: int | None = None
     emulate: EmulateSpec | None = None
+    fault_tolerant: bool | None = None
+    min_ranks: int | None = None
+    max_restarts: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,6 +120,9 @@ class RunOptions:
     ssh_port: int | None = None  # bfrun's -p: the port of every host that sets none
     use_infiniband: bool = False  # bfrun's flag: Open MPI's UCX PML, its InfiniBand path since 5.0
     emulate: str | None = None  # --emulate SPEC: an emulated cluster instead of hosts
+    fault_tolerant: bool | None = None  # --fault-tolerant / --no-fault-tolerant
+    min_ranks: int | None = None
+    max_restarts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,9 @@ class RunConfig:
     output_dir: str | None = None
     timeout: float | None = None
     timeline: str | None = None
+    fault_tolerant: bool = False  # survivors of a lost rank go on (ULFM)
+    min_ranks: int | None = None  # with fault_tolerant: fewer finishing ranks fail the job
+    max_restarts: int = 0  # whole-job relaunches after a failure
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,6 +182,10 @@ class _Reader:
             return default
         value, line = mapping[key], mapping.key_lines[key]
         where = f"{path}.{key}" if path else key
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise self.fail(line, where, f"expected true or false, got {quote(value)}")
+            return value
         if kind is int:
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SLOTS:
                 shown = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else quote(value)
@@ -191,7 +209,8 @@ class _Reader:
         raise TypeError(kind)
 
 
-_TOP_KEYS = ("hosts", "ssh", "env", "network", "mpi_args", "working_dir", "python", "np", "emulate")
+_TOP_KEYS = ("hosts", "ssh", "env", "network", "mpi_args", "working_dir", "python", "np", "emulate",
+             "fault_tolerant", "min_ranks", "max_restarts")
 _HOST_KEYS = ("name", "slots", "max_slots", "user", "port", "identity_file", "python")
 _SSH_KEYS = ("user", "port", "identity_file", "known_hosts")
 _ENV_KEYS = ("forward", "set")
@@ -290,6 +309,9 @@ def parse_config_text(text: str, source: str) -> ClusterConfig:
         python=reader.get(top, "python", str, ""),
         num_ranks=reader.get(top, "np", int, ""),
         emulate=emulate,
+        fault_tolerant=reader.get(top, "fault_tolerant", bool, ""),
+        min_ranks=reader.get(top, "min_ranks", int, ""),
+        max_restarts=reader.get(top, "max_restarts", int, ""),
     )
 
 
@@ -423,6 +445,7 @@ def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
         check_seconds(options.timeout, "--timeout")
     if options.network is not None:
         check_text(options.network, "--network-interface")
+    fault_tolerant, min_ranks, max_restarts = _survival(options, cluster, num_ranks)
     return RunConfig(
         command=tuple(options.command),
         num_ranks=num_ranks,
@@ -439,4 +462,27 @@ def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
         output_dir=options.output_dir,
         timeout=options.timeout,
         timeline=_timeline(options.timeline, hosts, num_ranks),
+        fault_tolerant=fault_tolerant,
+        min_ranks=min_ranks,
+        max_restarts=max_restarts,
     )
+
+
+def _survival(options: RunOptions, cluster: ClusterConfig | None, num_ranks: int) -> tuple[bool, int | None, int]:
+    """(fault_tolerant, min_ranks, max_restarts): flags over the config file, checked."""
+    def pick(name: str):
+        flag = getattr(options, name)
+        return flag if flag is not None else (getattr(cluster, name) if cluster else None)
+
+    fault_tolerant, min_ranks, max_restarts = bool(pick("fault_tolerant")), pick("min_ranks"), pick("max_restarts")
+    if max_restarts is not None and not 0 <= max_restarts <= MAX_RESTARTS:
+        where = "--max-restarts" if options.max_restarts is not None else f"{cluster.source}: max_restarts"
+        raise ConfigError(f"{where} {max_restarts}: give a whole number from 0 to {MAX_RESTARTS}")
+    if min_ranks is not None:
+        where = "--min-ranks" if options.min_ranks is not None else f"{cluster.source}: min_ranks"
+        if not fault_tolerant:
+            raise ConfigError(f"{where} {min_ranks}: only a fault-tolerant job goes on with fewer ranks; "
+                              "add --fault-tolerant (or fault_tolerant: true)")
+        if not 1 <= min_ranks <= num_ranks:
+            raise ConfigError(f"{where} {min_ranks}: give a number of ranks from 1 to the job's {num_ranks}")
+    return fault_tolerant, min_ranks, max_restarts or 0

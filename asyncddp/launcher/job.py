@@ -6,7 +6,9 @@ is joined back into that rank's lines) becomes ``[2] line`` on the console and, 
 ``rank.2.log``; mpirun's own messages become ``[mpirun] ...`` and ``mpirun.log``. The job ends with
 the first failing rank's exit code and a one-line summary naming rank, host and code; a timeout
 kills it with 124. SIGINT, SIGTERM and SIGHUP (``asyncddp.launcher.stop_signals``) stop every rank
-and end it with 128+signal: 130 for Ctrl-C, 143 for ``kill``, 129 for a closed terminal.
+and end it with 128+signal: 130 for Ctrl-C, 143 for ``kill``, 129 for a closed terminal. A
+fault-tolerant plan's job goes on when ranks are lost, and its summary and code come from
+``asyncddp.launcher.survival``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from asyncddp.errors import ConfigError, LaunchError
 from asyncddp.launcher import stop_signals
 from asyncddp.launcher.mpi import MpiFlavor, find_failure, split_tagged_line
 from asyncddp.launcher.plan import LaunchPlan
+from asyncddp.launcher.survival import LostRank, RankEnds, survival_result
 
 __all__ = ["JobResult", "run_plan"]
 
@@ -45,6 +48,7 @@ class JobResult:
     failed_host: str | None = None
     duration_s: float = 0.0
     summary: str = ""
+    lost: tuple[LostRank, ...] = ()  # fault-tolerant jobs: the ranks lost on the way
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +56,8 @@ class JobResult:
 
 class _Output:
     """Routes mpirun's lines to the console and per-rank log files; watches for failures."""
+
+    ends: RankEnds | None = None  # a fault-tolerant job's rank guard reports
 
     def __init__(self, flavor: MpiFlavor, output_dir: str | None, out: IO[str], err: IO[str]) -> None:
         self.flavor = flavor
@@ -96,6 +102,10 @@ class _Output:
 
     def _show(self, rank: int | None, stream: str, text: str) -> None:
         """Write one whole line of a rank (or of mpirun) to the console, its log and the watch; lock held."""
+        if rank is not None and self.ends is not None and (shown := self.ends.note(rank, text)) is not None:
+            if not shown:
+                return
+            text = shown
         console = self.out if stream == "stdout" and rank is not None else self.err
         self._write_console(console, f"[{'mpirun' if rank is None else rank}] {text}\n")
         log = self._file("mpirun.log" if rank is None else f"rank.{rank}.log")
@@ -198,6 +208,11 @@ def _write_files(plan: LaunchPlan) -> None:
 
 def _summary(plan: LaunchPlan, output: _Output, returncode: int) -> JobResult:
     failure = find_failure("\n".join(output.diagnostics), plan.flavor)
+    if output.ends is not None and output.ends.ends and failure is None:
+        code, summary, lost, first = survival_result(output.ends, plan.rank_hosts, plan.min_ranks)
+        if lost or returncode == 0:  # else mpirun failed on its own: its own messages say why
+            return JobResult(code, "ok" if code == 0 else "failed", first and first.rank, first and first.host,
+                             summary=summary, lost=tuple(lost))
     if returncode == 0 and failure is None:
         return JobResult(0, "ok")
     rank, code = failure if failure else (None, None)
@@ -228,6 +243,8 @@ def run_plan(plan: LaunchPlan, *, output_dir: str | None = None, timeout: float 
     with stop_signals.deferred() as stop:
         _write_files(plan)
         output = _Output(plan.flavor, output_dir, out, err)
+        if plan.fault_tolerant:
+            output.ends = RankEnds(len(plan.rank_hosts), started)
         try:
             process = subprocess.Popen(list(plan.argv), env={**os.environ, **plan.env}, cwd=plan.cwd,
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -244,6 +261,8 @@ def run_plan(plan: LaunchPlan, *, output_dir: str | None = None, timeout: float 
         except BaseException:  # whatever went wrong here, mpirun must not outlive us
             _stop(process)
             raise
+        if result is None and process.returncode != 0:
+            _stop(process)  # a killed mpirun leaves its ranks running in our session
         for pump in pumps:
             pump.join(5)
         output.close()
@@ -274,5 +293,8 @@ def _watch(process: subprocess.Popen, output: _Output, timeout: float | None, st
                              summary=f"asyncddp: job timed out after {timeout:g} s (--timeout){where}; "
                                      "all ranks were killed")
         if output.failure_seen_at is not None and now - output.failure_seen_at > FAILURE_GRACE_S:
+            _stop(process)
+        if output.ends is not None and (hung := output.ends.lingering(now)):
+            output.ends.stopped = hung
             _stop(process)
     return None

@@ -21,7 +21,7 @@ from pathlib import Path
 from asyncddp.launcher.config import RunConfig
 from asyncddp.errors import LaunchError
 from asyncddp.launcher.hosts import HostSpec, launches_over_ssh, mpirun_host_name, rank_hosts
-from asyncddp.launcher.mpi import MpiFlavor, MpiImplementation, MpiInstall, library_env
+from asyncddp.launcher.mpi import DETECTOR, MpiFlavor, MpiImplementation, MpiInstall, library_env
 
 __all__ = ["LaunchPlan", "resolve_command", "ssh_config_text", "build_plan", "format_plan"]
 
@@ -40,6 +40,8 @@ class LaunchPlan:
     files: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     links: dict[str, str] = field(default_factory=dict)  # symlink path -> target, made before the job
+    fault_tolerant: bool = False  # each rank runs under asyncddp.launcher.rank_guard; survivors go on
+    min_ranks: int | None = None  # fault-tolerant jobs: fewer ranks finishing fails the job
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -134,13 +136,19 @@ def _app_contexts(config: RunConfig, ranks: list[str], python: str, check_dir: s
     """One app context, or one per host (MPMD ``a : b``) when hosts need different interpreters."""
     pythons = {host.name: host.python or config.python or python for host in config.hosts}
     is_python = config.command[0] == "-m" or config.command[0].endswith(".py")
+
+    def guarded(command: tuple[str, ...], host_python: str) -> tuple[str, ...]:
+        # The guard reports how its rank ended (mpirun under ULFM does not); it runs on the rank's Python.
+        return (host_python, "-m", "asyncddp.launcher.rank_guard", *command) if config.fault_tolerant else command
+
     if not is_python or len(set(pythons[name] for name in ranks)) == 1:
-        return [resolve_command(config.command, pythons[ranks[0]] if is_python else python, check_dir)]
+        command = resolve_command(config.command, pythons[ranks[0]] if is_python else python, check_dir)
+        return [guarded(command, pythons[ranks[0]])]
     contexts: list[tuple[str, ...]] = []
     for host in config.hosts:
         count = ranks.count(host.name)
         if count:
-            command = resolve_command(config.command, pythons[host.name], check_dir)
+            command = guarded(resolve_command(config.command, pythons[host.name], check_dir), pythons[host.name])
             contexts.append(("-np", str(count), mpi.host_flag, f"{mpirun_host_name(host)}:{count}", *command))
     return contexts
 
@@ -209,6 +217,15 @@ def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executab
         groups.append((impl.wdir_flag, config.working_dir))
     if config.timeline:
         env["ASYNCDDP_TIMELINE"] = config.timeline
+    if config.fault_tolerant:
+        groups += impl.fault_tolerance_flags(DETECTOR)  # refuses, in one line, where the MPI cannot
+        env["ASYNCDDP_FAULT_TOLERANT"] = "1"
+        if not _user_sets("MPI4PY_RC_FINALIZE", config, environ):
+            # Open MPI's MPI_Finalize waits for every rank of the job, a hung one the survivors left
+            # behind included: ranks leave without it (asyncddp.launcher.survival).
+            env["MPI4PY_RC_FINALIZE"] = "false"
+    if config.max_restarts:
+        env["ASYNCDDP_RESTART_COUNT"] = "0"  # each relaunch sets its own count (asyncddp.launcher.restart)
     env.update(dict(config.env_set))
 
     groups += impl.forward_flags(_forwarded_names(config, environ, env))
@@ -225,7 +242,7 @@ def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executab
     argv = tuple(part for group in groups for part in group)
     return LaunchPlan(argv=argv, env=env, rank_hosts=tuple(ranks), hosts=config.hosts, flavor=mpi.flavor,
                       groups=tuple(groups), files=files, cwd=config.working_dir if not remote else None,
-                      links=links)
+                      links=links, fault_tolerant=config.fault_tolerant, min_ranks=config.min_ranks)
 
 
 def format_plan(plan: LaunchPlan) -> str:
