@@ -1,8 +1,11 @@
-"""Typed results of ``asyncddp bench comm``: options in, rows and a summary out.
+"""Typed options and results of ``asyncddp bench``: options in, rows and a summary out.
 
 ``CommBenchOptions`` is what the CLI parses and the ranks receive (as JSON); ``CommRow`` is one
 (op, size) line of the nccl-tests-style table, with the raw-mpi4py baseline for the same bytes;
-``CommBenchResult`` is the whole run. All frozen, all with ``to_dict()`` (what ``--json`` prints).
+``CommBenchResult`` is the whole run, and ``OnePeerComparison`` one size's one-peer step against
+allreduce derived from it. The model and straggler benches' options and results follow. All
+frozen, all with ``to_dict()`` (what ``--json`` prints), each result with the ``BenchNetwork`` it
+ran on when that was an emulated cluster.
 """
 
 from __future__ import annotations

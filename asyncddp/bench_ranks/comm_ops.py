@@ -8,9 +8,14 @@ the elements that differ from the expected value computed here with numpy (never
 slowest rank's mean over ``iters`` after ``warmup``. Rank 0 prints one ``PROGRESS_TAG`` JSON line
 per finished row (the parent draws a progress bar from them) and writes the result as JSON.
 
-In-place ops (``neighbor_allreduce_``, ``allreduce_``, ``broadcast_``) and ``allgather(x, out=)``
-into a preallocated tensor keep allocation out of the timings, as raw's preallocated buffers do
-(the correctness check runs ``allgather(x)``, which allocates its result). One torch thread per rank: ranks share the cores.
+``hierarchical_neighbor_allreduce``'s baselines split the raw communicator along asyncddp's machine
+ranks (a machine communicator and one of the machines' leaders), so an emulated cluster's nodes are
+its machines; its expected value is each machine's mean, averaged over the Exp-2 machine graph.
+
+In-place ops (``neighbor_allreduce_``, ``allreduce_``, ``hierarchical_neighbor_allreduce_``,
+``broadcast_``) and ``allgather(x, out=)`` into a preallocated tensor keep allocation out of the
+timings, as raw's preallocated buffers do (the correctness check runs ``allgather(x)``, which
+allocates its result). One torch thread per rank: ranks share the cores.
 """
 
 from __future__ import annotations
