@@ -30,7 +30,8 @@ COLUMNS = (
 )
 # Short op labels keep the table inside a terminal; --json keeps the full names.
 OP_LABELS = {"neighbor_allreduce": "nbr_ar_exp2", "neighbor_allreduce_one_peer": "nbr_ar_1peer",
-             "hierarchical_neighbor_allreduce": "hier_nbr_ar", "allreduce": "allreduce", "allgather": "allgather", "broadcast": "broadcast", "win_put": "win_put"}
+             "hierarchical_neighbor_allreduce": "hier_nbr_ar", "allreduce": "allreduce", "allgather": "allgather",
+             "broadcast": "broadcast", "win_put": "win_put"}
 NOTE = ("algbw/busbw in GB/s; ours/raw = our time / raw mpi4py moving the same bytes (neighbour ops: "
         "Sendrecv only, no averaging; hier: machine Allreduce, leaders' Sendrecv, machine Bcast); ours/raw_op = "
         "our time / the same operation hand-written in mpi4py+numpy (neighbour ops: the same exchanges, then "
