@@ -141,3 +141,17 @@ def test_sweep_table_shows_img_s_and_speed_against_ddp_per_rate(tmp_path):
     path = tmp_path / "sweep.png"
     render.sweep_plot(sweep, str(path))
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_default_rank_count_is_every_slot_of_the_emulated_cluster(tmp_path):
+    from asyncddp.bench.network import default_num_ranks, network_of
+    from asyncddp.launcher.config import RunOptions
+
+    assert default_num_ranks(RunOptions(), 2) == 2
+    assert default_num_ranks(RunOptions(emulate="nodes=4,ranks_per_node=2"), 2) == 8
+    config = tmp_path / "cluster.yaml"
+    config.write_text("emulate: nodes=3,bandwidth=1gbit\n")
+    assert default_num_ranks(RunOptions(config=str(config)), "1,2") == 3
+    # --emulate wins over the config's, as in the launch itself.
+    assert network_of(RunOptions(config=str(config), emulate="nodes=2"), 2).spec == "nodes=2,ranks_per_node=1"
+    assert network_of(RunOptions(), 2) is None

@@ -17,7 +17,7 @@ from asyncddp.launcher.emulate_spec import EmulateSpec, format_rate, parse_emula
 if TYPE_CHECKING:
     from asyncddp.launcher.config import RunOptions
 
-__all__ = ["NodeLink", "BenchNetwork", "emulated_spec", "network_of"]
+__all__ = ["NodeLink", "BenchNetwork", "emulated_spec", "default_num_ranks", "network_of"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,12 @@ def emulated_spec(launch: RunOptions) -> EmulateSpec | None:
 
         return load_config(launch.config).emulate
     return None
+
+
+def default_num_ranks(launch: RunOptions, fallback):
+    """The rank count of a bench given no ``-np``: every slot of the emulated cluster, else ``fallback``."""
+    spec = emulated_spec(launch)
+    return spec.num_ranks if spec is not None else fallback
 
 
 def network_of(launch: RunOptions, num_ranks: int) -> BenchNetwork | None:

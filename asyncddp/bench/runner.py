@@ -21,9 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from asyncddp.bench.network import network_of
 from asyncddp.bench.results import (PROGRESS_TAG, RESULT_TAG, BenchError, CommBenchOptions, CommBenchResult,
                                     ModelBenchOptions, ModelBenchResult, ModelRun, StragglerOptions, StragglerResult)
-from asyncddp.bench.network import network_of
 from asyncddp.launcher.config import RunOptions
 
 __all__ = ["run_comm_bench", "run_model_bench", "run_straggler_bench"]

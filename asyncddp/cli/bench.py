@@ -35,14 +35,6 @@ def _check_plot_path(path: str | None) -> None:
         raise ConfigError(f"--plot {path}: directory {parent} does not exist or is not writable")
 
 
-def _default_ranks(launch, fallback):
-    """The rank count when -np is not given: the emulated cluster's (all its slots), else ``fallback``."""
-    from asyncddp.bench.network import emulated_spec
-
-    spec = emulated_spec(launch)
-    return spec.num_ranks if spec is not None else fallback
-
-
 def _comm_options(num_ranks, min_bytes, max_bytes, step_factor, iters, warmup, dtype, ops, device, progress):
     from asyncddp.bench.results import DTYPES, CommBenchOptions, parse_ops, parse_size, size_steps
 
@@ -116,7 +108,9 @@ def comm_command(
     if min_busbw is not None and not (math.isfinite(min_busbw) and min_busbw > 0):
         raise ConfigError(f"--min-busbw {min_busbw:g}: give a positive bandwidth in GB/s")
     if num_ranks is None:
-        num_ranks = _default_ranks(launch, 2)
+        from asyncddp.bench.network import default_num_ranks
+
+        num_ranks = default_num_ranks(launch, 2)
     options = _comm_options(num_ranks, min_bytes, max_bytes, step_factor, iters, warmup, dtype, ops, device,
                             progress=True)
     _check_plot_path(plot)
@@ -173,7 +167,9 @@ def _model_command(model: str):
         from asyncddp.bench.results import ModelBenchOptions, parse_methods, parse_num_ranks
 
         if num_ranks is None:
-            num_ranks = str(_default_ranks(launch, "1,2"))
+            from asyncddp.bench.network import default_num_ranks
+
+            num_ranks = str(default_num_ranks(launch, "1,2"))
         rank_counts, chosen = parse_num_ranks(num_ranks), parse_methods(methods)
         if batch_size < 1 or image_size < 32 or iters < 1 or warmup < 0:
             raise ConfigError(f"--batch-size {batch_size} --image-size {image_size} --iters {iters} --warmup "
@@ -253,7 +249,9 @@ def straggler_command(
     from asyncddp.bench.runner import run_straggler_bench
 
     if num_ranks is None:
-        num_ranks = _default_ranks(launch, 4)
+        from asyncddp.bench.network import default_num_ranks
+
+        num_ranks = default_num_ranks(launch, 4)
     if num_ranks < 2 or not 0 <= slow_rank < num_ranks:
         raise ConfigError(f"-np {num_ranks} --slow-rank {slow_rank}: need at least 2 ranks and 0 <= slow rank < np")
     if not (math.isfinite(slow_factor) and slow_factor >= 1):
