@@ -41,10 +41,10 @@ def test_small_bench_runs_every_op_correctly(tmp_path):
         assert row["ratio"] == pytest.approx(row["time_us"] / row["raw_time_us"], rel=0.01)
         assert row["raw_op_time_us"] > 0
         assert row["op_ratio"] == pytest.approx(row["time_us"] / row["raw_op_time_us"], rel=0.01)
-        if not row["op"].startswith("neighbor_allreduce"):  # raw already is the whole op there
+        if "neighbor_allreduce" not in row["op"]:  # raw already is the whole op there
             assert row["raw_op_time_us"] == row["raw_time_us"] and row["op_ratio"] == row["ratio"]
         assert row["num_wrong"] == 0, row
-    # 2 ranks: every factor is 1 except allgather's (n-1)/n.
+    # 2 ranks: every factor is 1 except allgather's (n-1)/n (hierarchical on one machine is an allreduce).
     for row in rows:
         factor = 0.5 if row["op"] == "allgather" else 1.0
         assert row["busbw_gbs"] == pytest.approx(row["algbw_gbs"] * factor, rel=1e-3, abs=1e-6)

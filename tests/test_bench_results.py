@@ -134,3 +134,40 @@ def test_rich_table_shows_every_row_footer_and_notes():
     assert "nbr_ar_1peer" in text and "allreduce" in text and "ours/raw" in text
     assert "# Avg bus bandwidth    : 0.3584 GB/s" in text
     assert "# note: 4 ranks on 2 cores: oversubscribed" in text
+
+
+def test_one_peer_against_allreduce_is_derived_per_size_and_shown():
+    result = _result()
+    (comparison,) = result.one_peer_vs_allreduce()
+    assert (comparison.size_bytes, comparison.allreduce_us, comparison.one_peer_us) == (4096, 20.0, 10.0)
+    assert (comparison.speedup, comparison.raw_speedup) == (2.0, 1.25)
+    assert result.to_dict()["one_peer_vs_allreduce"] == [comparison.to_dict()]
+    lines = render.comm_text(result).splitlines()
+    assert "# One-peer vs allreduce: 4K 2.00x (raw 1.25x)" in lines
+    assert any(line.startswith("# one-peer vs allreduce = allreduce time / one-peer") for line in lines)
+    only_allreduce = CommBenchResult.from_dict({**result.to_dict(), "rows": [result.rows[0].to_dict()]})
+    assert only_allreduce.one_peer_vs_allreduce() == ()
+    assert not any("one-peer" in line.lower() for line in render.comm_text(only_allreduce).splitlines())
+
+
+def test_hierarchical_counts_the_traffic_between_machines():
+    assert OPS.index("hierarchical_neighbor_allreduce") == OPS.index("neighbor_allreduce_one_peer") + 1
+    assert bus_factor("hierarchical_neighbor_allreduce", 8, 2) == 2.0  # 4 machines: Exp-2 degree 2
+    assert bus_factor("hierarchical_neighbor_allreduce", 4, 0) == 1.5  # one machine: an allreduce of 4
+
+
+def test_network_with_a_slow_node_is_recorded_per_node_and_round_trips():
+    from asyncddp.bench.network import BenchNetwork
+    from asyncddp.launcher.emulate_spec import parse_emulate_spec
+
+    network = BenchNetwork.of(parse_emulate_spec("nodes=3,ranks_per_node=2,bandwidth=1gbit,slow_node=2:200mbit"), 6)
+    assert [(link.node, link.ranks, link.rate_bps, link.rate) for link in network.nodes] == [
+        (0, (0, 1), 10**9, "1gbit"), (1, (2, 3), 10**9, "1gbit"), (2, (4, 5), 2 * 10**8, "200mbit")]
+    assert network.describe() == ("emulated cluster nodes=3,ranks_per_node=2,bandwidth=1gbit,slow_node=2:200mbit "
+                                  "(links: nodes 0,1 1gbit; node 2 200mbit)")
+    result = CommBenchResult(**{**_result().__dict__, "network": network})
+    data = result.to_dict()
+    assert data["network"]["nodes"][2] == {"node": 2, "ranks": [4, 5], "rate_bps": 2 * 10**8, "rate": "200mbit"}
+    assert CommBenchResult.from_dict(data) == result
+    assert f"# network: {network.describe()}" in render.comm_text(result).splitlines()
+    assert _result().to_dict()["network"] is None

@@ -1,6 +1,7 @@
-"""Show ``bench comm`` results: a rich table, nccl-tests-style plain text, a PNG plot.
+"""Show benchmark results: rich tables, nccl-tests-style plain text, PNG plots.
 
-Pure formatting of a ``CommBenchResult``; nothing here runs MPI. The plot uses matplotlib's
+Pure formatting of the result dataclasses (``bench comm``, ``bench MODEL`` and its bandwidth
+sweep, ``bench straggler``); nothing here runs MPI. The plot uses matplotlib's
 Agg backend (no display needed) and is imported only when asked for.
 """
 
@@ -8,8 +9,8 @@ from __future__ import annotations
 
 from asyncddp.bench.results import CommBenchResult
 
-__all__ = ["COLUMNS", "comm_table", "comm_text", "comm_plot", "footer_lines", "model_table", "model_plot",
-           "straggler_table"]
+__all__ = ["COLUMNS", "comm_table", "comm_text", "comm_plot", "footer_lines", "network_lines", "model_table",
+           "model_plot", "sweep_table", "sweep_plot", "straggler_table"]
 
 # (header, row attribute, format) in table order; the same in the rich table and the text.
 COLUMNS = (
@@ -29,11 +30,14 @@ COLUMNS = (
 )
 # Short op labels keep the table inside a terminal; --json keeps the full names.
 OP_LABELS = {"neighbor_allreduce": "nbr_ar_exp2", "neighbor_allreduce_one_peer": "nbr_ar_1peer",
-             "allreduce": "allreduce", "allgather": "allgather", "broadcast": "broadcast", "win_put": "win_put"}
+             "hierarchical_neighbor_allreduce": "hier_nbr_ar", "allreduce": "allreduce", "allgather": "allgather",
+             "broadcast": "broadcast", "win_put": "win_put"}
 NOTE = ("algbw/busbw in GB/s; ours/raw = our time / raw mpi4py moving the same bytes (neighbour ops: "
-        "Sendrecv only, no averaging); ours/raw_op = our time / the same operation hand-written in "
-        "mpi4py+numpy (neighbour ops: Sendrecv, then the same average in place; other ops: = raw). "
-        "Lower is better")
+        "Sendrecv only, no averaging; hier: machine Allreduce, leaders' Sendrecv, machine Bcast); ours/raw_op = "
+        "our time / the same operation hand-written in mpi4py+numpy (neighbour ops: the same exchanges, then "
+        "the same average in place; other ops: = raw). Lower is better")
+ONE_PEER_NOTE = ("one-peer vs allreduce = allreduce time / one-peer neighbour averaging time of the same buffer "
+                 "(raw: MPI Allreduce / one Sendrecv); a ring allreduce sends 2(n-1)/n x S per rank, one peer S")
 
 
 def _cells(row) -> list[str]:
@@ -43,8 +47,25 @@ def _cells(row) -> list[str]:
 
 
 def footer_lines(result: CommBenchResult) -> list[str]:
-    return [f"# Out of bounds values : {result.num_wrong} {'OK' if result.num_wrong == 0 else 'FAILED'}",
-            f"# Avg bus bandwidth    : {result.avg_busbw_gbs:.4f} GB/s"]
+    lines = [f"# Out of bounds values : {result.num_wrong} {'OK' if result.num_wrong == 0 else 'FAILED'}",
+             f"# Avg bus bandwidth    : {result.avg_busbw_gbs:.4f} GB/s"]
+    comparisons = result.one_peer_vs_allreduce()
+    if comparisons:
+        lines.append("# One-peer vs allreduce: " + ", ".join(
+            f"{_size(c.size_bytes)} {c.speedup:.2f}x (raw {c.raw_speedup:.2f}x)" for c in comparisons))
+    return lines
+
+
+def _size(size_bytes: int) -> str:
+    for unit, scale in (("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if size_bytes >= scale and size_bytes % scale == 0:
+            return f"{size_bytes // scale}{unit}"
+    return f"{size_bytes}B"
+
+
+def network_lines(network) -> list[str]:
+    """The ``# network:`` line under a table (nothing on real hosts)."""
+    return [f"# network: {network.describe()}"] if network is not None else []
 
 
 def _title(result: CommBenchResult) -> str:
@@ -59,7 +80,9 @@ def comm_table(result: CommBenchResult):
     from rich import box
 
     notes = [f"# note: {note}" for note in result.notes]
-    table = Table(title=_title(result), caption="\n".join([*footer_lines(result), f"# {NOTE}", *notes]),
+    extra = [f"# {ONE_PEER_NOTE}"] if result.one_peer_vs_allreduce() else []
+    table = Table(title=_title(result), caption="\n".join([*footer_lines(result), *extra, f"# {NOTE}",
+                                                           *network_lines(result.network), *notes]),
                   caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for header, attr, _ in COLUMNS:
         table.add_column(header, justify="left" if attr in ("op", "dtype") else "right")
@@ -81,11 +104,12 @@ def comm_text(result: CommBenchResult) -> str:
     rows = [_cells(row) for row in result.rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = [f"# {_title(result)}", f"# {result.mpi_library.split(',')[0]} on {result.host}",
-             *(f"# note: {note}" for note in result.notes),
+             *network_lines(result.network), *(f"# note: {note}" for note in result.notes),
              "#  " + "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
     for cells in rows:
         lines.append("   " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))))
-    return "\n".join(lines + footer_lines(result) + [f"# {NOTE}"])
+    extra = [f"# {ONE_PEER_NOTE}"] if result.one_peer_vs_allreduce() else []
+    return "\n".join(lines + footer_lines(result) + [*extra, f"# {NOTE}"])
 
 
 def comm_plot(result: CommBenchResult, path: str) -> None:
@@ -157,7 +181,8 @@ def model_table(result):
 
     notes = sorted({f"# note: {note}" for run in result.runs for note in run.notes})
     notes += [f"# {run.method} -np {run.num_ranks}: {run.error}" for run in result.runs if not run.ok]
-    table = Table(title=_model_title(result), caption="\n".join([f"# {MODEL_NOTE}", *notes]), caption_justify="left",
+    table = Table(title=_model_title(result), caption="\n".join([f"# {MODEL_NOTE}", *network_lines(result.network),
+                                                                 *notes]), caption_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     for index, header in enumerate(MODEL_HEADERS):
         table.add_column(header, justify="left" if index == 0 else "right")
@@ -214,6 +239,7 @@ def straggler_table(result):
                          f"{o.model} batch {o.batch_size}/rank, {o.iters} iters"),
                   caption="\n".join([f"# async / sync fast-rank throughput: {result.speedup:.2f}x",
                                       "# consensus error = max_i |x_i - mean x| / |mean x| after the last step",
+                                      *network_lines(result.network),
                                       *(f"# note: {note}" for note in result.notes)]),
                   caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for index, header in enumerate(("averaging", "fast ranks img/s", "slow rank img/s", "consensus error")):
@@ -223,3 +249,84 @@ def straggler_table(result):
     table.add_row("async win-put", f"{result.async_fast_img_s:.1f}", f"{result.async_slow_img_s:.1f}",
                   f"{result.async_consensus_error:.2e}")
     return table
+
+
+# ---- bench MODEL --sweep-bandwidth -------------------------------------------------------------
+SWEEP_NOTE = ("img/s of all ranks at each link rate (every node's link, except nodes given their own rate); "
+              "(x) = img/s / ddp's img/s at the same rate")
+
+
+def sweep_rows(sweep) -> list[list[str]]:
+    """One row per method: its img/s at each rate, with the speed against ddp where ddp ran."""
+    rows = []
+    for method in sweep.methods:
+        cells = [method]
+        for point in sweep.points:
+            run = sweep.run(method, point.bandwidth_bps)
+            if run is None or not run.ok:
+                cells.append("failed" if run is not None else "-")
+                continue
+            vs_ddp = point.result.derived(run)["speed_vs_ddp"]
+            cells.append(f"{run.img_s_total:.1f}" + (f" ({vs_ddp:.2f}x)" if vs_ddp is not None and method != "ddp"
+                                                      else ""))
+        rows.append(cells)
+    return rows
+
+
+def _sweep_title(sweep) -> str:
+    first = sweep.points[0].result
+    return (f"asyncddp bench {sweep.model} bandwidth sweep: {sweep.num_ranks} ranks, {first.num_parameters / 1e6:.2f}M "
+            f"parameters, batch {first.batch_size}/rank, {first.image_size}px, {first.iters} iters after "
+            f"{first.warmup} warm-up")
+
+
+def sweep_table(sweep):
+    """Methods down, link rates across, img/s in the cells; the notes below the table as full lines
+    (a caption would wrap them to the table's few columns)."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    errors = [f"# {run.method} at {point.bandwidth}: {run.error}" for point in sweep.points
+              for run in point.result.runs if not run.ok]
+    networks = [f"# at {point.bandwidth}: {point.result.network.describe()}" for point in sweep.points
+                if point.result.network is not None]
+    table = Table(title=_sweep_title(sweep), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("method", justify="left")
+    for point in sweep.points:
+        table.add_column(f"{point.bandwidth} img/s", justify="right")
+    for cells in sweep_rows(sweep):
+        table.add_row(*cells)
+    return Group(table, Text("\n".join([f"# {SWEEP_NOTE}", *networks, *errors])))
+
+
+def sweep_plot(sweep, path: str) -> None:
+    """img/s (left) and iteration time (right) per method against link rate (log x), in ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for index, method in enumerate(sweep.methods):
+        points = [(point.bandwidth_bps / 1e6, sweep.run(method, point.bandwidth_bps)) for point in sweep.points]
+        points = [(mbit, run) for mbit, run in points if run is not None and run.ok]
+        if not points:
+            continue
+        rates = [mbit for mbit, _ in points]
+        left.plot(rates, [run.img_s_total for _, run in points], "-o", color=f"C{index}", label=method, markersize=4)
+        right.plot(rates, [run.iter_ms for _, run in points], "-o", color=f"C{index}", label=method, markersize=4)
+    for ax, label in ((left, "images/s (all ranks)"), (right, "iteration time (ms)")):
+        ax.set_xscale("log")
+        ax.set_xticks([point.bandwidth_bps / 1e6 for point in sweep.points],
+                      [point.bandwidth for point in sweep.points])  # the rates run, in tc's spelling
+        ax.minorticks_off()
+        ax.set_xlabel("link bandwidth")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=7)
+    fig.suptitle(_sweep_title(sweep), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

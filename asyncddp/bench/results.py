@@ -1,8 +1,11 @@
-"""Typed results of ``asyncddp bench comm``: options in, rows and a summary out.
+"""Typed options and results of ``asyncddp bench``: options in, rows and a summary out.
 
 ``CommBenchOptions`` is what the CLI parses and the ranks receive (as JSON); ``CommRow`` is one
 (op, size) line of the nccl-tests-style table, with the raw-mpi4py baseline for the same bytes;
-``CommBenchResult`` is the whole run. All frozen, all with ``to_dict()`` (what ``--json`` prints).
+``CommBenchResult`` is the whole run, and ``OnePeerComparison`` one size's one-peer step against
+allreduce derived from it. The model and straggler benches' options and results follow. All
+frozen, all with ``to_dict()`` (what ``--json`` prints), each result with the ``BenchNetwork`` it
+ran on when that was an emulated cluster.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from asyncddp.bench.network import BenchNetwork
 from asyncddp.errors import AsyncDDPError, ConfigError
 
-__all__ = ["BenchError", "BandwidthBelowBound", "OPS", "DTYPES", "CommBenchOptions", "CommRow", "CommBenchResult",
+__all__ = ["BenchError", "BandwidthBelowBound", "OPS", "DTYPES", "CommBenchOptions", "CommRow", "OnePeerComparison",
+           "CommBenchResult",
            "parse_size", "size_steps", "parse_ops", "bus_factor", "MODELS", "METHODS", "ModelBenchOptions", "ModelRun",
            "ModelBenchResult", "StragglerOptions", "StragglerResult", "parse_methods", "parse_num_ranks"]
 
@@ -23,7 +28,8 @@ __all__ = ["BenchError", "BandwidthBelowBound", "OPS", "DTYPES", "CommBenchOptio
 PROGRESS_TAG = "ASYNCDDP_BENCH_PROGRESS"
 RESULT_TAG = "ASYNCDDP_BENCH_RESULT"
 
-OPS = ("neighbor_allreduce", "neighbor_allreduce_one_peer", "allreduce", "allgather", "broadcast", "win_put")
+OPS = ("neighbor_allreduce", "neighbor_allreduce_one_peer", "hierarchical_neighbor_allreduce", "allreduce", "allgather",
+       "broadcast", "win_put")
 DTYPES = ("float32", "float64")  # MPI reduces these natively on both sides (ours and raw numpy)
 
 
@@ -85,14 +91,17 @@ def bus_factor(op: str, num_ranks: int, degree: int) -> float:
     allreduce 2(n-1)/n and allgather (n-1)/n as in nccl-tests; broadcast and one-peer 1 (each rank
     sends and receives S once). Static Exp-2 ``neighbor_allreduce`` and ``win_put``: ``degree``
     (the out-degree, ceil(log2 n)) because every rank sends S to each of its out-neighbours, so
-    busbw is the bytes each rank puts on the wire per second.
+    busbw is the bytes each rank puts on the wire per second. ``hierarchical_neighbor_allreduce``:
+    ``degree`` is the machine topology's out-degree, since each machine's leader sends S to every
+    out-neighbour machine (the traffic between machines, which is what the op is built to cut); on
+    one machine (degree 0) it is an allreduce of the machine's ranks, and counts as one.
     """
     n = num_ranks
-    if op == "allreduce":
+    if op == "allreduce" or (op == "hierarchical_neighbor_allreduce" and degree == 0):
         return 2 * (n - 1) / n
     if op == "allgather":
         return (n - 1) / n
-    if op in ("neighbor_allreduce", "win_put"):
+    if op in ("neighbor_allreduce", "win_put", "hierarchical_neighbor_allreduce"):
         return float(degree)
     return 1.0
 
@@ -145,6 +154,34 @@ class CommRow:
 
 
 @dataclass(frozen=True)
+class OnePeerComparison:
+    """One size: one-peer neighbour averaging against an allreduce of the same buffer.
+
+    ``speedup`` = allreduce time / one-peer time (ours); ``raw_speedup`` the same for the raw
+    mpi4py baselines (``Allreduce`` against one ``Sendrecv``), the ceiling the network allows:
+    a ring allreduce sends 2(n-1)/n x S per rank, one peer S.
+    """
+
+    size_bytes: int
+    allreduce_us: float
+    one_peer_us: float
+    speedup: float
+    raw_allreduce_us: float
+    raw_one_peer_us: float
+    raw_speedup: float
+
+    @classmethod
+    def of(cls, one_peer: CommRow, allreduce: CommRow) -> "OnePeerComparison":
+        return cls(size_bytes=allreduce.size_bytes, allreduce_us=allreduce.time_us, one_peer_us=one_peer.time_us,
+                   speedup=round(allreduce.time_us / one_peer.time_us, 3),
+                   raw_allreduce_us=allreduce.raw_time_us, raw_one_peer_us=one_peer.raw_time_us,
+                   raw_speedup=round(allreduce.raw_time_us / one_peer.raw_time_us, 3))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class CommBenchResult:
     num_ranks: int
     device: str
@@ -155,6 +192,7 @@ class CommBenchResult:
     host: str = ""
     mpi_library: str = ""
     notes: tuple[str, ...] = ()  # how the launch was adjusted (e.g. oversubscribed ranks yield)
+    network: BenchNetwork | None = None  # the emulated cluster, None on real hosts
 
     @property
     def avg_busbw_gbs(self) -> float:
@@ -164,19 +202,29 @@ class CommBenchResult:
     def num_wrong(self) -> int:
         return sum(row.num_wrong for row in self.rows)
 
+    def one_peer_vs_allreduce(self) -> tuple[OnePeerComparison, ...]:
+        """Per size benchmarked with both ops: allreduce's time over one-peer averaging's."""
+        one_peer = {row.size_bytes: row for row in self.rows if row.op == "neighbor_allreduce_one_peer"}
+        return tuple(OnePeerComparison.of(one_peer[row.size_bytes], row) for row in self.rows
+                     if row.op == "allreduce" and row.size_bytes in one_peer)
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["rows"] = [row.to_dict() for row in self.rows]
         data["notes"] = list(self.notes)
+        data["network"] = self.network.to_dict() if self.network else None
         data["avg_busbw_gbs"] = self.avg_busbw_gbs
         data["num_wrong"] = self.num_wrong
+        data["one_peer_vs_allreduce"] = [item.to_dict() for item in self.one_peer_vs_allreduce()]
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "CommBenchResult":
         rows = tuple(CommRow(**row) for row in data["rows"])
-        keep = {k: v for k, v in data.items() if k not in ("rows", "avg_busbw_gbs", "num_wrong")}
+        derived = ("rows", "avg_busbw_gbs", "num_wrong", "one_peer_vs_allreduce")
+        keep = {k: v for k, v in data.items() if k not in derived}
         keep["notes"] = tuple(keep.get("notes", ()))
+        keep["network"] = BenchNetwork.from_dict(keep.get("network"))
         return cls(**keep, rows=rows)
 
 
@@ -266,6 +314,7 @@ class ModelBenchResult:
     num_parameters: int = 0
     runs: tuple[ModelRun, ...] = ()
     host: str = ""
+    network: BenchNetwork | None = None  # the emulated cluster, None on real hosts
 
     def find(self, method: str, num_ranks: int) -> ModelRun | None:
         return next((r for r in self.runs if r.method == method and r.num_ranks == num_ranks and r.ok), None)
@@ -285,13 +334,14 @@ class ModelBenchResult:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["runs"] = [{**run.to_dict(), **self.derived(run)} for run in self.runs]
+        data["network"] = self.network.to_dict() if self.network else None
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelBenchResult":
         derived = ("efficiency_vs_np1", "efficiency_vs_local", "speed_vs_ddp")
         runs = tuple(ModelRun.from_dict({k: v for k, v in run.items() if k not in derived}) for run in data["runs"])
-        return cls(**{**data, "runs": runs})
+        return cls(**{**data, "runs": runs, "network": BenchNetwork.from_dict(data.get("network"))})
 
 
 # ---- bench straggler ---------------------------------------------------------------------------
@@ -326,6 +376,7 @@ class StragglerResult:
     sync_consensus_error: float
     async_consensus_error: float
     notes: tuple[str, ...] = ()
+    network: BenchNetwork | None = None  # the emulated cluster, None on real hosts
 
     @property
     def speedup(self) -> float:
@@ -334,6 +385,7 @@ class StragglerResult:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["notes"] = list(self.notes)
+        data["network"] = self.network.to_dict() if self.network else None
         data["speedup"] = self.speedup
         return data
 
@@ -341,4 +393,4 @@ class StragglerResult:
     def from_dict(cls, data: dict) -> "StragglerResult":
         keep = {k: v for k, v in data.items() if k != "speedup"}
         return cls(**{**keep, "options": StragglerOptions(**data["options"]),
-                      "notes": tuple(data.get("notes", ()))})
+                      "notes": tuple(data.get("notes", ())), "network": BenchNetwork.from_dict(data.get("network"))})

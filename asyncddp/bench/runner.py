@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from asyncddp.bench.network import network_of
 from asyncddp.bench.results import (PROGRESS_TAG, RESULT_TAG, BenchError, CommBenchOptions, CommBenchResult,
                                     ModelBenchOptions, ModelBenchResult, ModelRun, StragglerOptions, StragglerResult)
 from asyncddp.launcher import stop_signals
@@ -128,7 +129,7 @@ def run_comm_bench(options: CommBenchOptions, launch: RunOptions = RunOptions(),
     data, notes = _run_ranks("comm", options.to_dict(), options.num_ranks, launch, "bench comm",
                              on_progress)
     result = CommBenchResult.from_dict(data)
-    return replace(result, notes=(*result.notes, *notes))
+    return replace(result, notes=(*result.notes, *notes), network=network_of(launch, options.num_ranks))
 
 
 def run_model_bench(base: ModelBenchOptions, methods: tuple[str, ...], rank_counts: tuple[int, ...],
@@ -157,7 +158,8 @@ def run_model_bench(base: ModelBenchOptions, methods: tuple[str, ...], rank_coun
             on_progress({**event, "done": done + 1, "starting": False})
     return ModelBenchResult(model=base.model, device=base.device, batch_size=base.batch_size,
                             image_size=base.image_size, warmup=base.warmup, iters=base.iters,
-                            num_parameters=params, runs=tuple(runs), host=host)
+                            num_parameters=params, runs=tuple(runs), host=host,
+                            network=network_of(launch, max(rank_counts)))
 
 
 def run_straggler_bench(options: StragglerOptions, launch: RunOptions = RunOptions()) -> StragglerResult:
@@ -165,4 +167,4 @@ def run_straggler_bench(options: StragglerOptions, launch: RunOptions = RunOptio
     data, notes = _run_ranks("straggler", options.to_dict(), options.num_ranks, launch,
                              "bench straggler")
     result = StragglerResult.from_dict(data)
-    return replace(result, notes=(*result.notes, *notes))
+    return replace(result, notes=(*result.notes, *notes), network=network_of(launch, options.num_ranks))

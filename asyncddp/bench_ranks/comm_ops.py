@@ -8,9 +8,14 @@ the elements that differ from the expected value computed here with numpy (never
 slowest rank's mean over ``iters`` after ``warmup``. Rank 0 prints one ``PROGRESS_TAG`` JSON line
 per finished row (the parent draws a progress bar from them) and writes the result as JSON.
 
-In-place ops (``neighbor_allreduce_``, ``allreduce_``, ``broadcast_``) and ``allgather(x, out=)``
-into a preallocated tensor keep allocation out of the timings, as raw's preallocated buffers do
-(the correctness check runs ``allgather(x)``, which allocates its result). One torch thread per rank: ranks share the cores.
+``hierarchical_neighbor_allreduce``'s baselines split the raw communicator along asyncddp's machine
+ranks (a machine communicator and one of the machines' leaders), so an emulated cluster's nodes are
+its machines; its expected value is each machine's mean, averaged over the Exp-2 machine graph.
+
+In-place ops (``neighbor_allreduce_``, ``allreduce_``, ``hierarchical_neighbor_allreduce_``,
+``broadcast_``) and ``allgather(x, out=)`` into a preallocated tensor keep allocation out of the
+timings, as raw's preallocated buffers do (the correctness check runs ``allgather(x)``, which
+allocates its result). One torch thread per rank: ranks share the cores.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ class _Bench:
         self.device = torch.device(options.device)
         self.in_ranks = sorted(addp.in_neighbor_ranks())
         self.degree = len(addp.out_neighbor_ranks())
+        self.machine_degree = len(addp.out_neighbor_machine_ranks())
+        self._machine_comms = None
 
     # -- helpers --
     def _tensor(self, values: np.ndarray) -> torch.Tensor:
@@ -150,6 +157,64 @@ class _Bench:
 
         return ours, raw, check, raw_op
 
+    def _machines(self):
+        """(local comm, cross comm or None, machine rank, machine count) of the raw baseline.
+
+        Split from the raw baseline's own communicator along asyncddp's machine ranks, so raw
+        groups ranks exactly as asyncddp does; the cross communicator holds the leaders only.
+        """
+        if self._machine_comms is None:
+            MPI, machine, local_rank = self.MPI, addp.machine_rank(), addp.local_rank()
+            local = self.comm.Split(machine, self.rank)
+            cross = self.comm.Split(0 if local_rank == 0 else MPI.UNDEFINED, machine)
+            self._machine_comms = (local, None if cross == MPI.COMM_NULL else cross, machine, addp.machine_size())
+        return self._machine_comms
+
+    def _hierarchical_average(self, count: int) -> np.ndarray:
+        """Machine means (every rank's pattern averaged per machine), then Exp-2 averaging over machines."""
+        _, _, machine, machines = self._machines()
+        where = self.comm.allgather(machine)
+        means = [sum(_pattern(r, count) for r in range(self.n) if where[r] == m) / where.count(m)
+                 for m in range(machines)]
+        sources = [(machine - d) % machines for d in _offsets(machines)]
+        return (means[machine] + sum(means[m] for m in sources)) / (len(sources) + 1)
+
+    def hierarchical_neighbor_allreduce(self, count: int):
+        MPI = self.MPI
+        local, cross, machine, machines = self._machines()
+        x = self._tensor(_pattern(self.rank, count))
+        offsets = _offsets(machines)
+        buf = np.zeros(count, self.np_dtype)  # zeros: repeated in-place machine sums must not overflow
+        recvs = [np.empty(count, self.np_dtype) for _ in offsets]
+        mine = _pattern(self.rank, count).astype(self.np_dtype)
+
+        def exchange(values):
+            for d, recv in zip(offsets, recvs):
+                cross.Sendrecv(values, (machine + d) % machines, 0, recv, (machine - d) % machines, 0)
+
+        def raw():  # the same bytes: machine sum, leaders' exchange, machine broadcast
+            local.Allreduce(MPI.IN_PLACE, buf)
+            if cross is not None:
+                exchange(buf)
+            local.Bcast(buf, root=0)
+
+        def raw_op():  # the whole op by hand: machine mean, leaders average with their neighbours, broadcast
+            local.Allreduce(MPI.IN_PLACE, mine)
+            np.divide(mine, local.Get_size(), out=mine)
+            if cross is not None:
+                exchange(mine)
+                for recv in recvs:
+                    np.add(mine, recv, out=mine)
+                np.divide(mine, len(recvs) + 1, out=mine)
+            local.Bcast(mine, root=0)
+
+        def check():
+            x.copy_(self._tensor(_pattern(self.rank, count)))
+            got = addp.hierarchical_neighbor_allreduce_(x)
+            return self._wrong(got, self._hierarchical_average(count), exact=False)
+
+        return (lambda: addp.hierarchical_neighbor_allreduce_(x)), raw, check, raw_op
+
     def allreduce(self, count: int):
         x = self._tensor(np.zeros(count))  # zeros: repeated in-place sums must not overflow
         buf = np.zeros(count, self.np_dtype)  # raw: the same in-place sum (Allreduce(IN_PLACE))
@@ -223,7 +288,7 @@ class _Bench:
         raw_op_s = self._time(whole[0]) if whole else raw_s  # elsewhere raw already is the whole op
         wrong = check()
         size_bytes = count * self.itemsize * (self.n if op == "allgather" else 1)
-        factor = bus_factor(op, self.n, self.degree)
+        factor = bus_factor(op, self.n, self.machine_degree if op.startswith("hierarchical") else self.degree)
         algbw = size_bytes / ours_s / 1e9
         return CommRow(op=op, size_bytes=size_bytes, count=count, dtype=self.options.dtype,
                        time_us=round(ours_s * 1e6, 3), algbw_gbs=round(algbw, 6),
@@ -252,6 +317,11 @@ def run(options: CommBenchOptions) -> CommBenchResult:
             if options.progress and bench.rank == 0:
                 print(PROGRESS_TAG, json.dumps({"done": len(rows), "total": total, "op": op, "size": size}),
                       flush=True)
+    if bench._machine_comms is not None:
+        local, cross, _, _ = bench._machine_comms
+        local.Free()
+        if cross is not None:
+            cross.Free()
     bench.comm.Free()
     return CommBenchResult(num_ranks=bench.n, device=options.device, dtype=options.dtype,
                            iters=options.iters, warmup=options.warmup, rows=tuple(rows),

@@ -84,7 +84,8 @@ def register(app: typer.Typer) -> None:
 @bench_app.command("comm")
 @flags.with_launch_flags
 def comm_command(
-    num_ranks: int = typer.Option(2, "-np", "--np", "-n", help="Number of ranks (at least 2)."),
+    num_ranks: int = typer.Option(None, "-np", "--np", "-n", help="Number of ranks (at least 2; default 2, or "
+                                  "every slot of the --emulate cluster)."),
     min_bytes: str = typer.Option("1K", "--min-bytes", "-b", help="Smallest size (K/M/G suffixes)."),
     max_bytes: str = typer.Option("64M", "--max-bytes", "-e", help="Largest size (K/M/G suffixes)."),
     step_factor: int = typer.Option(4, "--step-factor", "-f", help="Multiply the size by this each step."),
@@ -92,7 +93,8 @@ def comm_command(
     warmup: int = typer.Option(5, "--warmup", help="Untimed iterations before timing."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
     ops: list[str] = typer.Option(None, "--ops", help="Subset of ops, comma-separated or repeated "
-                                  "(neighbor_allreduce, neighbor_allreduce_one_peer, allreduce, allgather, broadcast, win_put)."),
+                                  "(neighbor_allreduce, neighbor_allreduce_one_peer, hierarchical_neighbor_allreduce, "
+                                  "allreduce, allgather, broadcast, win_put)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (tensors on the GPU)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     plain: bool = typer.Option(False, "--plain", help="Print nccl-tests-style plain text instead of a rich table."),
@@ -105,6 +107,10 @@ def comm_command(
 
     if min_busbw is not None and not (math.isfinite(min_busbw) and min_busbw > 0):
         raise ConfigError(f"--min-busbw {min_busbw:g}: give a positive bandwidth in GB/s")
+    if num_ranks is None:
+        from asyncddp.bench.network import default_num_ranks
+
+        num_ranks = default_num_ranks(launch, 2)
     options = _comm_options(num_ranks, min_bytes, max_bytes, step_factor, iters, warmup, dtype, ops, device,
                             progress=True)
     _check_plot_path(plot)
@@ -141,7 +147,8 @@ def _print_table(table) -> None:
 def _model_command(model: str):
     @flags.with_launch_flags
     def command(
-        num_ranks: str = typer.Option("1,2", "-np", "--np", "-n", help="Rank counts, comma-separated, e.g. 1,2,4."),
+        num_ranks: str = typer.Option(None, "-np", "--np", "-n", help="Rank counts, comma-separated, e.g. 1,2,4 "
+                                      "(default 1,2, or every slot of the --emulate cluster)."),
         methods: list[str] = typer.Option(None, "--methods", help="Subset, comma-separated or repeated (local, ddp, "
                                           "allreduce, dear, neighbor-exp2, neighbor-one-peer, hierarchical, win-put)."),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per rank per step."),
@@ -150,12 +157,19 @@ def _model_command(model: str):
         iters: int = typer.Option(10, "--iters", help="Timed steps per run."),
         device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-        plot: str = typer.Option(None, "--plot", help="Write throughput and efficiency vs np per method to this PNG."),
+        plot: str = typer.Option(None, "--plot", help="Write throughput and efficiency vs np per method to this PNG "
+                                 "(with --sweep-bandwidth: img/s and step time vs link rate)."),
+        sweep_bandwidth: str = typer.Option(None, "--sweep-bandwidth", help="Link rates of the --emulate cluster, "
+                                            "e.g. 200mbit,1gbit,10gbit: every method once per rate, at one np."),
         launch=None,
     ) -> None:
         from asyncddp.bench import render
         from asyncddp.bench.results import ModelBenchOptions, parse_methods, parse_num_ranks
 
+        if num_ranks is None:
+            from asyncddp.bench.network import default_num_ranks
+
+            num_ranks = str(default_num_ranks(launch, "1,2"))
         rank_counts, chosen = parse_num_ranks(num_ranks), parse_methods(methods)
         if batch_size < 1 or image_size < 32 or iters < 1 or warmup < 0:
             raise ConfigError(f"--batch-size {batch_size} --image-size {image_size} --iters {iters} --warmup "
@@ -165,6 +179,8 @@ def _model_command(model: str):
         _check_plot_path(plot)
         base = ModelBenchOptions(model=model, batch_size=batch_size, image_size=image_size, warmup=warmup,
                                  iters=iters, device=device)
+        if sweep_bandwidth is not None:
+            return _sweep(base, chosen, rank_counts, sweep_bandwidth, launch, as_json, plot)
         result = _run_models_with_progress(base, chosen, rank_counts, launch, quiet=as_json)
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=2))
@@ -177,6 +193,27 @@ def _model_command(model: str):
     command.__doc__ = (f"Training throughput of {model} on synthetic ImageNet-shaped data, every method side by "
                        "side, one launch per (method, np).")
     return command
+
+
+def _sweep(base, methods, rank_counts, rates_text, launch, as_json: bool, plot: str | None) -> None:
+    from asyncddp.bench import render
+    from asyncddp.bench.sweep import parse_bandwidths, require_emulated, run_bandwidth_sweep
+
+    require_emulated(launch)
+    rates = parse_bandwidths(rates_text)
+    if len(rank_counts) != 1:
+        raise ConfigError(f"--np {','.join(map(str, rank_counts))} with --sweep-bandwidth: a sweep runs at one "
+                          "rank count; give one (default: every slot of the --emulate cluster)")
+    with _progress_bar(f"bench {base.model} sweep", len(methods) * len(rates), as_json) as update:
+        sweep = run_bandwidth_sweep(base, methods, rank_counts[0], rates, launch, lambda event: update(
+            event["done"], f"bench {base.model}: {event['method']} at {event['bandwidth']}"))
+    if as_json:
+        typer.echo(json.dumps(sweep.to_dict(), indent=2))
+    else:
+        _print_table(render.sweep_table(sweep))
+    if plot:
+        render.sweep_plot(sweep, plot)
+        print(f"plot written to {plot}", file=sys.stderr)
 
 
 def _run_models_with_progress(base, methods, rank_counts, launch, quiet: bool):
@@ -194,7 +231,8 @@ for _model in ("resnet18", "resnet50", "vgg16", "mobilenet_v3", "transformer", "
 @bench_app.command("straggler")
 @flags.with_launch_flags
 def straggler_command(
-    num_ranks: int = typer.Option(4, "-np", "--np", "-n", help="Number of ranks (at least 2)."),
+    num_ranks: int = typer.Option(None, "-np", "--np", "-n", help="Number of ranks (at least 2; default 4, or "
+                                  "every slot of the --emulate cluster)."),
     slow_rank: int = typer.Option(1, "--slow-rank", help="The rank made slower."),
     slow_factor: float = typer.Option(2.0, "--slow-factor", help="How many times slower (sleeps (f-1) x compute)."),
     model: str = typer.Option("mlp", "--model", help="Model trained (as for bench MODEL)."),
@@ -210,6 +248,10 @@ def straggler_command(
     from asyncddp.bench.results import MODELS, StragglerOptions
     from asyncddp.bench.runner import run_straggler_bench
 
+    if num_ranks is None:
+        from asyncddp.bench.network import default_num_ranks
+
+        num_ranks = default_num_ranks(launch, 4)
     if num_ranks < 2 or not 0 <= slow_rank < num_ranks:
         raise ConfigError(f"-np {num_ranks} --slow-rank {slow_rank}: need at least 2 ranks and 0 <= slow rank < np")
     if not (math.isfinite(slow_factor) and slow_factor >= 1):
