@@ -168,7 +168,8 @@ def test_reduce_scatter_shape_differs(blocking):
     scatter = addp.reduce_scatter if blocking else (
         lambda x, **k: _sync(addp.reduce_scatter_nonblocking(x, **k)))
     x = torch.ones(n + (1 if r == 1 else 0), 2)
-    pattern = _every_rank_listed("reduce_scatter", [f"float32 [{n + (j == 1)}, 2] with op=sum, average=True" for j in range(n)])
+    texts = [f"float32 [{n + (j == 1)}, 2] with op=sum, average=True" for j in range(n)]
+    pattern = _every_rank_listed("reduce_scatter", texts)
     _raises(lambda: scatter(x), pattern)
     assert torch.equal(scatter(torch.ones(n, 2), average=False), torch.full((1, 2), float(n)))
     _in_step()
