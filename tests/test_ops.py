@@ -105,3 +105,11 @@ def test_spec_tag_is_the_same_for_every_spelling_of_a_shape():
     first = spec_tag(torch.Size([2, 3]), torch.float32)  # cached first as a Size: must not change the text
     assert first == spec_tag((2, 3), torch.float32) == spec_tag([np.int64(2), 3], torch.float32)
     assert first != spec_tag((3, 2), torch.float32) and first != spec_tag((2, 3), torch.float64)
+
+
+def test_mismatched_shapes_raise_on_every_rank_at_three():
+    run_mpi_pytest(3, "tests/mpi/test_ops_mismatch.py")
+
+
+def test_mismatched_shapes_raise_on_every_rank_at_four_as_two_machines():
+    run_mpi_pytest(4, "tests/mpi/test_ops_mismatch.py", env={"ASYNCDDP_RANKS_PER_MACHINE": "2"})

@@ -23,6 +23,7 @@ from asyncddp.comm.averaging import mean_
 from asyncddp.comm.buffers import byte_view, check_dtype, host_empty, is_direct_cpu, numpy_view, plain, reduction_dtype
 from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor_plan import as_rank
+from asyncddp.comm.shape_check import agree, describe, mismatch_error
 from asyncddp.errors import CommError
 
 __all__ = exported_by(__name__)
@@ -92,9 +93,25 @@ def _allreduce_direct(engine, tensor: torch.Tensor, op: str, average: bool, loca
     return tensor
 
 
+def _agree_allreduce(engine, comm, batch: list[Op]) -> None:
+    """Every rank raises unless all passed the same shapes (every op of a fused batch), dtype
+    and arguments."""
+    first = batch[0].args
+    xs = [op.args["x"] for op in batch]
+    spec = (tuple(x.shape for x in xs), xs[0].dtype, first["op"], first["average"])
+
+    def text():
+        tensors = ", ".join(describe(x) for x in xs)
+        fused = f"{len(xs)} fused ops: " if len(xs) > 1 else ""
+        return f"{fused}{tensors} with op={first['op']}, average={first['average']}"
+
+    agree(engine, comm, "allreduce", spec, text)
+
+
 def _run_allreduce(engine, batch: list[Op]) -> list:
     first = batch[0].args
     target = first["inplace"]
+    _agree_allreduce(engine, engine.local if first["local"] else engine.world, batch)
     if len(batch) == 1 and target is not None and is_direct_cpu(target, _REDUCE_DIRECT):
         return [_allreduce_direct(engine, target, first["op"], first["average"], first["local"])]
     xs = [op.args["x"] for op in batch]
@@ -165,6 +182,7 @@ def _run_broadcast(engine, batch: list[Op]) -> list:
     (op,) = batch
     x, root = op.args["x"], op.args["root"]
     target = op.args["inplace"]
+    agree(engine, engine.world, "broadcast", (x.shape, x.dtype, root), lambda: f"{describe(x)} from root_rank={root}")
     if target is not None and is_direct_cpu(target, _MOVE_DIRECT):
         return [_broadcast_direct(engine, target, root)]
     out = x.clone() if engine.rank == root else torch.empty_like(x)
@@ -267,14 +285,9 @@ def _gather(engine, x: torch.Tensor, out=None) -> torch.Tensor:
     comm.Allgather(mine, heads)
     engine.count_messages(1)
     if (heads[:, 1] != mine[1]).any():
-        details = comm.allgather((rest, str(x.dtype)))
+        texts = comm.allgather(f"{str(x.dtype).removeprefix('torch.')} with trailing shape {list(rest)}")
         engine.count_messages(1)
-        for r, (other_rest, other_dtype) in enumerate(details):
-            if other_rest != rest or other_dtype != str(x.dtype):
-                raise CommError(
-                    f"allgather: rank {r} passed a {other_dtype} tensor with trailing shape "
-                    f"{list(other_rest)} but this rank passed {x.dtype} {list(rest)}; only dim 0 may differ"
-                )
+        raise mismatch_error("allgather", texts, engine.rank, "the same dtype and shape after dim 0")
     leads = heads[:, 0].tolist()
     _check_out(heads, engine.rank, x, out, sum(leads))
     direct = out is not None and is_direct_cpu(out, _MOVE_DIRECT | {torch.bfloat16})
@@ -325,6 +338,8 @@ def allgather_nonblocking(tensor, name=None, *, out=None):
 def _run_reduce_scatter(engine, batch: list[Op]) -> list:
     (op,) = batch
     x, average, how = op.args["x"], op.args["average"], op.args["op"]
+    agree(engine, engine.world, "reduce_scatter", (x.shape, x.dtype, how, average),
+          lambda: f"{describe(x)} with op={how}, average={average}")
     n = engine.size
     rows = [x.shape[0] // n + (1 if r < x.shape[0] % n else 0) for r in range(n)]
     row = torch.Size(x.shape[1:]).numel()

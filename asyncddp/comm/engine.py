@@ -230,9 +230,11 @@ class Engine:
         return count
 
     def _agree(self, head: Op, available: int) -> int:
-        # Whether to negotiate depends only on the head op and the threshold, which are the same
-        # on every rank, so either all ranks take part in this Allreduce or none does.
-        if head.fuse_key is None or self.threshold <= 0 or 2 * head.nbytes > self.threshold:
+        # Whether to negotiate depends only on whether the head op is fusable at all and on the
+        # threshold, the same on every rank, so either all ranks take part in this Allreduce or
+        # none does. Not on the head's size: a rank passing a tensor of another size would skip
+        # the negotiation and garble it (the size mismatch itself is each op's check to report).
+        if head.fuse_key is None or self.threshold <= 0:
             return 1
         import numpy as np
         from mpi4py import MPI

@@ -7,7 +7,8 @@ machine topology (``set_machine_topology``) or the given machine weights, and a 
 leader's result inside the machine. Taking the machine mean before the exchange (BlueFog sums and
 divides by ``local_size`` at the end) gives the same value on homogeneous clusters and the right
 one when machines run different numbers of ranks. Integer tensors are combined in float64 and
-rounded once, at the end, to the nearest integer (``asyncddp.comm.averaging``'s rule).
+rounded once, at the end, to the nearest integer (``asyncddp.comm.averaging``'s rule). Every
+rank first checks that all ranks passed the same shape and dtype (``asyncddp.comm.shape_check``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from asyncddp.comm.buffers import numpy_view, plain
 from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor import check_averagable, run_neighbor_allreduce
 from asyncddp.comm.neighbor_plan import make_plan
+from asyncddp.comm.shape_check import agree, describe
 
 __all__ = exported_by(__name__)
 
@@ -27,6 +29,9 @@ def _run(engine, batch: list[Op]) -> list:
 
     (op,) = batch
     x, plan = op.args["x"], op.args["plan"]
+    # Over the whole job: a mismatch inside one machine, or between leaders only, must stop
+    # every rank, not only those whose messages it garbles.
+    agree(engine, engine.world, "hierarchical_neighbor_allreduce", (x.shape, x.dtype), lambda: describe(x))
     work = x.detach().to("cpu", work_dtype(x.dtype), copy=True).reshape(-1)
     engine.local.Allreduce(MPI.IN_PLACE, numpy_view(work), op=MPI.SUM)
     engine.count_messages(1)

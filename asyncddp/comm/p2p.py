@@ -13,6 +13,7 @@ has landed, while the copies of later chunks are still running.
 from __future__ import annotations
 
 import functools
+import itertools
 import zlib
 
 import torch
@@ -47,10 +48,26 @@ def _pieces(flat: torch.Tensor, byte_type) -> list:
     return [[whole[start:stop], byte_type] for start, stop in device.chunk_ranges(flat.numel())]
 
 
+_GUESS_DTYPES = (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
+    torch.int8, torch.uint8, torch.bool,
+)  # fmt: skip
+
+
+def _guess_sent(tag: int, nbytes: int, shape: tuple, dtype) -> str | None:
+    """The sender's dtype and shape, when one of the usual suspects of ``nbytes`` bytes (this
+    rank's dims reordered or flattened, any dtype) has its tag; None when none does."""
+    candidates = [(d, s) for d in _GUESS_DTYPES if nbytes % d.itemsize == 0
+                  for s in {*itertools.permutations(shape), (nbytes // d.itemsize,)}
+                  if torch.Size(s).numel() * d.itemsize == nbytes]
+    found = [f"{str(d).removeprefix('torch.')} {list(s)}" for d, s in candidates if spec_tag(s, d) == tag]
+    return found[0] if len(found) == 1 else None
+
+
 def check_received(failure: str | None, expected, statuses) -> None:
     """CommError when a receive failed (``failure``: MPI's error string) or a message's size or
-    dtype/shape tag differs from ``expected`` ``[(src, nbytes, tag)]``: a rank passed a tensor of
-    another shape or dtype than this one."""
+    dtype/shape tag differs from ``expected`` ``[(src, nbytes, tag, shape, dtype)]``: a rank
+    passed a tensor of another shape or dtype than this one."""
     from mpi4py import MPI
 
     if failure is not None:
@@ -58,14 +75,20 @@ def check_received(failure: str | None, expected, statuses) -> None:
             f"a neighbour sent a larger tensor than this rank expected ({failure}): every rank "
             "must pass tensors of the same shape and dtype to this op"
         )
-    for (src, nbytes, tag), status in zip(expected, statuses):
-        got = status.Get_count(MPI.BYTE)
-        if got != nbytes or status.Get_tag() != tag:
-            raise CommError(
-                f"rank {src} sent a tensor whose shape or dtype differs from this rank's "
-                f"(got {got} bytes in a chunk where {nbytes} were expected): every rank must pass "
-                "tensors of the same shape and dtype to this op"
-            )
+    for (src, nbytes, tag, shape, dtype), status in zip(expected, statuses):
+        got, got_tag = status.Get_count(MPI.BYTE), status.Get_tag()
+        if got == nbytes and got_tag == tag:
+            continue
+        mine = f"{str(dtype).removeprefix('torch.')} {list(shape)}"
+        whole = torch.Size(shape).numel() * dtype.itemsize
+        guess = _guess_sent(got_tag, got, tuple(shape), dtype) if got == whole or got != nbytes else None
+        theirs = f"a {guess} tensor" if guess else "a tensor of another shape or dtype"
+        size = (f"{got} bytes where {nbytes} were expected" if got != nbytes
+                else f"the same {got} bytes but another shape or dtype")
+        raise CommError(
+            f"rank {src} sent {theirs} but this rank passed {mine} ({size}): every rank must pass "
+            "tensors of the same shape and dtype to this op"
+        )
 
 
 class _Statuses(list):
@@ -122,7 +145,8 @@ def exchange_one_chunk(engine, comm, sends: dict, like: torch.Tensor, srcs) -> l
                  for dst, t in sends.items()]
     engine.count_messages(len(sends))
     statuses = wait_all(requests)
-    check_received(statuses.failure, [(src, nbytes, tag) for src in srcs], statuses[:len(srcs)])
+    check_received(statuses.failure, [(src, nbytes, tag, like.shape, like.dtype) for src in srcs],
+                   statuses[:len(srcs)])
     return [buf.view(like.dtype).view(like.shape) for buf, _ in bufs]
 
 
@@ -156,7 +180,7 @@ def exchange(engine, comm, sends: dict, recv_specs: dict, device_like: torch.Ten
         tag = spec_tag(shape, dtype)
         for piece in _pieces(buf, MPI.BYTE):
             requests.append(comm.Irecv(piece, source=src, tag=MPI.ANY_TAG))
-            expected.append((src, len(piece[0]), tag))
+            expected.append((src, len(piece[0]), tag, shape, dtype))
     num_recvs = len(requests)
     keep_alive = []
     if staged:
