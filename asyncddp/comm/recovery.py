@@ -36,7 +36,7 @@ from asyncddp.comm.env import env_flag
 from asyncddp.errors import RankLostError
 
 __all__ = [*exported_by(__name__), "FAULT_TOLERANT_ENV", "enabled", "is_failure", "PeerFailure",
-           "recover", "launch_ranks"]
+           "recover", "launch_ranks", "check_world"]
 
 FAULT_TOLERANT_ENV = "ASYNCDDP_FAULT_TOLERANT"
 
@@ -228,3 +228,25 @@ def agree_on_step(step: int) -> int:
             return int(value[0])
         except RankLostError:
             continue
+
+
+def _run_check(engine, batch) -> list:
+    world = engine.world
+    if world.Is_revoked() or world.Get_failed().Get_size() > 0:
+        raise PeerFailure("a rank of the world is known to have failed", ())
+    return [None]
+
+
+def check_world() -> None:
+    """Raise ``RankLostError`` (after recovering) when this rank knows of a dead rank or a
+    survivor has started recovering; otherwise return at once, without communicating.
+
+    For code that communicates only one-sidedly (windows), where nothing else would notice:
+    a put into a dead rank's shared memory does not fail. Runs as an engine op, so it never
+    overlaps the communication thread. Does nothing unless the job is fault tolerant.
+    """
+    if not enabled():
+        return
+    from asyncddp.comm.engine import Op, live_engine
+
+    live_engine().call(Op("check_world", "check_world", _run_check, None, 0), True)

@@ -1,6 +1,7 @@
 """Rank side of the low-level test: a loop of allreduce and neighbor_allreduce that loses ranks.
 
-Values are exact functions of the step and the rank in the current world, so every step after
+Arguments: work folder, number of steps, the steps of the kill points (comma-separated), and
+``blocking``, ``nonblocking`` or ``mixed`` (alternating per step). Values are exact functions of the step and the rank in the current world, so every step after
 the loss checks that the world was rebuilt (size, ranks, Exp-2 topology of the new size).
 """
 
@@ -15,18 +16,21 @@ import torch  # noqa: E402
 import asyncddp as addp  # noqa: E402
 from tests.ft.killer import announce, report, wait_for_go  # noqa: E402
 
-workdir, num_steps, kill_step = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-nonblocking = len(sys.argv) > 4 and sys.argv[4] == "nonblocking"
+workdir, num_steps = Path(sys.argv[1]), int(sys.argv[2])
+kill_steps = [int(s) for s in sys.argv[3].split(",")]
+mode = sys.argv[4]
 addp.init()
-me = addp.rank()
+me = addp.rank()  # launch rank
 announce(workdir, me)
 errors, bad, changes = [], [], []
 addp.on_world_change(lambda change: changes.append(change.to_dict()))
-step, killed_at, first_after = 0, None, None
+step, killed_at, stalls = 0, None, []
 while step < num_steps:
-    if step == kill_step and killed_at is None:
-        killed_at = wait_for_go(workdir, me)
+    if kill_steps and step == kill_steps[0]:
+        killed_at = wait_for_go(workdir, me, len(stalls))
+        kill_steps.pop(0)
     r, n = addp.rank(), addp.size()
+    nonblocking = mode == "nonblocking" or (mode == "mixed" and step % 2 == 1)
     x = torch.full((3,), float((r + 1) * (step + 1)), dtype=torch.float64)
     try:
         if nonblocking:
@@ -47,11 +51,12 @@ while step < num_steps:
     if not (torch.all(total == expect_total) and torch.all(mixed == expect_mixed)
             and torch.all(top == n * (step + 1))):
         bad.append([step, n, total.tolist(), mixed.tolist(), top.tolist(), expect_total, expect_mixed])
-    if errors and first_after is None:
-        first_after = time.time()
+    if killed_at is not None:
+        stalls.append(time.time() - killed_at)
+        killed_at = None
     step += 1
 graph = addp.load_topology()
 same_family = sorted(graph.edges) == sorted(addp.exponential_two_graph(addp.size()).edges)
 report(workdir, me, {"errors": errors, "bad": bad, "size": addp.size(), "rank": addp.rank(),
                      "version": addp.world_version(), "changes": changes, "exp2": same_family,
-                     "stall": None if first_after is None else first_after - killed_at})
+                     "stalls": stalls})

@@ -1,10 +1,11 @@
 """Test harness for fault-tolerant jobs: a real mpirun with ULFM, a real SIGKILL by PID.
 
 ``run_and_kill`` starts ``script`` on ``num_ranks`` ranks with ``--with-ft ulfm`` and
-``ASYNCDDP_FAULT_TOLERANT=1``. Each rank writes ``pid.<rank>``; at the kill step every rank
-writes ``ready.<rank>`` and waits for the file ``go``. The harness then kills the victims with
-``os.kill(pid, SIGKILL)`` and writes ``go``, so the loss always lands at the same step. Each
-survivor writes ``result.<launch rank>.json``; the harness returns those.
+``ASYNCDDP_FAULT_TOLERANT=1``. Each rank writes ``pid.<rank>``; at the k-th kill point of the
+script every live rank writes ``ready.<k>.<rank>`` and waits for the file ``go.<k>``. The harness
+then kills that point's victims with ``os.kill(pid, SIGKILL)`` and writes ``go.<k>``, so each loss
+lands at the step the script chose. Each survivor writes ``result.<launch rank>.json``; the
+harness returns those. Ranks are always named by their launch rank here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from tests.mpi_helpers import ROOT, find_mpirun, mpi_env
 
 
-def run_and_kill(script: str, num_ranks: int, victims: list[int], workdir: Path, *args: str,
+def run_and_kill(script: str, num_ranks: int, kills: list[list[int]], workdir: Path, *args: str,
                  timeout: float = 90, env: dict | None = None) -> dict[int, dict]:
     argv = [find_mpirun(), "--with-ft", "ulfm", "--oversubscribe", "-np", str(num_ranks),
             "-x", "ASYNCDDP_FAULT_TOLERANT=1", sys.executable, str(ROOT / "tests" / "ft" / script),
@@ -29,24 +30,26 @@ def run_and_kill(script: str, num_ranks: int, victims: list[int], workdir: Path,
     proc = subprocess.Popen(argv, cwd=ROOT, env=mpi_env({"ASYNCDDP_FAULT_TOLERANT": "1", **(env or {})}),
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
-    survivors = [r for r in range(num_ranks) if r not in victims]
+    alive = list(range(num_ranks))
     deadline = time.monotonic() + timeout
     try:
-        _wait_for(workdir, [f"ready.{r}" for r in range(num_ranks)], proc, deadline)
-        for r in victims:
-            os.kill(int((workdir / f"pid.{r}").read_text()), signal.SIGKILL)
-        (workdir / "go").write_text(str(time.time()))
-        _wait_for(workdir, [f"result.{r}.json" for r in survivors], proc, deadline)
+        for point, victims in enumerate(kills):
+            _wait_for(workdir, [f"ready.{point}.{r}" for r in alive], proc, deadline)
+            for r in victims:
+                os.kill(int((workdir / f"pid.{r}").read_text()), signal.SIGKILL)
+            alive = [r for r in alive if r not in victims]
+            (workdir / f"go.{point}").write_text(str(time.time()))
+        _wait_for(workdir, [f"result.{r}.json" for r in alive], proc, deadline)
     finally:
-        # Survivors are done; mpirun may still be reaping the dead (its exit is the launcher's
-        # concern, not the library's): give it a moment, then end it.
+        # Survivors are done; how mpirun ends after losing ranks is the launcher's concern, not
+        # the library's: give it a moment, then end it.
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
-    return {r: json.loads((workdir / f"result.{r}.json").read_text()) for r in survivors}
+    return {r: json.loads((workdir / f"result.{r}.json").read_text()) for r in alive}
 
 
 def _wait_for(workdir: Path, names: list[str], proc, deadline: float) -> None:
@@ -67,13 +70,16 @@ def announce(workdir: Path, launch_rank: int) -> None:
     (workdir / f"pid.{launch_rank}").write_text(str(os.getpid()))
 
 
-def wait_for_go(workdir: Path, launch_rank: int) -> float:
-    """Say this rank reached the kill step; return when the victims are dead (time of ``go``)."""
-    (workdir / f"ready.{launch_rank}").write_text("1")
-    while not (workdir / "go").exists():
+def wait_for_go(workdir: Path, launch_rank: int, point: int = 0) -> float:
+    """Say this rank reached kill point ``point``; return when its victims are dead (the time
+    the harness wrote ``go.<point>``)."""
+    (workdir / f"ready.{point}.{launch_rank}").write_text("1")
+    go = workdir / f"go.{point}"
+    while True:
+        text = go.read_text() if go.exists() else ""
+        if text:
+            return float(text)
         time.sleep(0.005)
-    time.sleep(0.01)  # let the write of go finish
-    return float((workdir / "go").read_text())
 
 
 def report(workdir: Path, launch_rank: int, result: dict) -> None:
