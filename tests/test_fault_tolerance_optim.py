@@ -27,6 +27,7 @@ def _check(results, kinds, sizes):
             losses = run["losses"]
             assert losses[-1] < 0.5 * losses[0], (kind, losses)
             assert losses[-1] < losses[4], (kind, losses)  # still falling after the loss at step 3
+            assert run["version_in_steps"] == run["version"], "the loss was handled inside step()"
         assert all(run["averaged"] == runs[0]["averaged"] for run in runs), kind
         if kind in REPLICAS:
             assert runs[0]["spread"] < 1e-6, (kind, runs[0]["spread"])
@@ -42,3 +43,8 @@ def test_neighbor_and_gradient_optimizers_survive(tmp_path):
 def test_scheduled_and_dear_optimizers_survive(tmp_path):
     results = run_and_kill("ft_train.py", 4, [[1], [3]], tmp_path, "sched:3", "dear:3")
     _check(results, ["sched", "dear"], [3, 2])
+
+
+def test_winput_optimizer_survives(tmp_path):
+    results = run_and_kill("ft_train.py", 4, [[2]], tmp_path, "winput:3")
+    _check(results, ["winput"], [3])

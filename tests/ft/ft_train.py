@@ -58,6 +58,9 @@ for point, (kind, kill_step) in enumerate(phases):
         losses.append(loss.item())
         if step == kill_step:
             stall = time.time() - killed_at
+        if kind == "winput" and step >= kill_step:
+            time.sleep(0.05)  # a step of real length: time for the news of the loss to arrive
+    version_in_steps = addp.world_version()
     if kind == "dear":
         opt.flush()
     if kind == "winput":
@@ -66,5 +69,6 @@ for point, (kind, kill_step) in enumerate(phases):
     averaged = addp.allreduce(raw)
     spread = (addp.allreduce(raw, op="max") - addp.allreduce(raw, op="min")).abs().max().item()
     results[kind] = {"losses": losses, "stall": stall, "size": addp.size(), "averaged": averaged.tolist(),
-                     "spread": spread, "steps": len(losses), "version": addp.world_version()}
+                     "spread": spread, "steps": len(losses), "version": addp.world_version(),
+                     "version_in_steps": version_in_steps}
 report(workdir, me, results)
