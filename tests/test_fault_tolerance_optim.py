@@ -42,6 +42,7 @@ def test_neighbor_and_gradient_optimizers_survive(tmp_path):
 
 
 def test_dear_and_winput_optimizers_survive(tmp_path):
-    results = run_and_kill("ft_train.py", 4, [[1], [3]], tmp_path, "dear:3", "winput:3")
+    """DeAR loses two ranks at once, then WinPut loses another."""
+    results = run_and_kill("ft_train.py", 5, [[1, 3], [4]], tmp_path, "dear:3", "winput:3")
     assert sorted(results) == [0, 2]
     _check(results, ["dear", "winput"], [3, 2])

@@ -22,7 +22,9 @@ from tests.mpi_helpers import ROOT, find_mpirun, mpi_env
 
 
 def run_and_kill(script: str, num_ranks: int, kills: list[list[int]], workdir: Path, *args: str,
-                 timeout: float = 90, env: dict | None = None) -> dict[int, dict]:
+                 timeout: float = 90, env: dict | None = None, stagger: dict[int, float] | None = None) -> dict[int, dict]:
+    """``stagger``: {kill point: seconds between its kills} (the later victims then die while
+    the survivors are recovering from the first)."""
     argv = [find_mpirun(), "--with-ft", "ulfm", "--oversubscribe", "-np", str(num_ranks),
             "-x", "ASYNCDDP_FAULT_TOLERANT=1", sys.executable, str(ROOT / "tests" / "ft" / script),
             str(workdir), *args]
@@ -35,10 +37,14 @@ def run_and_kill(script: str, num_ranks: int, kills: list[list[int]], workdir: P
     try:
         for point, victims in enumerate(kills):
             _wait_for(workdir, [f"ready.{point}.{r}" for r in alive], proc, deadline)
-            for r in victims:
+            delay = (stagger or {}).get(point, 0.0)
+            for k, r in enumerate(victims):
+                if k and delay:
+                    time.sleep(delay)
                 os.kill(int((workdir / f"pid.{r}").read_text()), signal.SIGKILL)
+                if k == 0 or not delay:  # the survivors go on once the first victim is dead
+                    (workdir / f"go.{point}").write_text(str(time.time()))
             alive = [r for r in alive if r not in victims]
-            (workdir / f"go.{point}").write_text(str(time.time()))
         _wait_for(workdir, [f"result.{r}.json" for r in alive], proc, deadline)
     finally:
         # Survivors are done; how mpirun ends after losing ranks is the launcher's concern, not
