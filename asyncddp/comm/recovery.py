@@ -161,14 +161,15 @@ def _runtime_comms(engine) -> list:
     return comms
 
 
-def _rebuild(engine, world, launch: list[int]) -> None:
+def _rebuild(engine, world, before, old_launch: list[int], launch: list[int]) -> None:
     """Step 4: everything that lives on the world, rebuilt on ``world`` (collective)."""
     from asyncddp.comm import context, world_rebuild
 
     ctx = engine.ctx
     me = launch[world.Get_rank()]
     local, cross, machine_rank, machine_size = context.machines(world, me)
-    world_rebuild.update_context(ctx, world, local, cross, machine_rank, machine_size, launch)
+    survivors = [old_launch.index(r) for r in launch]
+    world_rebuild.update_context(ctx, before, survivors, world, local, cross, machine_rank, machine_size)
     engine.rebind()
     engine.nccl = None  # NCCL communicators cannot shrink; exchanges fall back to MPI
     world_rebuild.rebuild_windows(ctx)
@@ -178,9 +179,12 @@ def recover(engine, error: BaseException) -> RankLostError:
     """Run the protocol (collective over the survivors); return the error to raise."""
     from mpi4py import MPI
 
+    from asyncddp.comm.world_rebuild import Before
+
     with _state.lock:
         ctx = engine.ctx
         old_launch = launch_ranks(ctx.comm.Get_size())
+        before = Before.of(ctx)
         _revoke(_runtime_comms(engine))
         _drain(error)
         mine = old_launch[ctx.comm.Get_rank()]
@@ -191,7 +195,7 @@ def recover(engine, error: BaseException) -> RankLostError:
             ok = 1
             try:
                 launch = world.allgather(mine)
-                _rebuild(engine, world, launch)
+                _rebuild(engine, world, before, old_launch, launch)
             except MPI.Exception as failed:
                 if not is_failure(failed):
                     raise

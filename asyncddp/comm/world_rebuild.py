@@ -9,11 +9,13 @@ one from each rank's current values.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import networkx as nx
 
 from asyncddp.errors import TopologyError
 
-__all__ = ["resized_topology", "update_context", "rebuild_windows"]
+__all__ = ["Before", "resized_topology", "update_context", "rebuild_windows"]
 
 
 def _families() -> list:
@@ -65,21 +67,35 @@ def resized_topology(graph: nx.DiGraph, is_weighted: bool, survivors: list[int])
     return exponential_two_graph(new_n), False
 
 
-def update_context(ctx, world, local, cross, machine_rank: int, machine_size: int, launch: list[int]) -> None:
-    """Point ``ctx`` at the rebuilt world (the context object stays the same one, so every
-    holder of it sees the new world)."""
-    from asyncddp.comm.recovery import launch_ranks
+@dataclass(frozen=True)
+class Before:
+    """The topologies as they were before the loss: a recovery that restarts after a further
+    loss must resize these, not the half-rebuilt ones of its first attempt."""
 
-    old_launch = launch_ranks(ctx.comm.Get_size())
-    survivors = [old_launch.index(r) for r in launch]  # old ranks of the survivors, ascending
-    topology, weighted = resized_topology(ctx.topology, ctx.is_weighted, survivors)
-    if machine_size == ctx.machine_size:
-        machine_topology, machine_weighted = ctx.machine_topology, ctx.machine_is_weighted
+    topology: nx.DiGraph
+    is_weighted: bool
+    machine_topology: nx.DiGraph
+    machine_is_weighted: bool
+    machine_size: int
+
+    @classmethod
+    def of(cls, ctx) -> "Before":
+        return cls(ctx.topology, ctx.is_weighted, ctx.machine_topology, ctx.machine_is_weighted,
+                   ctx.machine_size)
+
+
+def update_context(ctx, before: Before, survivors: list[int], world, local, cross, machine_rank: int,
+                   machine_size: int) -> None:
+    """Point ``ctx`` at the rebuilt world (the context object stays the same one, so every
+    holder of it sees the new world). ``survivors``: the survivors' ranks before the loss."""
+    topology, weighted = resized_topology(before.topology, before.is_weighted, survivors)
+    if machine_size == before.machine_size:
+        machine_topology, machine_weighted = before.machine_topology, before.machine_is_weighted
     else:
         # A whole machine was lost: machine numbers shift, so the machine graph is rebuilt
         # in its family like the rank graph (machine identities are not tracked).
         machine_topology, machine_weighted = resized_topology(
-            ctx.machine_topology, ctx.machine_is_weighted, list(range(machine_size)))
+            before.machine_topology, before.machine_is_weighted, list(range(machine_size)))
     ctx.comm, ctx.local_comm, ctx.cross_comm = world, local, cross
     ctx.machine_rank, ctx.machine_size = machine_rank, machine_size
     ctx.topology, ctx.is_weighted = topology, weighted

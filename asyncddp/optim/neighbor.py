@@ -122,7 +122,8 @@ class _NeighborAveraging(DistributedOptimizer):
         self.num_steps_per_communication = num_steps_per_communication
         self.schedule = _as_schedule(schedule)
         # Kept to restart the schedule for a new world size after a rank is lost.
-        self._addp_schedule_factory = schedule if callable(schedule) and not hasattr(schedule, "__next__") else None
+        rebuildable = callable(schedule) and not hasattr(schedule, "__next__")
+        self._addp_schedule_factory = schedule if rebuildable else None
         self.atc = bool(atc)
         self.self_weight = None
         self.src_weights = None

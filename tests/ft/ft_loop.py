@@ -1,8 +1,9 @@
 """Rank side of the low-level test: a loop of allreduce and neighbor_allreduce that loses ranks.
 
 Arguments: work folder, number of steps, the steps of the kill points (comma-separated), and
-``blocking``, ``nonblocking`` or ``mixed`` (alternating per step). Values are exact functions of the step and the rank in the current world, so every step after
-the loss checks that the world was rebuilt (size, ranks, Exp-2 topology of the new size).
+``blocking``, ``nonblocking`` or ``mixed`` (alternating per step). Values are exact functions
+of the step and the rank in the current world, so every step after a loss checks that the
+world was rebuilt (size, ranks, Exp-2 topology of the new size).
 """
 
 import sys

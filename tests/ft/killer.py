@@ -22,7 +22,8 @@ from tests.mpi_helpers import ROOT, find_mpirun, mpi_env
 
 
 def run_and_kill(script: str, num_ranks: int, kills: list[list[int]], workdir: Path, *args: str,
-                 timeout: float = 90, env: dict | None = None, stagger: dict[int, float] | None = None) -> dict[int, dict]:
+                 timeout: float = 90, env: dict | None = None,
+                 stagger: dict[int, float] | None = None) -> dict[int, dict]:
     """``stagger``: {kill point: seconds between its kills} (the later victims then die while
     the survivors are recovering from the first)."""
     argv = [find_mpirun(), "--with-ft", "ulfm", "--oversubscribe", "-np", str(num_ranks),
