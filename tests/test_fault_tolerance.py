@@ -16,9 +16,9 @@ pytestmark = pytest.mark.timeout(120)
 
 def test_loop_survives_rank_0_then_a_loss_during_recovery(tmp_path):
     """Blocking and nonblocking steps alternate. Rank 0 dies; later rank 1 dies and rank 3 60 ms
-    after it, while the survivors recover: the second recovery restarts on the smaller world
-    and ends when both are out (one error naming both, or, if the timing lets the first
-    recovery finish, one error each; either way the same on every survivor)."""
+    after it, while the survivors are detecting the first loss and shrinking: one recovery
+    takes both out (or, if the timing lets the first recovery finish, one error each; either
+    way the same on every survivor)."""
     kills = [[0], [1, 3]]
     results = run_and_kill("ft_loop.py", 5, kills, tmp_path, "12", "3,8", "mixed", stagger={1: 0.06})
     assert sorted(results) == [2, 4]

@@ -50,6 +50,7 @@ class WorldChange:
     rank: int  # this process's rank in the new world
     size: int
     launch_ranks: tuple  # new rank -> rank at launch
+    attempts: int = 1  # shrink rounds: more than 1 when ranks were lost during the recovery
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -189,7 +190,9 @@ def recover(engine, error: BaseException) -> RankLostError:
         _drain(error)
         mine = old_launch[ctx.comm.Get_rank()]
         world = ctx.comm
+        attempts = 0
         while True:
+            attempts += 1
             world = world.Shrink()
             world.Set_errhandler(MPI.ERRORS_RETURN)
             ok = 1
@@ -212,7 +215,8 @@ def recover(engine, error: BaseException) -> RankLostError:
         lost = sorted(set(old_launch) - set(launch))
         _state.launch_ranks = launch
         _state.version += 1
-        change = WorldChange(_state.version, tuple(lost), world.Get_rank(), world.Get_size(), tuple(launch))
+        change = WorldChange(_state.version, tuple(lost), world.Get_rank(), world.Get_size(), tuple(launch),
+                             attempts)
     for callback in list(_state.callbacks):
         callback(change)
     return RankLostError(lost, change.world_version, change.size)
