@@ -1,7 +1,9 @@
 """Rank side of the low-level test: a loop of allreduce and neighbor_allreduce that loses ranks.
 
 Arguments: work folder, number of steps, the steps of the kill points (comma-separated), and
-``blocking``, ``nonblocking`` or ``mixed`` (alternating per step). Values are exact functions
+``blocking``, ``nonblocking`` or ``mixed`` (alternating per step); optionally ``R@V``: launch
+rank R, in the recovery that follows world version V, writes ``rebuild.R`` half-way through
+rebuilding the world and waits there for the harness to kill it (a loss during recovery). Values are exact functions
 of the step and the rank in the current world, so every step after a loss checks that the
 world was rebuilt (size, ranks, Exp-2 topology of the new size).
 """
@@ -22,6 +24,19 @@ kill_steps = [int(s) for s in sys.argv[3].split(",")]
 mode = sys.argv[4]
 addp.init()
 me = addp.rank()  # launch rank
+if len(sys.argv) > 5:
+    from asyncddp.comm import world_rebuild
+
+    stall_rank, stall_version = (int(v) for v in sys.argv[5].split("@"))
+    update_context = world_rebuild.update_context
+
+    def stalling_update(*args, **kwargs):
+        if me == stall_rank and addp.world_version() == stall_version:
+            (workdir / f"rebuild.{me}").write_text("1")
+            time.sleep(60)  # killed by the harness meanwhile
+        return update_context(*args, **kwargs)
+
+    world_rebuild.update_context = stalling_update
 announce(workdir, me)
 errors, bad, changes = [], [], []
 addp.on_world_change(lambda change: changes.append(change.to_dict()))

@@ -4,8 +4,9 @@
 ``ASYNCDDP_FAULT_TOLERANT=1``. Each rank writes ``pid.<rank>``; at the k-th kill point of the
 script every live rank writes ``ready.<k>.<rank>`` and waits for the file ``go.<k>``. The harness
 then kills that point's victims with ``os.kill(pid, SIGKILL)`` and writes ``go.<k>``, so each loss
-lands at the step the script chose. Each survivor writes ``result.<launch rank>.json``; the
-harness returns those. Ranks are always named by their launch rank here.
+lands at the step the script chose; ``kill_on_file`` kills a rank where the script signals it.
+Each survivor writes ``result.<launch rank>.json``; the harness returns those. Ranks are always
+named by their launch rank here.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from tests.mpi_helpers import ROOT, find_mpirun, mpi_env
 
 def run_and_kill(script: str, num_ranks: int, kills: list[list[int]], workdir: Path, *args: str,
                  timeout: float = 90, env: dict | None = None,
-                 stagger: dict[int, float] | None = None) -> dict[int, dict]:
-    """``stagger``: {kill point: seconds between its kills} (the later victims then die while
-    the survivors are recovering from the first)."""
+                 kill_on_file: tuple[str, int] | None = None) -> dict[int, dict]:
+    """``kill_on_file``: (file name, launch rank): after the kill points, kill that rank once it
+    has written that file (the script decides where, e.g. in the middle of a recovery)."""
     argv = [find_mpirun(), "--with-ft", "ulfm", "--oversubscribe", "-np", str(num_ranks),
             "-x", "ASYNCDDP_FAULT_TOLERANT=1", sys.executable, str(ROOT / "tests" / "ft" / script),
             str(workdir), *args]
@@ -38,14 +39,15 @@ def run_and_kill(script: str, num_ranks: int, kills: list[list[int]], workdir: P
     try:
         for point, victims in enumerate(kills):
             _wait_for(workdir, [f"ready.{point}.{r}" for r in alive], proc, deadline)
-            delay = (stagger or {}).get(point, 0.0)
-            for k, r in enumerate(victims):
-                if k and delay:
-                    time.sleep(delay)
+            for r in victims:
                 os.kill(int((workdir / f"pid.{r}").read_text()), signal.SIGKILL)
-                if k == 0 or not delay:  # the survivors go on once the first victim is dead
-                    (workdir / f"go.{point}").write_text(str(time.time()))
+            (workdir / f"go.{point}").write_text(str(time.time()))
             alive = [r for r in alive if r not in victims]
+        if kill_on_file is not None:
+            name, victim = kill_on_file
+            _wait_for(workdir, [name], proc, deadline)
+            os.kill(int((workdir / f"pid.{victim}").read_text()), signal.SIGKILL)
+            alive.remove(victim)
         _wait_for(workdir, [f"result.{r}.json" for r in alive], proc, deadline)
     finally:
         # Survivors are done; how mpirun ends after losing ranks is the launcher's concern, not
