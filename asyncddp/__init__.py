@@ -31,8 +31,9 @@ _TABLE: dict[str, tuple[str, ...]] = {
     ),
     "asyncddp.errors": (
         "AsyncDDPError", "ConfigError", "HostfileError", "LaunchError", "NotInitializedError",
-        "CommError", "TopologyError",
+        "CommError", "RankLostError", "TopologyError",
     ),
+    "asyncddp.comm.recovery": ("world_version", "on_world_change", "agree_on_step", "WorldChange"),
     "asyncddp.topology.schedules": ("NeighborStep",),
     "asyncddp.checkpoint": ("save_checkpoint", "load_checkpoint", "CheckpointError"),
     "asyncddp.topology": (

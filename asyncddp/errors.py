@@ -14,6 +14,7 @@ __all__ = [
     "LaunchError",
     "NotInitializedError",
     "CommError",
+    "RankLostError",
     "TopologyError",
 ]
 
@@ -45,6 +46,25 @@ class NotInitializedError(AsyncDDPError):
 
 class CommError(AsyncDDPError):
     """A communication op was misused: mismatched shapes, unknown ranks, unmatched sends."""
+
+
+class RankLostError(CommError):
+    """Ranks of the job died and the survivors closed ranks (fault-tolerant jobs only).
+
+    Raised once per loss by the op that met it (and by every op issued on the old world before
+    the error reached the program), on every survivor, after the world was rebuilt: ``rank()``,
+    ``size()`` and the topology already describe the survivors. ``lost_ranks`` are ranks of the
+    job as it was launched (original numbering), ``world_version`` counts the losses so far.
+    """
+
+    def __init__(self, lost_ranks, world_version: int, new_size: int) -> None:
+        self.lost_ranks = tuple(sorted(lost_ranks))
+        self.world_version = world_version
+        self.new_size = new_size
+        super().__init__(
+            f"lost rank(s) {list(self.lost_ranks)} of the original job; the {new_size} survivors "
+            f"continue (world version {world_version})"
+        )
 
 
 class TopologyError(AsyncDDPError, ValueError):

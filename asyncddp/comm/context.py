@@ -101,14 +101,36 @@ def _install_stack_dump() -> None:
         return
 
 
-def _split_local(comm):
+def _split_local(comm, launch_rank: int):
+    """Ranks of this machine; ``launch_rank`` (the rank at launch) places a rank in a faked
+    machine, so that after a loss the survivors stay on the machines they started on."""
     block = env_int(RANKS_PER_MACHINE_ENV, 0, minimum=1,
                     expected="a number of ranks per machine (a positive integer)")
     if block:
-        return comm.Split(color=comm.Get_rank() // block, key=comm.Get_rank())
+        return comm.Split(color=launch_rank // block, key=comm.Get_rank())
     from mpi4py import MPI
 
     return comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+
+
+def machines(world, launch_rank: int) -> tuple:
+    """``(local_comm, cross_comm, machine_rank, machine_size)`` of ``world``. Collective.
+
+    Used by ``init()`` and by the recovery that rebuilds the world after ranks are lost.
+    """
+    from mpi4py import MPI
+
+    local = _split_local(world, launch_rank)
+    cross = world.Split(color=local.Get_rank(), key=world.Get_rank())
+    is_leader = local.Get_rank() == 0
+    num_machines = world.allreduce(1 if is_leader else 0)
+    # Leaders are numbered by world rank; everyone on a machine takes its leader's number.
+    leaders = world.Split(color=0 if is_leader else MPI.UNDEFINED, key=world.Get_rank())
+    my_machine = leaders.Get_rank() if is_leader else None
+    if leaders != MPI.COMM_NULL:
+        leaders.Free()
+    my_machine = local.bcast(my_machine, root=0)
+    return local, cross, my_machine, num_machines
 
 
 def init(topology: nx.DiGraph | None = None, is_weighted: bool = False, comm=None) -> None:
@@ -131,24 +153,14 @@ def init(topology: nx.DiGraph | None = None, is_weighted: bool = False, comm=Non
         set_topology(topology or exponential_two_graph(_context.comm.Get_size()), is_weighted)
         return
     world = comm if comm is not None else MPI.COMM_WORLD
-    local = _split_local(world)
-    cross = world.Split(color=local.Get_rank(), key=world.Get_rank())
-    is_leader = local.Get_rank() == 0
-    num_machines = world.allreduce(1 if is_leader else 0)
-    # Leaders are numbered by world rank; everyone on a machine takes its leader's number.
-    leaders = world.Split(color=0 if is_leader else MPI.UNDEFINED, key=world.Get_rank())
-    my_machine = leaders.Get_rank() if is_leader else None
-    if leaders != MPI.COMM_NULL:
-        leaders.Free()
-    my_machine = local.bcast(my_machine, root=0)
-    world_size = world.Get_size()
+    local, cross, my_machine, num_machines = machines(world, world.Get_rank())
     _context = Context(
         comm=world,
         local_comm=local,
         cross_comm=cross,
         machine_rank=my_machine,
         machine_size=num_machines,
-        topology=exponential_two_graph(world_size),
+        topology=exponential_two_graph(world.Get_size()),
         is_weighted=False,
         machine_topology=exponential_two_graph(num_machines),
     )

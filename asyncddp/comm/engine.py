@@ -20,6 +20,13 @@ be packed into one buffer of at most that many bytes, and all ranks agree on the
 with one tiny ``Allreduce(MIN)``. Queue contents differ between ranks with timing, but their
 prefix is identical, so the agreed batch is identical everywhere. Counters in ``comm_stats()``
 show the effect (fewer MPI messages with fusion on).
+
+Fault tolerance (``ASYNCDDP_FAULT_TOLERANT=1``): an op that meets a dead peer goes, from this
+one batch runner, to ``asyncddp.comm.recovery``, which rebuilds the world and this engine's
+communicators in place (``rebind``) and returns the ``RankLostError`` to raise. Every op issued
+on the old world fails with that same error, the queued ones and those issued until the error
+reaches the program (a blocking call raising it or a handle's ``wait``): their plans were made
+for the old world, and ranks may issue different numbers of them before noticing.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from asyncddp.comm.context import get_context
 from asyncddp.comm.handles import OpHandle
 from asyncddp.comm.env import env_flag, env_int
 from asyncddp.comm.timeline import Timeline, now_us, timeline_path_from_env
+from asyncddp.errors import RankLostError
 
 __all__ = [*exported_by(__name__), "Op", "CommStats", "get_engine", "live_engine", "fusion_threshold"]
 
@@ -97,12 +105,12 @@ class Engine:
     def __init__(self, ctx) -> None:
         from mpi4py import MPI
 
+        from asyncddp.comm import recovery
+
         self.ctx = ctx
-        self.world = ctx.comm.Dup()
-        self.local = ctx.local_comm.Dup()
-        self.cross = ctx.cross_comm.Dup()
-        self.rank = self.world.Get_rank()
-        self.size = self.world.Get_size()
+        self.fault_tolerant = recovery.enabled()
+        self._lost: RankLostError | None = None  # set by a recovery until the program sees it
+        self.rebind()
         self.threshold = fusion_threshold()
         from asyncddp.comm.device import chunk_bytes
 
@@ -127,6 +135,15 @@ class Engine:
         ctx.finalizers.append(self.close)
         ctx.busy_checks.append(self.has_pending)
 
+    def rebind(self) -> None:
+        """(Re)make this engine's private duplicates of the context's communicators."""
+        self.world = self.ctx.comm.Dup()
+        self.local = self.ctx.local_comm.Dup()
+        self.cross = self.ctx.cross_comm.Dup()
+        self.rank = self.world.Get_rank()
+        self.size = self.world.Get_size()
+        self._scratch = {}
+
     # -- the one way in -----------------------------------------------------------------------
     def call(self, op: Op, blocking: bool) -> Any:
         """Run ``op``: blocking, return its result (or raise its error); else return an
@@ -138,6 +155,8 @@ class Engine:
         the communication thread and back costs two thread wake-ups, tens of microseconds (far
         more on an oversubscribed machine), more than a small exchange itself.
         """
+        if self._lost is not None:
+            return self._stale(op, blocking)
         if blocking:
             op.fuse_key = None
             if self._paused:  # the program waits for this op, so it cannot stay paused
@@ -148,19 +167,63 @@ class Engine:
             if inline:
                 try:
                     return self._execute([op])[0]
+                except RankLostError as error:
+                    self.delivered(error)
+                    raise
                 finally:
                     with self._cond:
                         self._busy = False
                         if self._queue:  # queued meanwhile by another thread: wake the comm thread
                             self._cond.notify()
-        op.handle = OpHandle(op.name, self.resume)
+        op.handle = OpHandle(op.name, self.resume, self.delivered)
         if self.threaded:
             with self._cond:
-                self._queue.append(op)
-                self._cond.notify()
+                if self._lost is not None:  # a recovery finished meanwhile
+                    op.handle.set_error(self._lost)
+                else:
+                    self._queue.append(op)
+                    self._cond.notify()
         else:
             self._complete([op])
         return op.handle.wait() if blocking else op.handle
+
+    def _stale(self, op: Op, blocking: bool):
+        """An op issued on the old world after a recovery the program has not seen yet."""
+        error = self._lost
+        if blocking:
+            self.delivered(error)
+            raise error
+        op.handle = OpHandle(op.name, None, self.delivered)
+        op.handle.set_error(error)
+        return op.handle
+
+    def delivered(self, error: BaseException) -> None:
+        """The program has been handed ``error``: ops it issues from now on use the new world."""
+        if error is self._lost:
+            self._lost = None
+
+    def _recover(self, error: BaseException) -> RankLostError:
+        """The loss ``error`` reported, turned into the error every old-world op fails with."""
+        from asyncddp.comm import recovery
+
+        lost = recovery.recover(self, error)
+        with self._cond:
+            self._lost = lost
+            queued = [op for op in self._queue if op is not _STOP]
+            stop = len(queued) != len(self._queue)
+            self._queue.clear()
+            if stop:
+                self._queue.append(_STOP)
+        for op in queued:
+            op.handle.set_error(lost)
+        return lost
+
+    def _failed(self, error: BaseException) -> bool:
+        if not self.fault_tolerant:
+            return False
+        from asyncddp.comm import recovery
+
+        return recovery.is_failure(error)
 
     def pause(self) -> None:
         """Queue nonblocking ops without starting them until ``resume()``; a blocking call, or
@@ -209,7 +272,13 @@ class Engine:
                 available = self._fusable_prefix(head)
                 self._busy = True
             try:
-                count = self._agree(head, available)
+                try:
+                    count = self._agree(head, available)
+                except BaseException as error:
+                    if not self._failed(error):
+                        raise
+                    self._recover(error)  # fails the whole queue, head included
+                    continue
                 with self._cond:
                     batch = [self._queue.popleft() for _ in range(count)]
                 self._complete(batch)
@@ -249,6 +318,10 @@ class Engine:
         start = now_us() if self.timeline is not None else 0.0
         try:
             results = batch[0].run(self, batch)
+        except BaseException as error:
+            if self._failed(error):
+                raise self._recover(error) from None
+            raise
         finally:
             self.counters.num_ops += len(batch)
             self.counters.num_batches += 1

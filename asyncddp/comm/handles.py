@@ -21,15 +21,17 @@ __all__ = [*exported_by(__name__), "OpHandle"]
 class OpHandle:
     """A future for one queued operation, completed by the communication thread."""
 
-    __slots__ = ("op_name", "_event", "_result", "_error", "_before_block")
+    __slots__ = ("op_name", "_event", "_result", "_error", "_before_block", "_on_raise")
 
-    def __init__(self, op_name: str, before_block=None) -> None:
+    def __init__(self, op_name: str, before_block=None, on_raise=None) -> None:
         self.op_name = op_name
         self._event = threading.Event()
         self._result: Any = None
         self._error: BaseException | None = None
         # Called when a wait would block: lets a paused engine run the op instead of hanging.
         self._before_block = before_block
+        # Called with the error before wait() raises it: tells the engine the program saw it.
+        self._on_raise = on_raise
 
     def set_result(self, result: Any) -> None:
         self._result = result
@@ -47,6 +49,8 @@ class OpHandle:
             self._before_block()
         self._event.wait()
         if self._error is not None:
+            if self._on_raise is not None:
+                self._on_raise(self._error)
             raise self._error
         return self._result
 

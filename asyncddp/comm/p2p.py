@@ -105,6 +105,11 @@ def wait_all(requests) -> list:
     try:
         MPI.Request.Waitall(requests, statuses)
     except MPI.Exception as error:
+        from asyncddp.comm import recovery
+
+        if recovery.enabled() and recovery.is_failure(error, statuses):
+            # A dead peer, not a wrong message: recovery revokes, then completes the requests.
+            raise recovery.PeerFailure(error, requests) from None
         statuses.failure = error.Get_error_string()
         for request in requests:
             try:

@@ -16,6 +16,14 @@ Each group has one flat gradient buffer padded to a multiple of the world size.
 Updates are therefore applied lazily: call ``flush()`` (or run a forward) before reading the
 parameters after ``step()``. The update is the user's optimizer run on a subset of parameters,
 with the other parameters' gradients set aside (optimizers skip parameters whose grad is None).
+
+In a fault-tolerant job a lost rank interrupts either the reduce-scatters (in ``step()``) or an
+all-gather (in a forward pre-hook). Either way the survivors agree on the step
+(``asyncddp.optim.survival``) and pad the buffers for the new size; a reduce-scatter is redone
+from the gradients (still in ``p.grad``) unless this rank was a step behind, and an interrupted
+all-gather's update is dropped. The parameters are then averaged once, at the next completed
+reduce phase (the same point on every survivor, and never in the middle of a forward pass,
+which autograd would refuse), so the replicas are identical again.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import torch
 from asyncddp.comm.collectives import allgather_nonblocking, reduce_scatter_nonblocking
 from asyncddp.comm.context import size
 from asyncddp.comm.handles import synchronize
-from asyncddp.errors import AsyncDDPError
+from asyncddp.errors import AsyncDDPError, RankLostError
 from asyncddp.optim.base import (
     DistributedOptimizer,
     check_model,
@@ -36,6 +44,7 @@ from asyncddp.optim.base import (
     named_trainable,
     wrap,
 )
+from asyncddp.optim.survival import agree_after_loss
 
 __all__ = ["DistributedDeAROptimizer", "plan_groups"]
 
@@ -50,6 +59,7 @@ class _Group:
     num_ready: int = 0
     handle: object = None  # reduce-scatter in flight, then all-gather in flight
     shard: torch.Tensor | None = None
+    total: int = 0  # elements of the group's parameters (the buffer is padded beyond)
 
 
 def plan_groups(sizes_bytes: list[int], threshold_mb: float | None, num_nearby_layers: int | None):
@@ -98,10 +108,11 @@ class _DeAR(DistributedOptimizer):
                 group.offsets.append(total)
                 total += p.numel()
                 self._addp_group_of[id(p)] = group
-            padded = -(-total // n) * n
-            first = group.params[0][1]
-            group.buffer = torch.zeros(padded, dtype=first.dtype, device=first.device)
+            group.total = total
             self._addp_groups.append(group)
+        self._addp_pad(n)
+        self._addp_steps = 0  # reduce phases completed: what survivors agree on after a loss
+        self._addp_resync = False  # average the parameters at the next completed reduce phase
         self._addp_pending = []  # groups whose all-gather is started or queued, in order
         self._addp_hook_handles = []
         self._addp_solo = n == 1
@@ -113,6 +124,12 @@ class _DeAR(DistributedOptimizer):
             self._addp_hook_handles.append(
                 group.modules[0].register_forward_pre_hook(self._addp_pre_hook(group.index))
             )
+
+    def _addp_pad(self, n: int) -> None:
+        """Fresh group buffers padded to a multiple of the world size ``n``."""
+        for group in self._addp_groups:
+            first = group.params[0][1]
+            group.buffer = torch.zeros(-(-group.total // n) * n, dtype=first.dtype, device=first.device)
 
     # -- backward: gradients into buffers, reduce-scatter per complete group --
     def _addp_grad_hook(self, p) -> None:
@@ -138,6 +155,22 @@ class _DeAR(DistributedOptimizer):
             inner_step(self)
             return None
         self.flush()
+        while True:
+            try:
+                self._addp_reduce_all()
+                break
+            except RankLostError:
+                if not self._addp_after_loss(redo=True):
+                    return None
+        self._addp_steps += 1
+        if self._addp_resync:
+            self._addp_resync = False
+            self._addp_average_parameters()
+        self._addp_pending = list(self._addp_groups)
+        self._addp_start_gather(self._addp_pending[0])
+        return None
+
+    def _addp_reduce_all(self) -> None:
         for group in self._addp_groups:
             if group.handle is None:  # parameters without gradient this time: zeros
                 for k, (_, p) in enumerate(group.params):
@@ -146,11 +179,39 @@ class _DeAR(DistributedOptimizer):
                 self._addp_reduce(group)
         for group in self._addp_groups:
             group.shard = synchronize(group.handle)
+        for group in self._addp_groups:
             group.handle = None
             group.num_ready = 0
-        self._addp_pending = list(self._addp_groups)
-        self._addp_start_gather(self._addp_pending[0])
-        return None
+
+    def _addp_after_loss(self, redo: bool) -> bool:
+        """Survivors agree on the step after ``RankLostError``; True when this rank redoes its
+        reduce-scatters (they are refilled from ``p.grad``), False when it drops them."""
+        for group in self._addp_groups:
+            group.handle, group.shard, group.num_ready = None, None, 0
+        self._addp_pending = []
+        self._addp_pad(size())
+        agreed = agree_after_loss(self._addp_steps)
+        self._addp_resync = True
+        if not redo or agreed > self._addp_steps:
+            self._addp_steps = agreed
+            return False
+        for group in self._addp_groups:
+            for k, (_, p) in enumerate(group.params):
+                if p.grad is not None:
+                    group.buffer[group.offsets[k] : group.offsets[k] + p.numel()].copy_(p.grad.reshape(-1))
+        return True
+
+    def _addp_average_parameters(self) -> None:
+        from asyncddp.optim.parameters import allreduce_parameters
+
+        params = [p for group in self._addp_groups for _, p in group.params]
+        while True:
+            try:
+                allreduce_parameters(params)
+                return
+            except RankLostError:
+                self._addp_pad(size())
+                agree_after_loss(self._addp_steps)
 
     def _addp_start_gather(self, group: _Group) -> None:
         # Into the group's own buffer: free once its reduce-scatter has delivered the shard, and
@@ -168,7 +229,11 @@ class _DeAR(DistributedOptimizer):
 
     def _addp_apply_next(self) -> None:
         group = self._addp_pending.pop(0)
-        gathered = synchronize(group.handle)
+        try:
+            gathered = synchronize(group.handle)
+        except RankLostError:
+            self._addp_after_loss(redo=False)  # this and the later groups' updates are dropped
+            return
         group.handle = None
         if self._addp_pending:
             self._addp_start_gather(self._addp_pending[0])

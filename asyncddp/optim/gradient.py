@@ -10,6 +10,12 @@ so every rank issues the same ops with no per-op negotiation. ``step()`` starts 
 hook completed (parameters without a gradient this time count as zeros), waits, copies the
 averages back into ``p.grad`` and runs the user's optimizer. Every rank must use the same
 parameters in each backward pass (autograd then finishes them in the same order).
+
+In a fault-tolerant job a lost rank interrupts one average: ``step()`` catches
+``RankLostError``, agrees with the survivors on the step and averages the parameters once over
+them (``asyncddp.optim.survival``), so the replicas are identical again; then it averages this
+step's gradients (still intact in ``p.grad``) on the survivors, or drops them on a rank that
+was a step behind.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 from asyncddp.comm.collectives import allreduce_nonblocking_
 from asyncddp.comm.context import size
 from asyncddp.comm.handles import synchronize
-from asyncddp.errors import AsyncDDPError
+from asyncddp.errors import AsyncDDPError, RankLostError
 from asyncddp.optim.base import (
     DistributedOptimizer,
     check_model,
@@ -30,6 +36,7 @@ from asyncddp.optim.base import (
     named_trainable,
     wrap,
 )
+from asyncddp.optim.survival import agree_after_loss
 
 __all__ = ["DistributedGradientAllreduceOptimizer"]
 
@@ -76,6 +83,7 @@ class _GradientAllreduce(DistributedOptimizer):
         self.num_steps_per_communication = num_steps_per_communication
         self._addp_passes = {}  # id(p) -> backward passes that reached p since the last average
         self._addp_buckets = []
+        self._addp_steps = 0  # averaged updates so far: what survivors agree on after a loss
         communicate = size() > 1
         if communicate:
             self._addp_buckets = _buckets(self._addp_named, bucket_mb * 1024 * 1024)
@@ -129,8 +137,9 @@ class _GradientAllreduce(DistributedOptimizer):
                     else:  # no gradient in this round: zeros
                         part.zero_()
                 self._addp_start(bucket)
-        for bucket in self._addp_buckets:
+        for bucket in self._addp_buckets:  # every average first: a lost rank changes no p.grad
             synchronize(bucket.handle)
+        for bucket in self._addp_buckets:
             for k, (_, p) in enumerate(bucket.params):
                 if p.grad is not None:
                     p.grad.copy_(bucket.buffer[bucket.offsets[k]:bucket.offsets[k] + p.numel()].view_as(p.grad))
@@ -140,8 +149,29 @@ class _GradientAllreduce(DistributedOptimizer):
     def step(self, closure=None):
         if self._addp_accumulating():
             return None  # accumulate locally; the update comes with the k-th backward pass
-        self.synchronize()
+        if not self._addp_surviving_average():
+            return None
+        self._addp_steps += 1
         return inner_step(self, closure)
+
+    def _addp_surviving_average(self) -> bool:
+        """``synchronize()``, redone on the survivors after a lost rank; False when this rank
+        was a step behind the others (it drops this step's update)."""
+        while True:
+            try:
+                self.synchronize()
+                return True
+            except RankLostError:
+                passes = self.num_steps_per_communication
+                self._addp_passes = {id(p): passes for _, p in self._addp_named if p.grad is not None}
+                for bucket in self._addp_buckets:
+                    bucket.handle = None
+                    bucket.ready.clear()
+                agreed = agree_after_loss(self._addp_steps, [p for _, p in self._addp_named])
+                if agreed > self._addp_steps:
+                    self._addp_steps = agreed
+                    self._addp_passes = {}
+                    return False
 
     def remove_hooks(self) -> None:
         """Detach the gradient hooks (the optimizer then steps without communicating)."""

@@ -21,6 +21,11 @@ BlueFog attributes ``self_weight``/``src_weights``/``dst_weights`` (or the older
 the hierarchical type). ``schedule=`` takes any dynamic schedule of ``asyncddp.topology`` — a
 factory ``f(size, rank)`` or an iterator of ``NeighborStep`` — and the optimizer draws one step
 per communication round, setting those attributes itself.
+
+In a fault-tolerant job a lost rank interrupts one round: ``step()`` catches ``RankLostError``,
+puts the parameters back as they were before the round, agrees with the survivors on the step
+(``asyncddp.optim.survival``), restarts the schedule (from its factory) or drops weights that
+named ranks of the old world, and redoes the round on the survivors.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from asyncddp.comm.hierarchical import (
     hierarchical_neighbor_allreduce_nonblocking_,
 )
 from asyncddp.comm.neighbor import neighbor_allreduce_nonblocking, neighbor_allreduce_nonblocking_
-from asyncddp.errors import AsyncDDPError
+from asyncddp.errors import AsyncDDPError, RankLostError
 from asyncddp.optim.base import (
     DistributedOptimizer,
     check_model,
@@ -46,6 +51,7 @@ from asyncddp.optim.base import (
     wrap,
 )
 from asyncddp.optim.gradient import _check_k
+from asyncddp.optim.survival import agree_after_loss, fault_tolerant, restore
 
 __all__ = [
     "COMMUNICATION_TYPES",
@@ -115,6 +121,9 @@ class _NeighborAveraging(DistributedOptimizer):
         self.communication_type = _check_type(communication_type)
         self.num_steps_per_communication = num_steps_per_communication
         self.schedule = _as_schedule(schedule)
+        # Kept to restart the schedule for a new world size after a rank is lost.
+        rebuildable = callable(schedule) and not hasattr(schedule, "__next__")
+        self._addp_schedule_factory = schedule if rebuildable else None
         self.atc = bool(atc)
         self.self_weight = None
         self.src_weights = None
@@ -220,21 +229,60 @@ class _NeighborAveraging(DistributedOptimizer):
         for name, p in self._addp_named:
             if id(p) not in self._addp_handles:
                 self._addp_launch(name, p)
-        for p, handle in self._addp_handles.values():
-            if handle is not None:
-                p.data.copy_(synchronize(handle))
+        # Every result first, then the writes: a round a lost rank interrupts changes nothing.
+        results = [(p, synchronize(handle)) for p, handle in self._addp_handles.values() if handle is not None]
+        for p, result in results:
+            p.data.copy_(result)
         self._addp_handles.clear()
         self._addp_round = None
+
+    def _addp_surviving_round(self) -> bool:
+        """``_addp_finish_round``, redone on the survivors after a lost rank; False when this
+        rank was a step behind the others (its round is dropped)."""
+        backup = None
+        if fault_tolerant():
+            backup = [(flat, flat.clone()) for flat, _ in self._addp_flat]
+        while True:
+            try:
+                self._addp_finish_round()
+                return True
+            except RankLostError:
+                restore(backup)
+                self._addp_handles.clear()
+                self._addp_round = None
+                self._addp_new_world()
+                agreed = agree_after_loss(self._addp_step_count)
+                if agreed > self._addp_step_count:
+                    self._addp_step_count = agreed - 1  # step() counts this one
+                    return False
+                if self._addp_solo():
+                    return True
+
+    def _addp_new_world(self) -> None:
+        """Weights naming ranks of the old world cannot hold; a schedule restarts for the new size."""
+        self.send_neighbors = self.neighbor_weights = None
+        self.src_machine_weights = self.dst_machine_weights = None
+        self.self_weight = self.src_weights = self.dst_weights = None
+        if self.schedule is not None:
+            if self._addp_schedule_factory is None:
+                import warnings
+
+                warnings.warn("a rank was lost and schedule= was an iterator, which cannot be rebuilt "
+                              "for the new size; continuing with the topology's weights (pass a factory "
+                              "f(size, rank) to keep a dynamic schedule)", RuntimeWarning, stacklevel=3)
+                self.schedule = None
+            else:
+                self.schedule = _as_schedule(self._addp_schedule_factory)
 
     def step(self, closure=None):
         communicates = self._addp_communicates() and not self._addp_solo()
         if self.atc:
             loss = inner_step(self, closure)
             if communicates:
-                self._addp_finish_round()
+                self._addp_surviving_round()
         else:
             if communicates:
-                self._addp_finish_round()
+                self._addp_surviving_round()
             loss = inner_step(self, closure)
         self._addp_step_count += 1
         return loss

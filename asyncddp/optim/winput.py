@@ -12,6 +12,13 @@ put since is counted with its previous value); every ``step()`` then runs the us
 with the gradient computed before the averaging (BlueFog's order). Ranks may therefore run at different speeds and take different numbers of
 steps — there is no collective inside ``step()``. ``free()`` releases the windows and IS
 collective: every rank calls it once, after its own training loop.
+
+In a fault-tolerant job nothing one-sided notices a dead neighbour (a put into its shared
+memory just lands), so each communicating ``step()`` asks the communication core, locally,
+whether a rank is known lost (``recovery.check_world``). If so every survivor joins the
+recovery, which re-creates the windows on the new world from each rank's current parameters;
+the optimizer points its parameters at the new windows' memory and carries on. Nothing else is
+redone: with no collective in ``step()`` there is no step to agree on.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import torch
 from asyncddp.comm.collectives import barrier
 from asyncddp.comm.context import size
 from asyncddp.comm.windows import win_create, win_free, win_memory, win_put, win_update
-from asyncddp.errors import AsyncDDPError
+from asyncddp.comm import recovery
+from asyncddp.errors import AsyncDDPError, RankLostError
 from asyncddp.optim.base import (
     DistributedOptimizer,
     check_model,
@@ -104,13 +112,17 @@ class _WinPut(DistributedOptimizer):
         # Communicate after k steps or k backward passes, whichever comes first: one backward
         # per step counts steps, k backward passes before one step() count passes.
         progress = max(self._addp_since, max(self._addp_passes.values(), default=0))
-        # One rank with default weights: no neighbours to put to, and the update is the identity.
-        solo = self._addp_solo and self.self_weight in (None, 1.0)
         if progress >= self.num_steps_per_communication:
+            self._addp_check_world()
+            # One rank with default weights: no neighbours to put to, the update is the identity.
+            solo = self._addp_solo and self.self_weight in (None, 1.0)
             if not self._addp_put:  # no backward pass completed the round (a closure, say)
                 self._addp_put_all()
             if self.force_barrier:
-                barrier()
+                try:
+                    barrier()
+                except RankLostError:  # the world was rebuilt meanwhile: nothing to wait for
+                    self._addp_new_world()
             self._addp_since = 0
             self._addp_passes.clear()
             self._addp_put = False
@@ -121,6 +133,27 @@ class _WinPut(DistributedOptimizer):
                            neighbor_weights=self.neighbor_weights,
                            require_mutex=self.require_mutex)  # fmt: skip
         return inner_step(self, closure)
+
+    def _addp_check_world(self) -> None:
+        """After a lost rank, point the parameters at the windows rebuilt on the new world."""
+        while True:
+            try:
+                recovery.check_world()
+                return
+            except RankLostError:
+                self._addp_new_world()
+                self._addp_put = False  # the round's put went to the old world: put again
+
+    def _addp_new_world(self) -> None:
+        self._addp_solo = size() == 1
+        self.self_weight = self.neighbor_weights = self.dst_weights = None  # they named old ranks
+        windows = []
+        for window, flat, params in self._addp_windows:
+            if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+                flat = win_memory(window)
+                point_into(params, flat)
+            windows.append((window, flat, params))
+        self._addp_windows = windows
 
     @property
     def num_steps(self) -> int:
@@ -135,6 +168,15 @@ class _WinPut(DistributedOptimizer):
     def free(self) -> None:
         """Release the windows (collective: every rank, once, after its training loop).
         Calling it again does nothing."""
+        if self._addp_windows and recovery.enabled():
+            # Freeing is collective, so it needs the world as it is now: a barrier meets a loss
+            # that no step noticed yet (nothing one-sided waits for a dead rank).
+            while True:
+                try:
+                    barrier()
+                    break
+                except RankLostError:
+                    self._addp_new_world()
         for handle in self._addp_hook_handles:
             handle.remove()
         self._addp_hook_handles = []

@@ -1,0 +1,48 @@
+"""The distributed optimizers carry on by themselves when a rank is killed mid-run.
+
+A real ULFM mpirun, a real SIGKILL by PID at a step fixed by the harness (``tests/ft/killer.py``);
+the training script (``tests/ft/ft_train.py``) does not catch anything. Every survivor finishes
+every step, the loss keeps falling, the stall is under 5 s, the survivors' averaged parameters
+agree, and replicas of the gradient-averaging optimizers are identical.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.ft.killer import run_and_kill
+
+pytestmark = pytest.mark.timeout(150)
+
+NUM_STEPS = 12
+REPLICAS = ("grad", "dear")  # optimizers whose replicas must stay identical
+
+
+def _check(results, kinds, sizes):
+    for kind, size in zip(kinds, sizes):
+        runs = [res[kind] for res in results.values()]
+        for run in runs:
+            assert run["steps"] == NUM_STEPS and run["size"] == size, (kind, run)
+            assert run["stall"] is not None and run["stall"] < 5, (kind, run["stall"])
+            losses = run["losses"]
+            assert losses[-1] < 0.5 * losses[0], (kind, losses)
+            assert losses[-1] < losses[4], (kind, losses)  # still falling after the loss at step 3
+            assert run["version_in_steps"] == run["version"], "the loss was handled inside step()"
+        assert all(run["averaged"] == runs[0]["averaged"] for run in runs), kind
+        if kind in REPLICAS:
+            assert runs[0]["spread"] < 1e-6, (kind, runs[0]["spread"])
+
+
+def test_neighbor_and_gradient_optimizers_survive(tmp_path):
+    """Static neighbour averaging loses rank 0, scheduled averaging another, gradient
+    averaging a third (one job, to start Python and torch on the ranks once)."""
+    results = run_and_kill("ft_train.py", 5, [[0], [2], [4]], tmp_path, "nar:3", "sched:3", "grad:3")
+    assert sorted(results) == [1, 3]
+    _check(results, ["nar", "sched", "grad"], [4, 3, 2])
+
+
+def test_dear_and_winput_optimizers_survive(tmp_path):
+    """DeAR loses two ranks at once, then WinPut loses another."""
+    results = run_and_kill("ft_train.py", 5, [[1, 3], [4]], tmp_path, "dear:3", "winput:3")
+    assert sorted(results) == [0, 2]
+    _check(results, ["dear", "winput"], [3, 2])
