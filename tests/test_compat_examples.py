@@ -26,7 +26,9 @@ def asyncddp_run(*args: str) -> tuple[str, str, float]:
 def test_push_sum_consensus_reaches_the_mean():
     mode, topology, error = asyncddp_run("-np", "4", str(EXAMPLE), "--asynchronous-mode", "--max-iters", "300")
     assert (mode, topology) == ("push-sum", "expo2")
-    assert error < 1e-4
+    # Ranks never wait for each other, so how far 300 pushes mix depends on scheduling (1e-6 on an
+    # idle machine, 1e-3 on an oversubscribed one); a lost or double-counted share is off by > 0.1.
+    assert error < 1e-2
 
 
 def test_unchanged_bluefog_script_through_the_alias(tmp_path):

@@ -217,6 +217,11 @@ def recover(engine, error: BaseException) -> RankLostError:
         _state.version += 1
         change = WorldChange(_state.version, tuple(lost), world.Get_rank(), world.Get_size(), tuple(launch),
                              attempts)
+    # The launcher cannot tell a hung rank from a slow one; the survivors' word lets it stop the
+    # ranks they left behind as soon as everyone else has ended.
+    from asyncddp.rank_report import report_lost_ranks
+
+    report_lost_ranks(lost)
     for callback in list(_state.callbacks):
         callback(change)
     return RankLostError(lost, change.world_version, change.size)
