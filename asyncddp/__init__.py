@@ -31,7 +31,7 @@ _TABLE: dict[str, tuple[str, ...]] = {
     ),
     "asyncddp.errors": (
         "AsyncDDPError", "ConfigError", "HostfileError", "LaunchError", "NotInitializedError",
-        "CommError", "RankLostError", "TopologyError",
+        "CommError", "RankLostError", "OptimizerError", "TopologyError",
     ),
     "asyncddp.comm.recovery": ("world_version", "on_world_change", "agree_on_step", "WorldChange"),
     "asyncddp.topology.schedules": ("NeighborStep",),

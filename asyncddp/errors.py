@@ -15,6 +15,7 @@ __all__ = [
     "NotInitializedError",
     "CommError",
     "RankLostError",
+    "OptimizerError",
     "TopologyError",
 ]
 
@@ -65,6 +66,11 @@ class RankLostError(CommError):
             f"lost rank(s) {list(self.lost_ranks)} of the original job; the {new_size} survivors "
             f"continue (world version {world_version})"
         )
+
+
+class OptimizerError(AsyncDDPError, ValueError):
+    """A distributed optimizer was built with invalid arguments or used out of order (a model it
+    cannot wrap, a bad ``bucket_mb``, ``step()`` after ``free()``)."""
 
 
 class TopologyError(AsyncDDPError, ValueError):

@@ -106,6 +106,18 @@ def bus_factor(op: str, num_ranks: int, degree: int) -> float:
     return 1.0
 
 
+def _with_lists(record, *names: str) -> dict:
+    """``asdict(record)`` with its tuple fields ``names`` as lists, as JSON has them."""
+    data = asdict(record)
+    data.update({name: list(getattr(record, name)) for name in names})
+    return data
+
+
+def _with_tuples(data: dict, *names: str) -> dict:
+    """The fields of ``data`` with the lists ``names`` back as tuples (missing ones empty)."""
+    return {**data, **{name: tuple(data.get(name, ())) for name in names}}
+
+
 @dataclass(frozen=True)
 class CommBenchOptions:
     num_ranks: int = 2
@@ -118,13 +130,11 @@ class CommBenchOptions:
     progress: bool = True  # rank 0 prints one progress line per finished row
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["sizes"], data["ops"] = list(self.sizes), list(self.ops)
-        return data
+        return _with_lists(self, "sizes", "ops")
 
     @classmethod
     def from_dict(cls, data: dict) -> "CommBenchOptions":
-        return cls(**{**data, "sizes": tuple(data["sizes"]), "ops": tuple(data["ops"])})
+        return cls(**_with_tuples(data, "sizes", "ops"))
 
 
 @dataclass(frozen=True)
@@ -293,14 +303,11 @@ class ModelRun:
         return self.error is None
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["iter_ms_per_rank"], data["notes"] = list(self.iter_ms_per_rank), list(self.notes)
-        return data
+        return _with_lists(self, "iter_ms_per_rank", "notes")
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelRun":
-        return cls(**{**data, "iter_ms_per_rank": tuple(data.get("iter_ms_per_rank", ())),
-                      "notes": tuple(data.get("notes", ()))})
+        return cls(**_with_tuples(data, "iter_ms_per_rank", "notes"))
 
 
 @dataclass(frozen=True)

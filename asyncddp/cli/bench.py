@@ -144,6 +144,17 @@ def _print_table(table) -> None:
     Console(width=None if sys.stdout.isatty() else 140).print(table)
 
 
+def _report(result, as_json: bool, table, plot: str | None = None, draw=None) -> None:
+    """Print ``result`` as JSON or as ``table(result)``; with ``plot``, ``draw(result, plot)`` too."""
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_table(table(result))
+    if plot:
+        draw(result, plot)
+        print(f"plot written to {plot}", file=sys.stderr)
+
+
 def _model_command(model: str):
     @flags.with_launch_flags
     def command(
@@ -182,13 +193,7 @@ def _model_command(model: str):
         if sweep_bandwidth is not None:
             return _sweep(base, chosen, rank_counts, sweep_bandwidth, launch, as_json, plot)
         result = _run_models_with_progress(base, chosen, rank_counts, launch, quiet=as_json)
-        if as_json:
-            typer.echo(json.dumps(result.to_dict(), indent=2))
-        else:
-            _print_table(render.model_table(result))
-        if plot:
-            render.model_plot(result, plot)
-            print(f"plot written to {plot}", file=sys.stderr)
+        _report(result, as_json, render.model_table, plot, render.model_plot)
 
     command.__doc__ = (f"Training throughput of {model} on synthetic ImageNet-shaped data, every method side by "
                        "side, one launch per (method, np).")
@@ -207,13 +212,7 @@ def _sweep(base, methods, rank_counts, rates_text, launch, as_json: bool, plot: 
     with _progress_bar(f"bench {base.model} sweep", len(methods) * len(rates), as_json) as update:
         sweep = run_bandwidth_sweep(base, methods, rank_counts[0], rates, launch, lambda event: update(
             event["done"], f"bench {base.model}: {event['method']} at {event['bandwidth']}"))
-    if as_json:
-        typer.echo(json.dumps(sweep.to_dict(), indent=2))
-    else:
-        _print_table(render.sweep_table(sweep))
-    if plot:
-        render.sweep_plot(sweep, plot)
-        print(f"plot written to {plot}", file=sys.stderr)
+    _report(sweep, as_json, render.sweep_table, plot, render.sweep_plot)
 
 
 def _run_models_with_progress(base, methods, rank_counts, launch, quiet: bool):
@@ -264,7 +263,4 @@ def straggler_command(
     options = StragglerOptions(num_ranks=num_ranks, slow_rank=slow_rank, slow_factor=slow_factor, model=model,
                                batch_size=batch_size, image_size=image_size, iters=iters, warmup=warmup)
     result = run_straggler_bench(options, launch)
-    if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
-    else:
-        _print_table(render.straggler_table(result))
+    _report(result, as_json, render.straggler_table)

@@ -136,13 +136,9 @@ def shutdown() -> None:
     _core.shutdown()
 
 
-size = _bf_errors(_core.size)
-rank = _bf_errors(_core.rank)
-local_size = _bf_errors(_core.local_size)
-local_rank = _bf_errors(_core.local_rank)
-machine_size = _bf_errors(_core.machine_size)
-machine_rank = _bf_errors(_core.machine_rank)
-is_homogeneous = _bf_errors(_core.is_homogeneous)
+(size, rank, local_size, local_rank, machine_size, machine_rank, is_homogeneous) = (
+    _bf_errors(fn) for fn in (_core.size, _core.rank, _core.local_size, _core.local_rank, _core.machine_size,
+    _core.machine_rank, _core.is_homogeneous))
 
 
 def nccl_built() -> bool:
@@ -215,13 +211,11 @@ def set_topology(topology: nx.DiGraph | None = None, is_weighted: bool = False) 
     return _core.set_topology(topology if topology is not None else exponential_graph(_core.size()), is_weighted)
 
 
-load_topology = _bf_errors(_core.load_topology)
-is_topo_weighted = _bf_errors(_core.is_topology_weighted)
-in_neighbor_ranks = _bf_errors(_core.in_neighbor_ranks)
-out_neighbor_ranks = _bf_errors(_core.out_neighbor_ranks)
-load_machine_topology = _bf_errors(_core.load_machine_topology)
-in_neighbor_machine_ranks = _bf_errors(_core.in_neighbor_machine_ranks)
-out_neighbor_machine_ranks = _bf_errors(_core.out_neighbor_machine_ranks)
+(load_topology, is_topo_weighted, in_neighbor_ranks, out_neighbor_ranks, load_machine_topology,
+    in_neighbor_machine_ranks, out_neighbor_machine_ranks) = (
+    _bf_errors(fn) for fn in (_core.load_topology, _core.is_topology_weighted, _core.in_neighbor_ranks,
+    _core.out_neighbor_ranks, _core.load_machine_topology, _core.in_neighbor_machine_ranks,
+    _core.out_neighbor_machine_ranks))
 
 
 @_bf_errors

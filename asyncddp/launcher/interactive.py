@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from asyncddp.errors import AsyncDDPError, ConfigError, LaunchError
+from asyncddp.errors import ConfigError, LaunchError
 from asyncddp.launcher import stop_signals
 from asyncddp.launcher.config import RunOptions
 
@@ -283,7 +283,7 @@ def stop(profile: str = DEFAULT_PROFILE, ipython_dir: str | None = None) -> IpyS
     directory = profile_dir(profile, ipython_dir)
     state = _read_state(directory)
     if not state and not _processes_naming(directory):
-        raise AsyncDDPError(f"no interactive cluster of profile {profile} is running (nothing recorded in "
+        raise LaunchError(f"no interactive cluster of profile {profile} is running (nothing recorded in "
                             f"{directory / STATE_FILE}); start one with asyncddp ipy start -np N")
     _stop_processes(directory, state)
     return IpyStatus(profile, str(directory), False, 0, state.get("controller_pid"), state.get("runner_pid"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from asyncddp.errors import AsyncDDPError
+from asyncddp.errors import OptimizerError
 
 __all__ = [
     "DistributedOptimizer", "wrap", "named_trainable", "check_optimizer", "check_model",
@@ -32,12 +32,12 @@ _CLASS_CACHE: dict = {}
 
 def check_optimizer(optimizer, who: str) -> None:
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise AsyncDDPError(
+        raise OptimizerError(
             f"{who}: expected a torch.optim.Optimizer as first argument, got "
             f"{type(optimizer).__name__}; build it first, e.g. optim.SGD(model.parameters(), lr=0.1)"
         )
     if getattr(optimizer, "_addp_wrapped", False):
-        raise AsyncDDPError(
+        raise OptimizerError(
             f"{who}: this optimizer is already wrapped by {type(optimizer).__name__}; wrap the "
             "plain torch optimizer once"
         )
@@ -45,7 +45,7 @@ def check_optimizer(optimizer, who: str) -> None:
 
 def check_model(model, who: str) -> None:
     if not isinstance(model, torch.nn.Module):
-        raise AsyncDDPError(
+        raise OptimizerError(
             f"{who}: model= must be the torch.nn.Module being trained, got {type(model).__name__}"
         )
 
@@ -56,7 +56,7 @@ def named_trainable(model: torch.nn.Module, optimizer) -> list[tuple[str, torch.
     owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) in owned]
     if not named:
-        raise AsyncDDPError(
+        raise OptimizerError(
             "the optimizer updates none of model's parameters: pass the model whose parameters "
             "the optimizer was built on (optim.SGD(model.parameters(), ...))"
         )

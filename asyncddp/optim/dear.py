@@ -35,15 +35,8 @@ import torch
 from asyncddp.comm.collectives import allgather_nonblocking, reduce_scatter_nonblocking
 from asyncddp.comm.context import size
 from asyncddp.comm.handles import synchronize
-from asyncddp.errors import AsyncDDPError, RankLostError
-from asyncddp.optim.base import (
-    DistributedOptimizer,
-    check_model,
-    check_optimizer,
-    inner_step,
-    named_trainable,
-    wrap,
-)
+from asyncddp.errors import OptimizerError, RankLostError
+from asyncddp.optim.base import DistributedOptimizer, check_model, check_optimizer, inner_step, named_trainable, wrap
 from asyncddp.optim.survival import agree_after_loss
 
 __all__ = ["DistributedDeAROptimizer", "plan_groups"]
@@ -93,7 +86,7 @@ class _DeAR(DistributedOptimizer):
                 modules.append((module, own))
         dtypes = {p.dtype for _, own in modules for _, p in own}
         if len(dtypes) > 1:
-            raise AsyncDDPError(
+            raise OptimizerError(
                 f"DistributedDeAROptimizer: parameters have several dtypes {sorted(map(str, dtypes))}; "
                 "DeAR fuses gradients into one buffer per group, so use one dtype (model.float())"
             )
@@ -150,7 +143,7 @@ class _DeAR(DistributedOptimizer):
     # -- step: finish reduce-scatters, start the first all-gather --
     def step(self, closure=None):
         if closure is not None:
-            raise AsyncDDPError("DistributedDeAROptimizer.step does not take a closure")
+            raise OptimizerError("DistributedDeAROptimizer.step does not take a closure")
         if self._addp_solo:
             inner_step(self)
             return None
@@ -285,9 +278,9 @@ def DistributedDeAROptimizer(optimizer, model, threshold_mb: float = 25, num_nea
     if num_nearby_layers is not None and (
         not isinstance(num_nearby_layers, int) or num_nearby_layers < 1
     ):
-        raise AsyncDDPError(f"{who}: num_nearby_layers must be an integer >= 1, got {num_nearby_layers!r}")
+        raise OptimizerError(f"{who}: num_nearby_layers must be an integer >= 1, got {num_nearby_layers!r}")
     if num_nearby_layers is None and not (isinstance(threshold_mb, (int, float)) and threshold_mb > 0):
-        raise AsyncDDPError(f"{who}: threshold_mb must be a positive number, got {threshold_mb!r}")
+        raise OptimizerError(f"{who}: threshold_mb must be a positive number, got {threshold_mb!r}")
     wrapped = wrap(optimizer, _DeAR, who)
     wrapped._addp_setup(model, threshold_mb, num_nearby_layers)
     return wrapped

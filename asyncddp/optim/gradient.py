@@ -27,15 +27,8 @@ import torch
 from asyncddp.comm.collectives import allreduce_nonblocking_
 from asyncddp.comm.context import size
 from asyncddp.comm.handles import synchronize
-from asyncddp.errors import AsyncDDPError, RankLostError
-from asyncddp.optim.base import (
-    DistributedOptimizer,
-    check_model,
-    check_optimizer,
-    inner_step,
-    named_trainable,
-    wrap,
-)
+from asyncddp.errors import OptimizerError, RankLostError
+from asyncddp.optim.base import DistributedOptimizer, check_model, check_optimizer, inner_step, named_trainable, wrap
 from asyncddp.optim.survival import agree_after_loss
 
 __all__ = ["DistributedGradientAllreduceOptimizer"]
@@ -102,7 +95,7 @@ class _GradientAllreduce(DistributedOptimizer):
             return
         bucket, offset, name = self._addp_slot[id(p)]
         if passes > self.num_steps_per_communication:
-            raise AsyncDDPError(
+            raise OptimizerError(
                 f"gradient of {name!r} finished {passes} times before step(), with "
                 f"num_steps_per_communication={self.num_steps_per_communication}: call step() "
                 "after that many backward passes, or raise num_steps_per_communication"
@@ -200,7 +193,7 @@ def DistributedGradientAllreduceOptimizer(optimizer, model, num_steps_per_commun
     check_model(model, who)
     _check_k(num_steps_per_communication, who)
     if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float)) or not bucket_mb > 0:
-        raise AsyncDDPError(f"{who}: bucket_mb must be a positive number of MiB, got {bucket_mb!r}")
+        raise OptimizerError(f"{who}: bucket_mb must be a positive number of MiB, got {bucket_mb!r}")
     wrapped = wrap(optimizer, _GradientAllreduce, "DistributedGradientAllreduceOptimizer")
     wrapped._addp_setup(model, num_steps_per_communication, float(bucket_mb))
     return wrapped
@@ -208,4 +201,4 @@ def DistributedGradientAllreduceOptimizer(optimizer, model, num_steps_per_commun
 
 def _check_k(k, who: str) -> None:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise AsyncDDPError(f"{who}: num_steps_per_communication must be an integer >= 1, got {k!r}")
+        raise OptimizerError(f"{who}: num_steps_per_communication must be an integer >= 1, got {k!r}")

@@ -40,16 +40,9 @@ from asyncddp.comm.hierarchical import (
     hierarchical_neighbor_allreduce_nonblocking_,
 )
 from asyncddp.comm.neighbor import neighbor_allreduce_nonblocking, neighbor_allreduce_nonblocking_
-from asyncddp.errors import AsyncDDPError, RankLostError
-from asyncddp.optim.base import (
-    DistributedOptimizer,
-    check_model,
-    check_optimizer,
-    flatten_parameters,
-    inner_step,
-    named_trainable,
-    wrap,
-)
+from asyncddp.errors import OptimizerError, RankLostError
+from asyncddp.optim.base import (DistributedOptimizer, check_model, check_optimizer, flatten_parameters, inner_step,
+    named_trainable, wrap)
 from asyncddp.optim.gradient import _check_k
 from asyncddp.optim.survival import agree_after_loss, fault_tolerant, restore
 
@@ -70,7 +63,7 @@ def _check_type(value) -> str:
     if isinstance(value, enum.Enum):
         value = value.name
     if value not in COMMUNICATION_TYPES:
-        raise AsyncDDPError(
+        raise OptimizerError(
             f"communication_type={value!r} is not one of {', '.join(COMMUNICATION_TYPES)}"
         )
     return value
@@ -83,7 +76,7 @@ def _as_schedule(schedule):
         made = schedule(size(), rank=rank())
         if hasattr(made, "__next__"):
             return made
-    raise AsyncDDPError(
+    raise OptimizerError(
         f"schedule={schedule!r} is neither an iterator of NeighborStep nor a factory f(size, rank) "
         "returning one; pass e.g. schedule=addp.one_peer_exponential_two"
     )
@@ -158,12 +151,12 @@ class _NeighborAveraging(DistributedOptimizer):
         kind = _check_type(self.communication_type)
         if self.schedule is not None:
             if kind != "neighbor_allreduce":
-                raise AsyncDDPError(
+                raise OptimizerError(
                     f"schedule= drives neighbor_allreduce, but communication_type is {kind!r}"
                 )
             step = next(self.schedule)
             if getattr(step, "has_aux", False):
-                raise AsyncDDPError(
+                raise OptimizerError(
                     "this schedule keeps an auxiliary buffer per rank (CECA); the optimizer runs "
                     "plain steps only: use one_peer_exponential_two or equi_dyn_schedule"
                 )

@@ -23,14 +23,14 @@ from asyncddp.comm.collectives import (
 from asyncddp.comm.engine import get_engine
 from asyncddp.comm.handles import synchronize
 from asyncddp.comm.neighbor_plan import as_rank
-from asyncddp.errors import AsyncDDPError
+from asyncddp.errors import OptimizerError
 
 __all__ = ["broadcast_parameters", "allreduce_parameters", "broadcast_optimizer_state"]
 
 
 def _tensors(params, who: str) -> list[tuple[str, torch.Tensor]]:
     if isinstance(params, torch.nn.Module):
-        raise AsyncDDPError(f"{who}: pass model.state_dict() or model.parameters(), not the module")
+        raise OptimizerError(f"{who}: pass model.state_dict() or model.parameters(), not the module")
     items = list(params.items()) if isinstance(params, dict) else list(params)
     out = []
     for k, item in enumerate(items):
@@ -38,7 +38,7 @@ def _tensors(params, who: str) -> list[tuple[str, torch.Tensor]]:
         if tensor is None:
             continue
         if not isinstance(tensor, torch.Tensor):
-            raise AsyncDDPError(
+            raise OptimizerError(
                 f"{who}: entry {name!r} is a {type(tensor).__name__}, not a tensor; pass "
                 "model.state_dict(), model.named_parameters() or a list of tensors"
             )
@@ -84,7 +84,7 @@ def broadcast_optimizer_state(optimizer, root_rank: int = 0) -> None:
     ``broadcast_parameters``. LR schedulers see the new ``param_groups`` values.
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise AsyncDDPError(
+        raise OptimizerError(
             f"broadcast_optimizer_state expects a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
     root_rank = _check_root(root_rank, "broadcast_optimizer_state")
@@ -106,7 +106,7 @@ def broadcast_optimizer_state(optimizer, root_rank: int = 0) -> None:
     if len(groups) != len(state["param_groups"]) or any(
         len(g["params"]) != len(s["params"]) for g, s in zip(groups, state["param_groups"])
     ):
-        raise AsyncDDPError(
+        raise OptimizerError(
             f"broadcast_optimizer_state: rank {engine.rank}'s optimizer has a different number "
             f"of parameter groups or parameters than rank {root_rank}'s; build the same "
             "optimizer on every rank"

@@ -31,17 +31,9 @@ from asyncddp.comm.collectives import barrier
 from asyncddp.comm.context import size
 from asyncddp.comm.windows import win_create, win_free, win_memory, win_put, win_update
 from asyncddp.comm import recovery
-from asyncddp.errors import AsyncDDPError, RankLostError
-from asyncddp.optim.base import (
-    DistributedOptimizer,
-    check_model,
-    check_optimizer,
-    flatten_parameters,
-    inner_step,
-    named_trainable,
-    point_into,
-    wrap,
-)
+from asyncddp.errors import OptimizerError, RankLostError
+from asyncddp.optim.base import (DistributedOptimizer, check_model, check_optimizer, flatten_parameters, inner_step,
+    named_trainable, point_into, wrap)
 from asyncddp.optim.gradient import _check_k
 
 __all__ = ["DistributedWinPutOptimizer"]
@@ -106,7 +98,7 @@ class _WinPut(DistributedOptimizer):
 
     def step(self, closure=None):
         if not self._addp_windows:
-            raise AsyncDDPError("DistributedWinPutOptimizer.step after free(): the windows are gone")
+            raise OptimizerError("DistributedWinPutOptimizer.step after free(): the windows are gone")
         self._addp_step_count += 1
         self._addp_since += 1
         # Communicate after k steps or k backward passes, whichever comes first: one backward
@@ -206,7 +198,7 @@ def DistributedWinPutOptimizer(optimizer, model, num_steps_per_communication=1, 
     check_model(model, who)
     _check_k(num_steps_per_communication, who)
     if window_prefix is not None and (not isinstance(window_prefix, str) or not window_prefix):
-        raise AsyncDDPError(f"{who}: window_prefix must be a non-empty string, got {window_prefix!r}")
+        raise OptimizerError(f"{who}: window_prefix must be a non-empty string, got {window_prefix!r}")
     wrapped = wrap(optimizer, _WinPut, who)
     wrapped._addp_setup(model, num_steps_per_communication, window_prefix)
     return wrapped

@@ -269,7 +269,7 @@ def test_wrapping_errors():
     with pytest.raises(addp.AsyncDDPError, match="updates none of model's parameters"):
         addp.DistributedGradientAllreduceOptimizer(torch.optim.SGD(_mlp(1).parameters(), lr=0.1), model)
     plain = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(addp.AsyncDDPError, match="bucket_mb must be a positive number of MiB, got 0"):
+    with pytest.raises(addp.OptimizerError, match="bucket_mb must be a positive number of MiB, got 0"):
         addp.DistributedGradientAllreduceOptimizer(plain, model, bucket_mb=0)
     addp.DistributedGradientAllreduceOptimizer(plain, model).remove_hooks()  # the refusal left it unwrapped
 
