@@ -145,7 +145,7 @@ def test_sweep_table_shows_img_s_and_speed_against_ddp_per_rate(tmp_path):
 
 def test_default_rank_count_is_every_slot_of_the_emulated_cluster(tmp_path):
     from asyncddp.bench.network import default_num_ranks, network_of
-    from asyncddp.launcher.config import RunOptions
+    from asyncddp.launcher.run_config import RunOptions
 
     assert default_num_ranks(RunOptions(), 2) == 2
     assert default_num_ranks(RunOptions(emulate="nodes=4,ranks_per_node=2"), 2) == 8

@@ -111,7 +111,7 @@ def test_output_lines_feed_progress_result_and_errors():
 
 def test_oversubscribed_launch_is_noted_beside_the_results(monkeypatch):
     from asyncddp.bench.runner import YIELD_ENV, _launch_notes, _plan
-    from asyncddp.launcher.config import RunOptions
+    from asyncddp.launcher.run_config import RunOptions
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     monkeypatch.delenv(YIELD_ENV, raising=False)

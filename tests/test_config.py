@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from asyncddp.launcher.config import ClusterConfig, RunOptions, SshSettings, load_config, merge_run_config, parse_config_text
+from asyncddp.launcher.config import ClusterConfig, SshSettings, load_config, parse_config_text
+from asyncddp.launcher.run_config import RunOptions, merge_run_config
 from asyncddp.errors import ConfigError, HostfileError
 from asyncddp.launcher.hosts import HostSpec
 

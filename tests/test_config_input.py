@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from asyncddp.errors import ConfigError
-from asyncddp.launcher.config import RunOptions, merge_run_config, parse_config_text
+from asyncddp.launcher.config import parse_config_text
+from asyncddp.launcher.run_config import RunOptions, merge_run_config
 from asyncddp.launcher.hosts import HostSpec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -104,7 +104,7 @@ def test_profile_dir_follows_ipythondir(tmp_path, monkeypatch):
 
 
 def test_engines_are_launched_with_the_users_launch_flags(tmp_path):
-    from asyncddp.launcher.config import RunOptions
+    from asyncddp.launcher.run_config import RunOptions
 
     launch = RunOptions(host_list="localhost:2", config="c.yaml", env=("A=1", "B"), mpi_args="--mca btl self",
                         oversubscribe=True)

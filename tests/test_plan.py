@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from asyncddp.launcher.config import RunConfig
+from asyncddp.launcher.run_config import RunConfig
 from asyncddp.errors import LaunchError
 from asyncddp.launcher.hosts import HostSpec
 from asyncddp.launcher.mpi import MpiFlavor, MpiInstall, find_failure, find_mpirun, parse_mpi_version, split_tagged_line

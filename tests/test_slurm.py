@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncddp.launcher.config import RunOptions, merge_run_config
+from asyncddp.launcher.run_config import RunOptions, merge_run_config
 from asyncddp.errors import HostfileError
 from asyncddp.launcher.slurm import expand_nodelist, expand_tasks_per_node, in_slurm_allocation, slurm_hosts
 

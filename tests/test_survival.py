@@ -11,7 +11,8 @@ import torch
 
 import asyncddp as addp
 from asyncddp.errors import ConfigError
-from asyncddp.launcher.config import RunOptions, merge_run_config, parse_config_text
+from asyncddp.launcher.config import parse_config_text
+from asyncddp.launcher.run_config import RunOptions, merge_run_config
 from asyncddp.launcher.job import JobResult
 from asyncddp.launcher.plan import LaunchPlan
 from asyncddp.launcher.restart import run_with_restarts

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from asyncddp.launcher.emulate_spec import EmulateSpec, format_rate, parse_emulate_spec
 
 if TYPE_CHECKING:
-    from asyncddp.launcher.config import RunOptions
+    from asyncddp.launcher.run_config import RunOptions
 
 __all__ = ["NodeLink", "BenchNetwork", "emulated_spec", "default_num_ranks", "network_of"]
 

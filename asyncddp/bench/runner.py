@@ -25,7 +25,7 @@ from asyncddp.bench.network import network_of
 from asyncddp.bench.results import (PROGRESS_TAG, RESULT_TAG, BenchError, CommBenchOptions, CommBenchResult,
                                     ModelBenchOptions, ModelBenchResult, ModelRun, StragglerOptions, StragglerResult)
 from asyncddp.launcher import stop_signals
-from asyncddp.launcher.config import RunOptions
+from asyncddp.launcher.run_config import RunOptions
 
 __all__ = ["run_comm_bench", "run_model_bench", "run_straggler_bench"]
 

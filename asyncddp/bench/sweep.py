@@ -17,7 +17,7 @@ from asyncddp.errors import ConfigError
 from asyncddp.launcher.emulate_spec import format_rate, parse_rate
 
 if TYPE_CHECKING:
-    from asyncddp.launcher.config import RunOptions
+    from asyncddp.launcher.run_config import RunOptions
 
 __all__ = ["SweepPoint", "BandwidthSweep", "parse_bandwidths", "require_emulated", "run_bandwidth_sweep"]
 

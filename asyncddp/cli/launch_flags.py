@@ -42,7 +42,7 @@ _FLAGS = (
 def launch_options(values: dict):
     """The ``RunOptions`` of the shared flags' values (by parameter name); ``merge_run_config``
     checks them before anything starts."""
-    from asyncddp.launcher.config import RunOptions
+    from asyncddp.launcher.run_config import RunOptions
 
     fields = {field: values.get(name) for name, _, _, field in _FLAGS}
     fields["env"] = tuple(fields["env"] or ())

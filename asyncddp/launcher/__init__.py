@@ -1,8 +1,8 @@
 """The launcher half of asyncddp: everything that runs in the parent process before and around
 a job, and never inside a rank.
 
-``hosts`` and ``slurm`` say which hosts and slots a job has, ``config`` merges the YAML cluster
-file with command-line options, ``mpi`` knows each MPI implementation (and finds the mpirun),
+``hosts`` and ``slurm`` say which hosts and slots a job has, ``config`` reads the YAML cluster
+file and ``run_config`` merges it with command-line options, ``mpi`` knows each MPI implementation (and finds the mpirun),
 ``plan`` turns options into an mpirun argv and environment, ``prepare.plan_job`` is the one path
 from options to a plan on this machine, ``job`` runs that plan and watches its ranks
 (``stop_signals``: how SIGINT/SIGTERM/SIGHUP stop it; ``log_dir``: a log folder per run),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from asyncddp.errors import ConfigError, LaunchError
 from asyncddp.launcher import stop_signals
-from asyncddp.launcher.config import RunOptions
+from asyncddp.launcher.run_config import RunOptions
 
 __all__ = ["IpyStatus", "profile_dir", "require_ipyparallel", "start", "stop", "status"]
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asyncddp.errors import ConfigError, LaunchError
-from asyncddp.launcher.config import RunConfig, RunOptions, load_config, merge_run_config
+from asyncddp.launcher.config import load_config
+from asyncddp.launcher.run_config import RunConfig, RunOptions, merge_run_config
 from asyncddp.launcher.mpi import MpiInstall, detect_mpi
 from asyncddp.launcher.plan import LaunchPlan, build_plan
 
