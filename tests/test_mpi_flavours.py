@@ -80,7 +80,16 @@ def test_allreduce_runs_on_the_flavours_own_library(flavour):
 def test_a_crashing_rank_sets_the_exit_code_and_is_named(flavour):
     done = asyncddp(flavour, "-np", "3", "--oversubscribe", "examples/exit_code.py", "2", "7")
     assert done.returncode == 7, done.stderr
-    assert done.stderr.splitlines()[-1] == "asyncddp: job failed: rank 2 on localhost exited with code 7"
+    named = "asyncddp: job failed: rank 2 on localhost exited with code 7"
+    if flavour["library"].startswith("Open MPI v4."):
+        # Open MPI 4's mpirun sometimes exits with the rank's code before printing the message
+        # that names the rank (seen about once in ten runs, idle machine too); then the launcher
+        # can only say so, which it must do instead of guessing.
+        unnamed = ("asyncddp: job failed: mpirun exited with code 7 without naming a failing rank; "
+                   "see its [mpirun] lines above")
+        assert done.stderr.splitlines()[-1] in (named, unnamed), done.stderr
+    else:
+        assert done.stderr.splitlines()[-1] == named, done.stderr
     assert "passed the barrier" not in done.stdout
 
 
