@@ -55,10 +55,32 @@ print(f"done size={comm.Get_size()} step={step} total={total}", flush=True)
 LOST = re.compile(r"rank (\d+) on (\S+) at (\d+\.\d) s \(killed by SIGKILL\)")
 
 
+_started: list[subprocess.Popen] = []
+
+
 def _start(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "asyncddp", "run", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})})
+    process = subprocess.Popen([sys.executable, "-m", "asyncddp", "run", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                               env={**os.environ, **(env or {})})
+    _started.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def _no_job_left_behind():
+    """A test that fails half-way (an assertion, a communicate() timeout) must not leave its
+    launcher, mpirun and ranks running: SIGTERM makes the launcher stop the whole job (a stopped
+    rank included, by SIGKILL after its grace), SIGKILL if even that does not end it."""
+    yield
+    while _started:
+        process = _started.pop()
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
 
 
 def _kill_when(process: subprocess.Popen, victims: set[int], at_step: int) -> tuple[list[str], dict[int, int]]:
