@@ -86,3 +86,12 @@ def run_mpi_pytest(
         f"--- stdout ---\n{done.stdout[-6000:]}\n--- stderr ---\n{done.stderr[-4000:]}"
     )
     return done
+
+
+def pid_is_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (one nobody reaped yet runs no more)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

