@@ -103,10 +103,10 @@ def check_ssh(job: PlannedJob, requested: bool | None = None) -> None:
     """Refuse to start mpirun when a remote host cannot be reached over SSH (LaunchError naming
     each host and the fix). ``requested`` False skips it; None runs it when any host is remote.
     An emulated cluster's nodes are entered without SSH, so there is nothing to check."""
-    from asyncddp.doctor.core import is_local
+    from asyncddp.launcher.hosts import launches_over_ssh
 
     config = job.config
-    remote = [host for host in config.hosts if not is_local(host)]
+    remote = [host for host in config.hosts if launches_over_ssh(host)]
     if requested is False or not remote or job.emulated is not None:
         return
     from asyncddp.doctor import ssh_preflight
