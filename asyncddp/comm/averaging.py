@@ -101,14 +101,18 @@ def _lerp_weight(x: torch.Tensor, self_weight: float, weights) -> float | None:
     return weights[0] if self_weight + weights[0] == 1.0 else None
 
 
-def _accumulate_(acc: torch.Tensor, received, self_weight, weights, uniform: bool) -> torch.Tensor:
+def _accumulate_(acc: torch.Tensor, received, self_weight, weights, uniform: bool, arrays) -> torch.Tensor:
     """``acc`` (holding ``x`` in the work dtype, contiguous) becomes the combination, in place."""
     dtype = acc.dtype
     # numpy ufuncs cost a third of the torch call on the small tensors where call cost matters.
     mine = acc.numpy() if acc.is_cpu and dtype in _SAME_DTYPE_MATH else None
     if uniform:
-        for r in received:
-            r = r if r.dtype == dtype else r.to(dtype)
+        for index, r in enumerate(received):
+            if r.dtype != dtype:
+                r = r.to(dtype)
+            elif mine is not None and arrays is not None:
+                np.add(mine, arrays[index], out=mine)
+                continue
             if mine is not None:
                 np.add(mine, r.numpy(), out=mine)
             else:
@@ -126,12 +130,13 @@ def _accumulate_(acc: torch.Tensor, received, self_weight, weights, uniform: boo
 
 
 def combine(x: torch.Tensor, received, self_weight: float = 1.0, weights=(), *,
-            uniform: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+            uniform: bool = False, out: torch.Tensor | None = None, arrays=None) -> torch.Tensor:
     """``self_weight·x + Σ weights[j]·received[j]``, or with ``uniform`` the plain average of
     ``x`` and ``received`` (weights ignored).
 
     ``received``: a list of tensors of ``x``'s shape (any dtype that converts); ``weights``: a
-    list of as many floats. The result has ``x``'s
+    list of as many floats; ``arrays``: optionally, numpy views of ``received`` the caller has
+    already (taking one costs about as much as adding two small tensors). The result has ``x``'s
     dtype; it is written into ``out`` (which may be ``x`` itself: ``x`` is read before it is
     written) and ``out`` returned, else a new tensor that never aliases ``x``. One pass over
     memory per term; float32/float64 outputs that are contiguous are accumulated in place.
@@ -147,9 +152,9 @@ def combine(x: torch.Tensor, received, self_weight: float = 1.0, weights=(), *,
     if out is not None and out.dtype == dtype and out.is_contiguous():
         if out is not x:
             out.copy_(x)
-        return _accumulate_(out, received, self_weight, weights, uniform)
+        return _accumulate_(out, received, self_weight, weights, uniform, arrays)
     acc = x.to(dtype, copy=True, memory_format=torch.contiguous_format)
-    result = as_dtype(_accumulate_(acc, received, self_weight, weights, uniform), x.dtype)
+    result = as_dtype(_accumulate_(acc, received, self_weight, weights, uniform, arrays), x.dtype)
     if out is None:
         return result
     with torch.no_grad():

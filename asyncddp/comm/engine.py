@@ -124,7 +124,10 @@ class Engine:
         self.timeline = Timeline(path, self.rank) if path else None
         self.threaded = MPI.Query_thread() == MPI.THREAD_MULTIPLE and env_flag(THREAD_ENV, True)
         self._queue: deque = deque()
-        self._cond = threading.Condition()
+        # A plain lock, entered directly: ``with`` on a Condition runs two Python-level calls,
+        # and a small blocking op takes this lock twice.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._paused = False  # pause(): queued ops wait for resume() (BlueFog's suspend)
         self._scratch: dict = {}
         self._busy = False  # an op is executing (on the thread, or on a blocking caller's)
@@ -161,7 +164,7 @@ class Engine:
             op.fuse_key = None
             if self._paused:  # the program waits for this op, so it cannot stay paused
                 self.resume()
-            with self._cond:
+            with self._lock:
                 inline = not (self._queue or self._busy)
                 self._busy = self._busy or inline
             if inline:
@@ -171,13 +174,13 @@ class Engine:
                     self.delivered(error)
                     raise
                 finally:
-                    with self._cond:
+                    with self._lock:
                         self._busy = False
                         if self._queue:  # queued meanwhile by another thread: wake the comm thread
                             self._cond.notify()
         op.handle = OpHandle(op.name, self.resume, self.delivered)
         if self.threaded:
-            with self._cond:
+            with self._lock:
                 if self._lost is not None:  # a recovery finished meanwhile
                     op.handle.set_error(self._lost)
                 else:
@@ -207,7 +210,7 @@ class Engine:
         from asyncddp.comm import recovery
 
         lost = recovery.recover(self, error)
-        with self._cond:
+        with self._lock:
             self._lost = lost
             queued = [op for op in self._queue if op is not _STOP]
             stop = len(queued) != len(self._queue)
@@ -228,18 +231,18 @@ class Engine:
     def pause(self) -> None:
         """Queue nonblocking ops without starting them until ``resume()``; a blocking call, or
         a wait on a handle that is not done, resumes first rather than hang."""
-        with self._cond:
+        with self._lock:
             self._paused = True
 
     def resume(self) -> None:
         if self._paused:
-            with self._cond:
+            with self._lock:
                 self._paused = False
                 self._cond.notify_all()
 
     def has_pending(self) -> bool:
         """True while a submitted op is queued or running."""
-        with self._cond:
+        with self._lock:
             return bool(self._queue) or self._busy
 
     def scratch(self, key, make):
@@ -262,7 +265,7 @@ class Engine:
     # -- the thread -----------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 while not self._queue or self._busy or self._paused:
                     self._cond.wait()
                 head = self._queue[0]
@@ -279,11 +282,11 @@ class Engine:
                         raise
                     self._recover(error)  # fails the whole queue, head included
                     continue
-                with self._cond:
+                with self._lock:
                     batch = [self._queue.popleft() for _ in range(count)]
                 self._complete(batch)
             finally:
-                with self._cond:
+                with self._lock:
                     self._busy = False
                     self._cond.notify_all()
 
@@ -346,7 +349,7 @@ class Engine:
     def close(self) -> None:
         global _engine
         if self._thread is not None:
-            with self._cond:
+            with self._lock:
                 self._paused = False  # shutdown runs what was queued while paused, then stops
                 self._queue.append(_STOP)
                 self._cond.notify()

@@ -34,14 +34,16 @@ def run_neighbor_allreduce(engine, comm, x: torch.Tensor, plan: Plan, out=None) 
     """
     if plan.check:
         check_pattern(engine, comm, [d for d, _ in plan.sends], [s for s, _ in plan.recvs])
-    sends = {dst: scaled(x, w) for dst, w in plan.sends}
-    srcs = plan.srcs
+    sends = {}
+    for dst, weight in plan.sends:
+        sends[dst] = x if weight == 1.0 else scaled(x, weight)
+    srcs, arrays = plan.srcs, None
     if x.is_cpu and x.nbytes <= engine.chunk:
-        received = p2p.exchange_one_chunk(engine, comm, sends, x, srcs)
+        received, arrays = p2p.exchange_one_chunk(engine, comm, sends, x, srcs)
     else:
         by_src = p2p.exchange(engine, comm, sends, {s: (x.shape, x.dtype) for s in srcs}, x)
         received = [by_src[s] for s in srcs]
-    return combine(x, received, plan.self_weight, plan.weights, uniform=plan.uniform, out=out)
+    return combine(x, received, plan.self_weight, plan.weights, uniform=plan.uniform, out=out, arrays=arrays)
 
 
 def _into(target, result: torch.Tensor) -> torch.Tensor:

@@ -101,7 +101,7 @@ def wait_all(requests) -> list:
     for, so none is left pointing at a buffer about to be reused or freed."""
     from mpi4py import MPI
 
-    statuses = _Statuses(MPI.Status() for _ in requests)
+    statuses = _Statuses([MPI.Status() for _ in requests])
     try:
         MPI.Request.Waitall(requests, statuses)
     except MPI.Exception as error:
@@ -124,35 +124,68 @@ _NUMPY_TYPED = frozenset((
 ))  # fmt: skip
 
 
-def _recv_buffer(engine, index: int, nbytes: int) -> tuple:
-    """A reused host receive buffer and its numpy byte view (taking the view costs a call)."""
+class _HostBuffer:
+    """A reused host receive buffer: its bytes, their numpy view, and typed views of the last
+    dtype and shape received into it. Taking a view costs about as much as moving a small
+    message, and a step of a training loop receives the same dtype and shape every time."""
 
-    def make():
-        buf = host_empty((nbytes,), torch.uint8)
-        return buf, buf.numpy()
+    __slots__ = ("bytes", "byte_array", "spec", "tensor", "array")
 
-    return engine.scratch((index, nbytes, "cpu", False), make)
+    def __init__(self, nbytes: int) -> None:
+        self.bytes = host_empty((nbytes,), torch.uint8)
+        self.byte_array = self.bytes.numpy()
+        self.spec = None
+        self.tensor = self.array = None
+
+    def typed(self, shape, dtype) -> torch.Tensor:
+        """The buffer viewed as a tensor of ``shape`` and ``dtype`` (``.array``: as numpy, for
+        dtypes numpy has, else None)."""
+        if self.spec != (shape, dtype):
+            self.tensor = self.bytes.view(dtype).view(shape)
+            self.array = self.tensor.numpy() if dtype in _NUMPY_TYPED else None
+            self.spec = (shape, dtype)
+        return self.tensor
 
 
-def exchange_one_chunk(engine, comm, sends: dict, like: torch.Tensor, srcs) -> list:
+def _recv_buffer(engine, index: int, nbytes: int) -> _HostBuffer:
+    return engine.scratch((index, nbytes, "cpu", False), lambda: _HostBuffer(nbytes))
+
+
+def exchange_one_chunk(engine, comm, sends: dict, like: torch.Tensor, srcs) -> tuple[list, list | None]:
     """``exchange`` for CPU tensors of ``like``'s shape and dtype that fit one chunk, with
     nothing it does not need: the same messages (so a peer on the general path matches them),
-    the same receive buffers. Returns the received tensors in ``srcs`` order, valid until the
-    next exchange."""
+    the same receive buffers. Returns the received tensors in ``srcs`` order and, when numpy
+    has the dtype, their numpy views (None otherwise); both valid until the next exchange."""
     from mpi4py import MPI
 
-    nbytes = like.nbytes
-    bufs = [_recv_buffer(engine, index, nbytes) for index in range(len(srcs))]
-    requests = [comm.Irecv([view, MPI.BYTE], src, MPI.ANY_TAG) for src, (_, view) in zip(srcs, bufs)]
-    tag = spec_tag(like.shape, like.dtype)
-    # A typed numpy view is cheaper to take than a byte view; MPI.BYTE sends its bytes all the same.
-    requests += [comm.Isend([t.numpy() if t.dtype in _NUMPY_TYPED else byte_view(t), MPI.BYTE], dst, tag)
-                 for dst, t in sends.items()]
-    engine.count_messages(len(sends))
+    nbytes, shape, dtype = like.nbytes, like.shape, like.dtype
+    tag = spec_tag(shape, dtype)
+    bufs, requests = [], []
+    for index, src in enumerate(srcs):
+        buf = _recv_buffer(engine, index, nbytes)
+        bufs.append(buf)
+        requests.append(comm.Irecv([buf.byte_array, MPI.BYTE], src, MPI.ANY_TAG))
+    for dst, t in sends.items():
+        # A typed numpy view is cheaper to take than a byte view; MPI.BYTE sends its bytes all the same.
+        requests.append(comm.Isend([t.numpy() if dtype in _NUMPY_TYPED else byte_view(t), MPI.BYTE], dst, tag))
+    engine.counters.num_messages += len(sends)
     statuses = wait_all(requests)
-    check_received(statuses.failure, [(src, nbytes, tag, like.shape, like.dtype) for src in srcs],
-                   statuses[:len(srcs)])
-    return [buf.view(like.dtype).view(like.shape) for buf, _ in bufs]
+    if not _as_expected(statuses, len(srcs), nbytes, tag):
+        check_received(statuses.failure, [(src, nbytes, tag, shape, dtype) for src in srcs], statuses[: len(srcs)])
+    return [buf.typed(shape, dtype) for buf in bufs], ([buf.array for buf in bufs] if dtype in _NUMPY_TYPED else None)
+
+
+def _as_expected(statuses, num_recvs: int, nbytes: int, tag: int) -> bool:
+    """Whether every receive completed with ``nbytes`` bytes under ``tag`` (what ``check_received``
+    would accept, without building its description of what was expected)."""
+    from mpi4py import MPI
+
+    if statuses.failure is not None:
+        return False
+    for index in range(num_recvs):
+        if statuses[index].Get_count(MPI.BYTE) != nbytes or statuses[index].Get_tag() != tag:
+            return False
+    return True
 
 
 def exchange(engine, comm, sends: dict, recv_specs: dict, device_like: torch.Tensor) -> dict:
@@ -180,7 +213,7 @@ def exchange(engine, comm, sends: dict, recv_specs: dict, device_like: torch.Ten
                                     pin_memory=staged),
             )
         else:
-            buf = _recv_buffer(engine, len(recv_bufs), nbytes)[0]
+            buf = _recv_buffer(engine, len(recv_bufs), nbytes).bytes
         recv_bufs[src] = buf
         tag = spec_tag(shape, dtype)
         for piece in _pieces(buf, MPI.BYTE):
