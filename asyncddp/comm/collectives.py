@@ -23,6 +23,7 @@ from asyncddp.comm.averaging import mean_
 from asyncddp.comm.buffers import byte_view, check_dtype, host_empty, is_direct_cpu, numpy_view, plain, reduction_dtype
 from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor_plan import as_rank
+from asyncddp.comm.ring import ring_allreduce_, use_ring
 from asyncddp.comm.shape_check import agree, describe, mismatch_error
 from asyncddp.errors import CommError
 
@@ -67,27 +68,36 @@ def _finish(op: Op, result: torch.Tensor) -> torch.Tensor:
     return result
 
 
-def _reduce_in_place(engine, comm, work: torch.Tensor, op: str) -> None:
+def _reduce_host(engine, comm, array: np.ndarray, op: str, local: bool) -> None:
+    """``array`` reduced in place: by a ring for large buffers across machines
+    (``asyncddp.comm.ring``), else by MPI's ``Allreduce``."""
+    from mpi4py import MPI
+
+    if use_ring(array.nbytes, comm.Get_size(), not local and engine.ctx.machine_size > 1):
+        ring_allreduce_(engine, comm, array, op)
+        return
+    comm.Allreduce(MPI.IN_PLACE, array, op=_mpi_op(op))
+    engine.count_messages(1)
+
+
+def _reduce_in_place(engine, comm, work: torch.Tensor, op: str, local: bool) -> None:
     from mpi4py import MPI
 
     if device.is_cuda(work) and device.mpi_is_cuda_aware():
         comm.Allreduce(MPI.IN_PLACE, work, op=_mpi_op(op))  # typed via __cuda_array_interface__
-    else:
-        host = _host_view(work)
-        comm.Allreduce(MPI.IN_PLACE, numpy_view(host), op=_mpi_op(op))
-        if host is not work:
-            work.copy_(host)
-    engine.count_messages(1)
+        engine.count_messages(1)
+        return
+    host = _host_view(work)
+    _reduce_host(engine, comm, numpy_view(host), op, local)
+    if host is not work:
+        work.copy_(host)
 
 
 def _allreduce_direct(engine, tensor: torch.Tensor, op: str, average: bool, local: bool) -> torch.Tensor:
-    """Reduce ``tensor`` in its own memory (``Allreduce(IN_PLACE)``), then divide for an average."""
-    from mpi4py import MPI
-
+    """Reduce ``tensor`` in its own memory, then divide for an average."""
     comm = engine.local if local else engine.world
     mine = tensor.numpy()
-    comm.Allreduce(MPI.IN_PLACE, mine, op=_mpi_op(op))
-    engine.count_messages(1)
+    _reduce_host(engine, comm, mine, op, local)
     if average and op == "sum":
         mean_(mine if tensor.dtype.is_floating_point else tensor, comm.Get_size())
     return tensor
@@ -118,7 +128,7 @@ def _run_allreduce(engine, batch: list[Op]) -> list:
     flat = xs[0].reshape(-1) if len(xs) == 1 else torch.cat([x.reshape(-1) for x in xs])
     work = flat.to(reduction_dtype(flat.dtype), copy=True)
     comm = engine.local if first["local"] else engine.world
-    _reduce_in_place(engine, comm, work, first["op"])
+    _reduce_in_place(engine, comm, work, first["op"], first["local"])
     if first["average"] and first["op"] == "sum":
         work = mean_(work, comm.Get_size())
     work = work.to(flat.dtype)
