@@ -82,3 +82,23 @@ def test_large_average_is_the_same_on_every_rank():
     gathered = addp.allgather(y.view(1, -1))
     assert all(torch.equal(gathered[0], gathered[k]) for k in range(n))
     assert torch.allclose(y, addp.allgather(x.view(1, -1)).double().mean(0).float(), atol=1e-6)
+
+
+def test_large_reduce_scatter_and_allgather_across_machines_run_rings():
+    from asyncddp.comm.ring import MIN_CHUNK_BYTES
+
+    r, n = addp.rank(), addp.size()
+    rows = n * MIN_CHUNK_BYTES // (4 * 8) + 3  # float32 rows of 8: blocks of unequal length
+    x = (torch.arange(rows * 8, dtype=torch.float32).view(rows, 8) % 100) + r
+    block, messages = _messages(lambda: addp.reduce_scatter(x, average=False))
+    expected = torch.tensor_split((torch.arange(rows * 8, dtype=torch.float32).view(rows, 8) % 100) * n
+                                  + sum(range(n)), n)[r]
+    assert torch.equal(block, expected)
+    assert messages == 1 + (n - 1)  # the shape check, then the ring's steps
+    mine = torch.full((MIN_CHUNK_BYTES // 8 + r, 2), float(r), dtype=torch.float64)  # unequal dim 0
+    gathered, messages = _messages(lambda: addp.allgather(mine))
+    assert torch.equal(gathered, torch.cat([torch.full((MIN_CHUNK_BYTES // 8 + j, 2), float(j),
+                                                       dtype=torch.float64) for j in range(n)]))
+    assert messages == 1 + (n - 1)  # the header round, then the ring's steps
+    out = torch.empty_like(gathered)
+    assert addp.allgather(mine, out=out) is out and torch.equal(out, gathered)
