@@ -23,6 +23,7 @@ from asyncddp.comm.averaging import mean_
 from asyncddp.comm.buffers import byte_view, check_dtype, host_empty, is_direct_cpu, numpy_view, plain, reduction_dtype
 from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor_plan import as_rank
+from asyncddp.comm.ring import chunk_bounds, ring_allgather_, ring_allreduce_, ring_reduce_scatter_, use_ring
 from asyncddp.comm.shape_check import agree, describe, mismatch_error
 from asyncddp.errors import CommError
 
@@ -67,27 +68,41 @@ def _finish(op: Op, result: torch.Tensor) -> torch.Tensor:
     return result
 
 
-def _reduce_in_place(engine, comm, work: torch.Tensor, op: str) -> None:
+def _spans_machines(engine) -> bool:
+    """True when the world communicator reaches more than one machine."""
+    return engine.ctx.machine_size > 1
+
+
+def _reduce_host(engine, comm, array: np.ndarray, op: str, local: bool) -> None:
+    """``array`` reduced in place: by a ring for large buffers across machines
+    (``asyncddp.comm.ring``), else by MPI's ``Allreduce``."""
+    from mpi4py import MPI
+
+    if use_ring(array.nbytes, comm.Get_size(), not local and _spans_machines(engine)):
+        ring_allreduce_(engine, comm, array, op)
+        return
+    comm.Allreduce(MPI.IN_PLACE, array, op=_mpi_op(op))
+    engine.count_messages(1)
+
+
+def _reduce_in_place(engine, comm, work: torch.Tensor, op: str, local: bool) -> None:
     from mpi4py import MPI
 
     if device.is_cuda(work) and device.mpi_is_cuda_aware():
         comm.Allreduce(MPI.IN_PLACE, work, op=_mpi_op(op))  # typed via __cuda_array_interface__
-    else:
-        host = _host_view(work)
-        comm.Allreduce(MPI.IN_PLACE, numpy_view(host), op=_mpi_op(op))
-        if host is not work:
-            work.copy_(host)
-    engine.count_messages(1)
+        engine.count_messages(1)
+        return
+    host = _host_view(work)
+    _reduce_host(engine, comm, numpy_view(host), op, local)
+    if host is not work:
+        work.copy_(host)
 
 
 def _allreduce_direct(engine, tensor: torch.Tensor, op: str, average: bool, local: bool) -> torch.Tensor:
-    """Reduce ``tensor`` in its own memory (``Allreduce(IN_PLACE)``), then divide for an average."""
-    from mpi4py import MPI
-
+    """Reduce ``tensor`` in its own memory, then divide for an average."""
     comm = engine.local if local else engine.world
     mine = tensor.numpy()
-    comm.Allreduce(MPI.IN_PLACE, mine, op=_mpi_op(op))
-    engine.count_messages(1)
+    _reduce_host(engine, comm, mine, op, local)
     if average and op == "sum":
         mean_(mine if tensor.dtype.is_floating_point else tensor, comm.Get_size())
     return tensor
@@ -118,7 +133,7 @@ def _run_allreduce(engine, batch: list[Op]) -> list:
     flat = xs[0].reshape(-1) if len(xs) == 1 else torch.cat([x.reshape(-1) for x in xs])
     work = flat.to(reduction_dtype(flat.dtype), copy=True)
     comm = engine.local if first["local"] else engine.world
-    _reduce_in_place(engine, comm, work, first["op"])
+    _reduce_in_place(engine, comm, work, first["op"], first["local"])
     if first["average"] and first["op"] == "sum":
         work = mean_(work, comm.Get_size())
     work = work.to(flat.dtype)
@@ -295,12 +310,18 @@ def _gather(engine, x: torch.Tensor, out=None) -> torch.Tensor:
     host = _host_view(x)
     send = host.numpy() if host.dtype in _MOVE_DIRECT else byte_view(host)
     recv = result.numpy() if result.dtype in _MOVE_DIRECT else byte_view(result)
-    if min(leads) == max(leads):
+    row = x.element_size() * torch.Size(rest).numel()
+    if use_ring(result.nbytes, n, _spans_machines(engine)):
+        bounds = [sum(leads[:r]) * row for r in range(n + 1)]
+        whole = byte_view(result)
+        whole[bounds[engine.rank]:bounds[engine.rank + 1]] = byte_view(host)
+        ring_allgather_(engine, comm, whole, bounds)
+    elif min(leads) == max(leads):
         comm.Allgather([send, MPI.BYTE], [recv, MPI.BYTE])
+        engine.count_messages(1)
     else:
-        row = x.element_size() * torch.Size(rest).numel()
         comm.Allgatherv([send, MPI.BYTE], [recv, [h * row for h in leads], MPI.BYTE])
-    engine.count_messages(1)
+        engine.count_messages(1)
     if out is not None and not direct:
         with torch.no_grad():
             out.copy_(result)
@@ -340,15 +361,19 @@ def _run_reduce_scatter(engine, batch: list[Op]) -> list:
     x, average, how = op.args["x"], op.args["average"], op.args["op"]
     agree(engine, engine.world, "reduce_scatter", (x.shape, x.dtype, how, average),
           lambda: f"{describe(x)} with op={how}, average={average}")
-    n = engine.size
-    rows = [x.shape[0] // n + (1 if r < x.shape[0] % n else 0) for r in range(n)]
+    n, me = engine.size, engine.rank
+    starts = chunk_bounds(x.shape[0], n)  # torch.tensor_split's blocks of dim 0
     row = torch.Size(x.shape[1:]).numel()
-    work = _host_view(x).to(reduction_dtype(x.dtype))  # MPI only reads it: no copy when it can
-    out = torch.empty((rows[engine.rank], *x.shape[1:]), dtype=work.dtype)
-    engine.world.Reduce_scatter(
-        numpy_view(work), numpy_view(out), [r * row for r in rows], op=_mpi_op(how)
-    )
-    engine.count_messages(1)
+    if use_ring(x.numel() * reduction_dtype(x.dtype).itemsize, n, _spans_machines(engine)):
+        work = _host_view(x).to(reduction_dtype(x.dtype), copy=True)  # the ring reduces into it
+        ring_reduce_scatter_(engine, engine.world, numpy_view(work), [s * row for s in starts], how)
+        out = work[starts[me]:starts[me + 1]].clone()
+    else:
+        work = _host_view(x).to(reduction_dtype(x.dtype))  # MPI only reads it: no copy when it can
+        out = torch.empty((starts[me + 1] - starts[me], *x.shape[1:]), dtype=work.dtype)
+        engine.world.Reduce_scatter(numpy_view(work), numpy_view(out),
+                                    [(starts[r + 1] - starts[r]) * row for r in range(n)], op=_mpi_op(how))
+        engine.count_messages(1)
     if average and how == "sum":
         out = mean_(out, n)
     return [out.to(x.dtype).to(x.device)]

@@ -49,3 +49,56 @@ def test_machine_weights_must_name_machines():
         addp.hierarchical_neighbor_allreduce(
             torch.ones(2), self_weight=0.5, src_machine_weights={7: 0.5}, dst_machine_weights={7: 1.0}
         )
+
+
+def _messages(op):
+    before = addp.comm_stats().num_messages
+    result = op()
+    return result, addp.comm_stats().num_messages - before
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64])
+def test_large_allreduce_across_machines_runs_a_ring_and_is_exact(dtype):
+    from asyncddp.comm.ring import MIN_CHUNK_BYTES
+
+    r, n = addp.rank(), addp.size()
+    count = n * MIN_CHUNK_BYTES // dtype.itemsize + 5  # chunks of unequal length
+    base = (torch.arange(count) % 1000).to(dtype)
+    out, messages = _messages(lambda: addp.allreduce(base + r, average=False))
+    assert torch.equal(out, base * n + sum(range(n)))
+    assert messages == 1 + 2 * (n - 1)  # the shape check, then the ring's steps
+    x = base + r
+    _, messages = _messages(lambda: addp.allreduce_(x, op="max"))
+    assert torch.equal(x, base + n - 1) and messages == 1 + 2 * (n - 1)
+    small = torch.full((count // n,), float(r), dtype=dtype)
+    out, messages = _messages(lambda: addp.allreduce(small, average=False))
+    assert torch.equal(out, torch.full_like(small, sum(range(n)))) and messages == 2  # MPI's Allreduce
+
+
+def test_large_average_is_the_same_on_every_rank():
+    r, n = addp.rank(), addp.size()
+    x = torch.rand(1 << 20, generator=torch.Generator().manual_seed(r))
+    y = addp.allreduce(x)
+    gathered = addp.allgather(y.view(1, -1))
+    assert all(torch.equal(gathered[0], gathered[k]) for k in range(n))
+    assert torch.allclose(y, addp.allgather(x.view(1, -1)).double().mean(0).float(), atol=1e-6)
+
+
+def test_large_reduce_scatter_and_allgather_across_machines_run_rings():
+    from asyncddp.comm.ring import MIN_CHUNK_BYTES
+
+    r, n = addp.rank(), addp.size()
+    rows = n * MIN_CHUNK_BYTES // (4 * 8) + 3  # float32 rows of 8: blocks of unequal length
+    x = (torch.arange(rows * 8, dtype=torch.float32).view(rows, 8) % 100) + r
+    block, messages = _messages(lambda: addp.reduce_scatter(x, average=False))
+    expected = torch.tensor_split((torch.arange(rows * 8, dtype=torch.float32).view(rows, 8) % 100) * n
+                                  + sum(range(n)), n)[r]
+    assert torch.equal(block, expected)
+    assert messages == 1 + (n - 1)  # the shape check, then the ring's steps
+    mine = torch.full((MIN_CHUNK_BYTES // 8 + r, 2), float(r), dtype=torch.float64)  # unequal dim 0
+    gathered, messages = _messages(lambda: addp.allgather(mine))
+    assert torch.equal(gathered, torch.cat([torch.full((MIN_CHUNK_BYTES // 8 + j, 2), float(j),
+                                                       dtype=torch.float64) for j in range(n)]))
+    assert messages == 1 + (n - 1)  # the header round, then the ring's steps
+    out = torch.empty_like(gathered)
+    assert addp.allgather(mine, out=out) is out and torch.equal(out, gathered)
