@@ -52,6 +52,8 @@ total = comm.allreduce(world + 1)
 print(f"done size={comm.Get_size()} step={step} total={total}", flush=True)
 """
 
+# The heartbeat detector, off by default, is the only thing that finds a hung rank.
+HEARTBEAT = "--mca mpi_ft_detector true --mca mpi_ft_detector_period 0.5 --mca mpi_ft_detector_timeout 2"
 LOST = re.compile(r"rank (\d+) on (\S+) at (\d+\.\d) s \(killed by SIGKILL\)")
 
 
@@ -138,7 +140,7 @@ def test_fewer_than_min_ranks_fails_with_the_lost_ranks_code():
 
 
 def test_a_hung_rank_is_left_behind_and_stopped_when_the_others_end():
-    process = _start("-np", "3", "--fault-tolerant", sys.executable, "-c", LOOP, "40")
+    process = _start("-np", "3", "--fault-tolerant", "--mpi-args", HEARTBEAT, sys.executable, "-c", LOOP, "40")
     lines, pids = _kill_when(process, set(), 0)
     while "[1] step 5" not in lines:
         line = process.stdout.readline()
@@ -157,14 +159,35 @@ def test_a_hung_rank_is_left_behind_and_stopped_when_the_others_end():
     assert "asyncddp-ranks-lost" not in out + err
 
 
+# Rank 0 is busy outside MPI (writing a checkpoint, say) for 3 s while the others wait for it in
+# the next collective: longer than a 2 s heartbeat timeout would allow.
+BUSY_RANK_0 = """
+import time
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+comm.Barrier()
+if comm.Get_rank() == 0:
+    time.sleep(3)
+print(f"done {comm.allreduce(1)}", flush=True)
+"""
+
+
+def test_a_rank_busy_longer_than_the_detector_timeout_is_not_declared_dead():
+    """Open MPI's heartbeat detector (off by default) sends heartbeats only inside MPI calls, so
+    with it the waiting ranks would declare the busy one dead."""
+    process = _start("-np", "3", "--fault-tolerant", sys.executable, "-c", BUSY_RANK_0)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert sorted(out.splitlines()) == [f"[{rank}] done 3" for rank in range(3)], out + err
+
+
 def test_dry_run_shows_ulfm_the_detector_and_the_guard():
     done = subprocess.run([sys.executable, "-m", "asyncddp", "run", "-np", "2", "--fault-tolerant", "--dry-run",
                            "examples/hello.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "ASYNCDDP_MPIRUN": str(MPIRUN5)})
     assert done.returncode == 0, done.stderr
     lines = [line.strip(" \\") for line in done.stdout.splitlines()]
-    for flag in ("--with-ft ulfm", "--mca mpi_ft_detector true", "--mca mpi_ft_detector_period 0.5",
-                 "--mca mpi_ft_detector_timeout 2", "-x ASYNCDDP_FAULT_TOLERANT", "ASYNCDDP_FAULT_TOLERANT=1",
+    for flag in ("--with-ft ulfm", "--mca mpi_ft_detector false", "-x ASYNCDDP_FAULT_TOLERANT", "ASYNCDDP_FAULT_TOLERANT=1",
                  "MPI4PY_RC_FINALIZE=false"):
         assert flag in lines, done.stdout
     assert f"{sys.executable} -m asyncddp.launcher.rank_guard {sys.executable} -m mpi4py examples/hello.py" in lines

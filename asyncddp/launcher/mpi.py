@@ -62,14 +62,24 @@ Group = tuple[str, ...]
 @dataclass(frozen=True)
 class FailureDetector:
     """ULFM's heartbeat detector: each rank sends a heartbeat every ``period_s`` and suspects its
-    watched peer after ``timeout_s`` of silence. A killed rank is announced by mpirun at once on
-    every transport; the heartbeat is what finds a rank that hangs (stopped, swapping, wedged in a
-    driver) or a peer whose announcement cannot arrive. 0.5 s / 2 s finds a stopped rank in under
-    2 s over shared memory and TCP and raised no false alarm with 4 ranks computing 3 s between
-    messages on 2 loaded cores (load average 11). The detector's own thread
-    (``mpi_ft_detector_thread``) stays off: with it, Open MPI 5.0's survivors hang in
-    ``MPI_Finalize`` after a failure."""
+    watched peer after ``timeout_s`` of silence. It is off: a killed rank is announced to the
+    survivors by Open MPI's runtime at once, over shared memory and TCP alike, without it; the
+    heartbeat only finds a rank that hangs (stopped, wedged), and it finds healthy ranks too.
+    Open MPI's ULFM documentation calls this detector experimental and deprecated (detection
+    moved to its runtime, PRRTE, which watches processes and daemons, not hung ranks).
 
+    Without its own thread (Open MPI's default) the detector sends and checks heartbeats only
+    inside MPI calls, so a rank that stays out of MPI longer than the timeout while another waits
+    in MPI is declared dead and killed: rank 0 writing a checkpoint for 3 s at a 2 s timeout,
+    every time; a 4-rank torch job whose first optimizer (importing torch._dynamo) kept a rank out
+    of MPI between init and its first step for over 10 s on 2 loaded cores, at a 10 s timeout.
+    No finite timeout is safe for evaluation or checkpointing on one rank. With its thread
+    (``mpi_ft_detector_thread``) Open MPI 5.0 crashed a rank (SIGSEGV in its first ``Comm.Dup``
+    or ``Split_type``) in 4 of 52 small jobs and 2 of 8 four-rank torch jobs on 2 loaded cores.
+    ``enabled=True`` turns it on at these values (a stopped rank found in 1.6-2.0 s over sm and
+    tcp); a user turns it on with ``--mpi-args``, which comes later on mpirun's line."""
+
+    enabled: bool = False
     period_s: float = 0.5
     timeout_s: float = 2.0
 
@@ -205,6 +215,8 @@ class OpenMpi5(OpenMpi):
         return flags if is_subnet else flags + [("--mca", "oob_tcp_if_include", network)]
 
     def fault_tolerance_flags(self, detector: FailureDetector) -> list[Group]:
+        if not detector.enabled:
+            return [("--with-ft", "ulfm"), ("--mca", "mpi_ft_detector", "false")]
         return [("--with-ft", "ulfm"), ("--mca", "mpi_ft_detector", "true"),
                 ("--mca", "mpi_ft_detector_period", f"{detector.period_s:g}"),
                 ("--mca", "mpi_ft_detector_timeout", f"{detector.timeout_s:g}")]
