@@ -145,6 +145,13 @@ def test_survival_verdicts():
     assert code == 137 and first.rank == 1 and summary.startswith("asyncddp: job failed: 2 of 4 ranks finished, 3 needed (--min-ranks 3)")
 
 
+def test_reports_are_read_after_the_nul_open_mpi_sometimes_adds():
+    ends = RankEnds(2, started=0.0)
+    assert ends.note(1, "\x00" + rank_end_line(1, -9)) == "asyncddp: rank 1 lost: killed by SIGKILL"
+    assert ends.note(0, "\x00asyncddp-ranks-lost: 1") == "" and 1 in ends.declared
+    assert ends.ends[1][0] == -9
+
+
 def test_lost_ranks_are_reported_only_in_a_fault_tolerant_job(capsys, monkeypatch):
     monkeypatch.delenv("ASYNCDDP_FAULT_TOLERANT", raising=False)
     report_lost_ranks([2])

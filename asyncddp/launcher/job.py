@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO
 
@@ -267,7 +267,7 @@ def run_plan(plan: LaunchPlan, *, output_dir: str | None = None, timeout: float 
             pump.join(5)
         output.close()
     result = result or _summary(plan, output, process.returncode)
-    return JobResult(**{**result.to_dict(), "duration_s": round(time.monotonic() - started, 3)})
+    return replace(result, duration_s=round(time.monotonic() - started, 3))
 
 
 def _watch(process: subprocess.Popen, output: _Output, timeout: float | None, started: float,

@@ -67,6 +67,9 @@ class RankEnds:
     def note(self, rank: int, text: str) -> str | None:
         """None for an ordinary line; for a guard's report, the text to show instead ("" to hide)."""
         now = time.monotonic()
+        # Open MPI puts a NUL before the first line a rank writes after one of its own help
+        # messages (seen after the "not tested for post-failure operation" warning).
+        text = text.strip(" \t\x00")
         declared = parse_lost_ranks(text)
         if declared is not None:
             with self.lock:
