@@ -3,14 +3,17 @@
 A real ULFM mpirun, a real SIGKILL by PID at a step fixed by the harness (``tests/ft/killer.py``);
 the training script (``tests/ft/ft_train.py``) does not catch anything. Every survivor finishes
 every step, the loss keeps falling, the stall is under 5 s, the survivors' averaged parameters
-agree, and replicas of the gradient-averaging optimizers are identical.
+agree, and replicas of the gradient-averaging optimizers are identical. One test takes the
+user's whole path instead of a bare mpirun: ``asyncddp run --fault-tolerant``.
 """
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from tests.ft.killer import run_and_kill
+from tests.ft.killer import run_and_kill, run_cli_and_kill
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -46,3 +49,14 @@ def test_dear_and_winput_optimizers_survive(tmp_path):
     results = run_and_kill("ft_train.py", 5, [[1, 3], [4]], tmp_path, "dear:3", "winput:3")
     assert sorted(results) == [0, 2]
     _check(results, ["dear", "winput"], [3, 2])
+
+
+def test_an_optimizer_survives_under_asyncddp_run(tmp_path):
+    """The whole path a user takes: asyncddp run --fault-tolerant (ULFM, heartbeat detector, rank
+    guards), static neighbour averaging, rank 2 killed from outside at step 3."""
+    results, code, err = run_cli_and_kill("ft_train.py", 4, [[2]], tmp_path, "nar:3")
+    assert code == 0, err
+    assert sorted(results) == [0, 1, 3]
+    _check(results, ["nar"], [3])
+    assert re.fullmatch(r"asyncddp: job finished on 3 of 4 ranks; lost 1: rank 2 on \S+ at \d+\.\d s "
+                        r"\(killed by SIGKILL\)", err.splitlines()[-1]), err
