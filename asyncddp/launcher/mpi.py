@@ -65,6 +65,8 @@ class FailureDetector:
     watched peer after ``timeout_s`` of silence. It is off: a killed rank is announced to the
     survivors by Open MPI's runtime at once, over shared memory and TCP alike, without it; the
     heartbeat only finds a rank that hangs (stopped, wedged), and it finds healthy ranks too.
+    Open MPI's ULFM documentation calls this detector experimental and deprecated (detection
+    moved to its runtime, PRRTE, which watches processes and daemons, not hung ranks).
 
     Without its own thread (Open MPI's default) the detector sends and checks heartbeats only
     inside MPI calls, so a rank that stays out of MPI longer than the timeout while another waits
