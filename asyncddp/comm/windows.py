@@ -223,6 +223,14 @@ def win_update_then_collect(name, require_mutex=False) -> torch.Tensor:
                       require_mutex=require_mutex)
 
 
+def win_put_counts(name) -> dict[int, int]:
+    """``{rank: puts and accumulates completed on window name}`` for this rank and each
+    in-neighbour, read now one-sidedly (the in-neighbours take no part). A count includes a put
+    only once all its deposits are complete."""
+    win = _window(name, "win_put_counts")
+    return {j: win.put_count(j) for j in sorted([win.rank, *win.in_ranks])}
+
+
 def get_win_version(name) -> dict[int, int]:
     """``{in-neighbour rank: number of puts/accumulates/gets since its buffer was last read}``."""
     return _window(name, "get_win_version").versions()
