@@ -61,7 +61,7 @@ _TABLE: dict[str, tuple[str, ...]] = {
         "win_get_nonblocking", "win_accumulate", "win_accumulate_nonblocking", "win_update",
         "win_update_then_collect", "get_win_version", "win_mutex", "win_wait", "win_poll",
         "win_associated_p", "turn_on_win_ops_with_associated_p",
-        "turn_off_win_ops_with_associated_p", "win_memory",
+        "turn_off_win_ops_with_associated_p", "win_memory", "win_put_counts",
     ),
     # --- distributed optimizers and replica agreement ---
     "asyncddp.optim": (

@@ -114,6 +114,7 @@ class Window:
         host = to_store(tensor, self.store_dtype)
         with self.local():
             self._write(0, host, 1.0)
+            self._header(0)[0] = 0  # puts completed
             # A buffer's associated p starts at 0 even when its data starts as a copy of the
             # tensor: p counts only what neighbours sent (BlueFog's rule), so a rank nobody
             # sent to keeps p = 1 through win_update_then_collect.
@@ -174,6 +175,21 @@ class Window:
             self.win.Accumulate([one, MPI.INT64_T], target, (start, 1, MPI.INT64_T), MPI.SUM)
             self.win.Unlock(target)
 
+    def _fetch_and_op(self, target: int, value: int, op) -> int:
+        """One atomic op on ``target``'s put count (block 0's header); returns the old value."""
+        MPI = self.MPI
+        origin, result = np.array([value], dtype=np.int64), np.zeros(1, dtype=np.int64)
+        with self.thread_lock:
+            self.win.Lock(target, MPI.LOCK_SHARED)
+            self.win.Fetch_and_op([origin, MPI.INT64_T], [result, MPI.INT64_T], target, 0, op)
+            self.win.Unlock(target)
+        return int(result[0])
+
+    def put_count(self, rank: int) -> int:
+        """How many puts and accumulates ``rank`` (this rank or an in-neighbour) has completed
+        on this window, read now without ``rank`` taking part."""
+        return self._fetch_and_op(rank, 0, self.MPI.NO_OP)
+
     def fetch(self, source: int) -> tuple[torch.Tensor, float]:
         MPI = self.MPI
         out = torch.empty(self.numel, dtype=self.store_dtype)
@@ -232,6 +248,9 @@ class Window:
             for target, weight in sorted(dst.items()):
                 with self._mutex(require_mutex, target):
                     self.deposit(target, scaled(host, weight), p_before * weight, accumulate, with_p)
+            # Counted once every deposit is complete (Unlock), so that a neighbour reading a
+            # count of n knows the n-th put is in its buffer if it was sent there.
+            self._fetch_and_op(self.rank, 1, self.MPI.SUM)
 
         return deposits
 

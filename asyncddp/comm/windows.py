@@ -26,6 +26,7 @@ from asyncddp import exported_by
 from asyncddp.comm.buffers import reduction_dtype
 from asyncddp.comm.context import get_context
 from asyncddp.comm.neighbor_plan import as_rank
+from asyncddp.comm.timeline import now_us
 from asyncddp.comm.window_memory import MPI_TYPES, Window
 from asyncddp.errors import CommError
 
@@ -33,6 +34,7 @@ __all__ = exported_by(__name__)
 
 _WITH_P = {"on": False}  # BlueFog's global switch for carrying p through window ops
 _executor: dict = {}
+_observers: list = []  # see add_op_observer
 
 
 class WinHandle:
@@ -75,6 +77,36 @@ def _run(fn, *args) -> WinHandle:
     if "pool" not in _executor:
         _executor["pool"] = ThreadPoolExecutor(1, thread_name_prefix="asyncddp-win")
     return WinHandle(_executor["pool"].submit(fn, *args))
+
+
+def add_op_observer(fn) -> None:
+    """Call ``fn(kind, window_name, start_us, end_us)`` after the remote half (the deposits or
+    pulls) of every put, accumulate and get, on the thread that ran it; ``kind`` is
+    ``"win_put"``, ``"win_accumulate"`` or ``"win_get"`` (BlueFog's timeline listens so)."""
+    if fn not in _observers:
+        _observers.append(fn)
+
+
+def remove_op_observer(fn) -> None:
+    if fn in _observers:
+        _observers.remove(fn)
+
+
+def _observed(kind: str, name: str, remote):
+    """``remote`` reporting its span to the observers, or ``remote`` itself when none listen."""
+    if not _observers:
+        return remote
+
+    def run() -> None:
+        start = now_us()
+        try:
+            remote()
+        finally:
+            end = now_us()
+            for fn in list(_observers):
+                fn(kind, name, start, end)
+
+    return run
 
 
 def _drain() -> None:
@@ -130,8 +162,10 @@ def win_free(name: str | None = None) -> bool:
 
 
 def _start_put(tensor, name, self_weight, dst_weights, require_mutex, accumulate, blocking):
-    win = _window(name, "win_accumulate" if accumulate else "win_put")
-    return win.start_put(tensor, self_weight, dst_weights, require_mutex, accumulate, _WITH_P["on"], blocking)
+    kind = "win_accumulate" if accumulate else "win_put"
+    win = _window(name, kind)
+    remote = win.start_put(tensor, self_weight, dst_weights, require_mutex, accumulate, _WITH_P["on"], blocking)
+    return _observed(kind, win.name, remote)
 
 
 def win_put_nonblocking(tensor, name, self_weight=None, dst_weights=None, require_mutex=False):
@@ -161,12 +195,12 @@ def win_accumulate(tensor, name, self_weight=None, dst_weights=None, require_mut
 
 def win_get_nonblocking(name, src_weights=None, require_mutex=False):
     """Start pulling in-neighbours' published values into the local buffers."""
-    return _run(_window(name, "win_get").start_get(src_weights, require_mutex))
+    return _run(_observed("win_get", name, _window(name, "win_get").start_get(src_weights, require_mutex)))
 
 
 def win_get(name, src_weights=None, require_mutex=False) -> bool:
     """Pull each in-neighbour's published value times ``w`` into its local buffer."""
-    _window(name, "win_get").start_get(src_weights, require_mutex)()
+    _observed("win_get", name, _window(name, "win_get").start_get(src_weights, require_mutex))()
     return True
 
 
@@ -187,6 +221,14 @@ def win_update_then_collect(name, require_mutex=False) -> torch.Tensor:
     win = _window(name, "win_update_then_collect")
     return win_update(name, 1.0, {j: 1.0 for j in win.in_ranks}, reset=True,
                       require_mutex=require_mutex)
+
+
+def win_put_counts(name) -> dict[int, int]:
+    """``{rank: puts and accumulates completed on window name}`` for this rank and each
+    in-neighbour, read now one-sidedly (the in-neighbours take no part). A count includes a put
+    only once all its deposits are complete."""
+    win = _window(name, "win_put_counts")
+    return {j: win.put_count(j) for j in sorted([win.rank, *win.in_ranks])}
 
 
 def get_win_version(name) -> dict[int, int]:

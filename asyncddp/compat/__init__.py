@@ -25,6 +25,7 @@ __all__ = ["install_bluefog_alias", "BLUEFOG_ALIASES"]
 BLUEFOG_ALIASES = {
     "bluefog.torch": "asyncddp.compat.bluefog",
     "bluefog.common.topology_util": "asyncddp.compat.topology_util",
+    "bluefog.common.util": "asyncddp.compat.util",
 }
 
 
@@ -38,8 +39,9 @@ def _package(name: str) -> types.ModuleType:
 
 
 def install_bluefog_alias() -> types.ModuleType:
-    """Register ``bluefog``, ``bluefog.torch``, ``bluefog.common`` and
-    ``bluefog.common.topology_util`` in ``sys.modules``; returns the ``bluefog`` package.
+    """Register ``bluefog``, ``bluefog.torch``, ``bluefog.common``,
+    ``bluefog.common.topology_util`` and ``bluefog.common.util`` in ``sys.modules``; returns the
+    ``bluefog`` package.
 
     Idempotent. Refuses (ImportError) to shadow a real BlueFog installation already imported.
     """

@@ -19,7 +19,7 @@ argument is the step count — whereas asyncddp's ``DistributedNeighborAllreduce
 ``model`` may be a module or a list of modules, as BlueFog allows. The returned optimizers carry
 the settable attributes BlueFog documents (``self_weight``, ``src_weights``, ``dst_weights``,
 ``src_machine_weights``, ``dst_machine_weights``, ``enable_topo_check``, ``communication_type``,
-``num_steps_per_communication``, and the win-put optimizer's ``force_barrier``; the older
+``num_steps_per_communication``, and the win-put optimizer's ``force_barrier`` and ``max_lag``; the older
 ``send_neighbors``/``neighbor_weights`` pair too), read
 at each communication round by asyncddp's implementation. Misuse raises ``BlueFogError`` (a
 ``ValueError``), as BlueFog does.
@@ -149,11 +149,22 @@ def DistributedGradientAllreduceOptimizer(optimizer, model, num_steps_per_commun
 @_bf_errors
 def DistributedWinPutOptimizer(optimizer, model, num_steps_per_communication=1, window_prefix=None):
     """Asynchronous neighbour averaging through one-sided windows (``dst_weights`` settable).
-    ``opt.free()`` (collective, after training) or ``bf.win_free()`` releases the windows."""
-    return _optim.DistributedWinPutOptimizer(
+    ``opt.unregister_window()`` (collective, after training) or ``bf.win_free()`` releases the
+    windows.
+
+    As in BlueFog, where the negotiation stage (on unless ``bf.set_skip_negotiate_stage(True)``)
+    keeps every rank within one round of the others, a rank's averaging waits until its
+    in-neighbours have made their previous round's put (``max_lag = 1``); with the stage skipped
+    when the optimizer is built, ranks run fully apart (``max_lag = None``).
+    """
+    from asyncddp.compat.bluefog import get_skip_negotiate_stage
+
+    wrapped = _optim.DistributedWinPutOptimizer(
         optimizer, _module(model), num_steps_per_communication=num_steps_per_communication,
         window_prefix=window_prefix,
     )  # fmt: skip
+    wrapped.max_lag = None if get_skip_negotiate_stage() else 1
+    return wrapped
 
 
 @_bf_errors

@@ -1,5 +1,5 @@
-"""BlueFog's one-sided window API and timeline activities, over ``asyncddp.comm.windows`` and
-``asyncddp.comm.timeline``. Re-exported by ``asyncddp.compat.bluefog``; not imported on its own.
+"""BlueFog's one-sided window API over ``asyncddp.comm.windows``. Re-exported by
+``asyncddp.compat.bluefog``; not imported on its own.
 
 Nonblocking window ops return BlueFog's integer handles, which ``win_wait``/``win_poll`` (and
 ``synchronize``/``poll``) accept. ``neighbor_win_put/get/accumulate`` are the same functions under
@@ -9,12 +9,11 @@ the names BlueFog's docs also use.
 from __future__ import annotations
 
 import contextlib
-import threading
 
 from asyncddp.comm import windows as _win
 from asyncddp.comm.context import get_context
+from asyncddp.compat._bf_timeline import enqueue_activity
 from asyncddp.compat.bluefog import BlueFogError, _bf_errors, _lookup, _register
-from asyncddp.comm.timeline import now_us
 
 __all__ = [
     "win_create", "win_free", "win_update", "win_update_then_collect", "win_put", "win_put_nonblocking",
@@ -23,7 +22,6 @@ __all__ = [
     "neighbor_win_accumulate", "neighbor_win_accumulate_nonblocking", "win_wait", "win_poll",
     "get_win_version", "get_current_created_window_names", "win_mutex", "win_associated_p",
     "turn_on_win_ops_with_associated_p", "turn_off_win_ops_with_associated_p",
-    "timeline_start_activity", "timeline_end_activity", "timeline_context",
 ]  # fmt: skip
 
 
@@ -52,32 +50,38 @@ def win_update_then_collect(name: str, require_mutex: bool = True):
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_WIN_PUT")
 def win_put_nonblocking(tensor, name: str, self_weight=None, dst_weights=None, require_mutex: bool = False) -> int:
     return _register(_win.win_put_nonblocking(tensor, name, self_weight, dst_weights, require_mutex))
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_WIN_PUT")
 def win_put(tensor, name: str, self_weight=None, dst_weights=None, require_mutex: bool = False) -> bool:
     return _win.win_put(tensor, name, self_weight, dst_weights, require_mutex)
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_WIN_ACCUMULATE")
 def win_accumulate_nonblocking(tensor, name: str, self_weight=None, dst_weights=None,
                                require_mutex: bool = False) -> int:
     return _register(_win.win_accumulate_nonblocking(tensor, name, self_weight, dst_weights, require_mutex))
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_WIN_ACCUMULATE")
 def win_accumulate(tensor, name: str, self_weight=None, dst_weights=None, require_mutex: bool = False) -> bool:
     return _win.win_accumulate(tensor, name, self_weight, dst_weights, require_mutex)
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_WIN_GET")
 def win_get_nonblocking(name: str, src_weights=None, require_mutex: bool = False) -> int:
     return _register(_win.win_get_nonblocking(name, src_weights, require_mutex))
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_WIN_GET")
 def win_get(name: str, src_weights=None, require_mutex: bool = False) -> bool:
     return _win.win_get(name, src_weights, require_mutex)
 
@@ -124,52 +128,3 @@ def win_mutex(name: str, for_self: bool = False, ranks=None):
         yield
     finally:
         manager.__exit__(None, None, None)
-
-
-# --- timeline activities ---------------------------------------------------------------------------
-
-_open: dict[str, tuple[str, float]] = {}
-_open_lock = threading.Lock()
-
-
-def _timeline():
-    from asyncddp.comm.engine import get_engine
-
-    get_context()
-    return get_engine().timeline
-
-
-@_bf_errors
-def timeline_start_activity(tensor_name: str, activity_name: str) -> bool:
-    """Open activity ``activity_name`` on row ``tensor_name``; False when no timeline is recorded
-    (``asyncddp run --timeline`` / ``--timeline-filename`` turns it on)."""
-    if _timeline() is None:
-        return False
-    with _open_lock:
-        if tensor_name in _open:
-            return False
-        _open[tensor_name] = (activity_name, now_us())
-    return True
-
-
-@_bf_errors
-def timeline_end_activity(tensor_name: str) -> bool:
-    """Close the activity open on ``tensor_name`` and record it; False when none was open."""
-    timeline = _timeline()
-    with _open_lock:
-        started = _open.pop(tensor_name, None)
-    if timeline is None or started is None:
-        return False
-    activity, start = started
-    timeline.record(tensor_name, activity, start, now_us(), 0)
-    return True
-
-
-@contextlib.contextmanager
-def timeline_context(tensor_name: str, activity_name: str):
-    """``with timeline_context("x", "COMPUTE"): ...`` records that block."""
-    timeline_start_activity(tensor_name, activity_name)
-    try:
-        yield
-    finally:
-        timeline_end_activity(tensor_name)

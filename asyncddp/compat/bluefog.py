@@ -5,13 +5,15 @@ what this module adds is BlueFog's surface: its argument names and defaults, ``i
 integer handles for nonblocking ops (``poll``/``synchronize``/``wait`` and ``win_wait``/``win_poll``
 map them onto our handle objects), ``BLUEFOG_NODES_PER_MACHINE``, and BlueFog's error type:
 misuse raises ``ValueError`` (our ``CommError`` and ``NotInitializedError`` are re-raised as
-``BlueFogError``, a ``ValueError`` that is also an ``AsyncDDPError``). Windows and timeline
-activities live in ``asyncddp.compat._bf_windows``, optimizers and ``broadcast_parameters`` & co.
-in ``asyncddp.compat._bf_optimizers``; both are re-exported here.
+``BlueFogError``, a ``ValueError`` that is also an ``AsyncDDPError``). Windows live in
+``asyncddp.compat._bf_windows``, the ``BLUEFOG_TIMELINE`` file in ``asyncddp.compat._bf_timeline``,
+optimizers and ``broadcast_parameters`` & co. in ``asyncddp.compat._bf_optimizers``; all are
+re-exported here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -22,6 +24,8 @@ import torch
 
 import asyncddp.comm as _core
 from asyncddp.comm.context import RANKS_PER_MACHINE_ENV
+from asyncddp.compat import _bf_timeline
+from asyncddp.compat._bf_timeline import enqueue_activity
 from asyncddp.errors import AsyncDDPError, CommError, NotInitializedError
 
 __all__ = [
@@ -116,7 +120,8 @@ _skip_negotiate = False
 def init(topology_fn=None, is_weighted: bool = False) -> None:
     """Start (or, called again, reset the topology of) the job. ``topology_fn(size)`` builds the
     topology; the default is ``ExponentialGraph(size)``. ``BLUEFOG_NODES_PER_MACHINE`` fakes
-    machines of that many ranks (read at the first call, like BlueFog)."""
+    machines of that many ranks (read at the first call, like BlueFog); ``BLUEFOG_TIMELINE=PREFIX``
+    makes each rank write ``PREFIX{rank}.json`` (``asyncddp.compat._bf_timeline``)."""
     if not _core.is_initialized():
         _map_nodes_per_machine()
     _core.init()
@@ -126,7 +131,7 @@ def init(topology_fn=None, is_weighted: bool = False) -> None:
     # first op (a timeline activity may be recorded by a single rank).
     from asyncddp.comm.engine import get_engine
 
-    get_engine()
+    _bf_timeline.attach(get_engine())
 
 
 def shutdown() -> None:
@@ -191,8 +196,10 @@ def resume() -> None:
 
 
 def set_skip_negotiate_stage(value: bool) -> None:
-    """Accepted for compatibility. BlueFog negotiated op order through a coordinator; asyncddp
-    has no such stage (every rank issues ops in program order), so there is nothing to skip."""
+    """BlueFog negotiated op order through a coordinator; asyncddp needs no such stage (every
+    rank issues ops in program order). One effect of BlueFog's stage is kept: while it is on
+    (the default), ``DistributedWinPutOptimizer``s built keep each rank within one round of its
+    in-neighbours; built with the stage skipped, they run fully asynchronously."""
     global _skip_negotiate
     _skip_negotiate = bool(value)
 
@@ -235,53 +242,63 @@ def is_machine_topo_weighted() -> bool:
 # --- collectives ----------------------------------------------------------------------------------
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_ALLREDUCE", "allreduce")
 def allreduce(tensor, average: bool = True, is_hierarchical_local: bool = False, name=None):
     return _core.allreduce(tensor, average=average, name=name, local=is_hierarchical_local)
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_ALLREDUCE", "allreduce")
 def allreduce_(tensor, average: bool = True, is_hierarchical_local: bool = False, name=None):
     return _core.allreduce_(tensor, average=average, name=name, local=is_hierarchical_local)
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_ALLREDUCE", "allreduce")
 def allreduce_nonblocking(tensor, average: bool = True, is_hierarchical_local: bool = False, name=None) -> int:
     return _register(_core.allreduce_nonblocking(tensor, average=average, name=name,
                                                  local=is_hierarchical_local))
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_ALLREDUCE", "allreduce")
 def allreduce_nonblocking_(tensor, average: bool = True, is_hierarchical_local: bool = False, name=None) -> int:
     return _register(_core.allreduce_nonblocking_(tensor, average=average, name=name,
                                                   local=is_hierarchical_local))
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_BROADCAST", "broadcast")
 def broadcast(tensor, root_rank: int, name=None):
     return _core.broadcast(tensor, root_rank, name=name)
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_BROADCAST", "broadcast")
 def broadcast_(tensor, root_rank: int, name=None):
     return _core.broadcast_(tensor, root_rank, name=name)
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_BROADCAST", "broadcast")
 def broadcast_nonblocking(tensor, root_rank: int, name=None) -> int:
     return _register(_core.broadcast_nonblocking(tensor, root_rank, name=name))
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_BROADCAST", "broadcast")
 def broadcast_nonblocking_(tensor, root_rank: int, name=None) -> int:
     return _register(_core.broadcast_nonblocking_(tensor, root_rank, name=name))
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_ALLGATHER", "allgather")
 def allgather(tensor, name=None):
     return _core.allgather(tensor, name=name)
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_ALLGATHER", "allgather")
 def allgather_nonblocking(tensor, name=None) -> int:
     return _register(_core.allgather_nonblocking(tensor, name=name))
 
@@ -294,12 +311,14 @@ def barrier() -> None:
 # --- neighbour ops ----------------------------------------------------------------------------------
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_NEIGHBOR_ALLGATHER", "neighbor_allgather")
 def neighbor_allgather(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_check: bool = True, name=None):
     return _core.neighbor_allgather(tensor, src_ranks=src_ranks, dst_ranks=dst_ranks, name=name,
                                     enable_topo_check=enable_topo_check)
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_NEIGHBOR_ALLGATHER", "neighbor_allgather")
 def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_check: bool = True,
                                    name=None) -> int:
     return _register(_core.neighbor_allgather_nonblocking(
@@ -307,6 +326,7 @@ def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, en
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_NEIGHBOR_ALLREDUCE", "neighbor_allreduce")
 def neighbor_allreduce(tensor, *, self_weight=None, src_weights=None, dst_weights=None,
                        enable_topo_check: bool = True, name=None):
     """out = self_weight·x + Σ src_weights[j]·(dst weight of j→me)·x_j; default: topology weights,
@@ -316,6 +336,7 @@ def neighbor_allreduce(tensor, *, self_weight=None, src_weights=None, dst_weight
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_NEIGHBOR_ALLREDUCE", "neighbor_allreduce")
 def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None, dst_weights=None,
                                    enable_topo_check: bool = True, name=None) -> int:
     return _register(_core.neighbor_allreduce_nonblocking(
@@ -324,6 +345,7 @@ def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_NEIGHBOR_ALLREDUCE", "hierarchical_neighbor_allreduce")
 def hierarchical_neighbor_allreduce(tensor, *, self_weight=None, src_machine_weights=None,
                                     dst_machine_weights=None, enable_topo_check: bool = False, name=None):
     return _core.hierarchical_neighbor_allreduce(
@@ -332,6 +354,7 @@ def hierarchical_neighbor_allreduce(tensor, *, self_weight=None, src_machine_wei
 
 
 @_bf_errors
+@enqueue_activity("ENQUEUE_NEIGHBOR_ALLREDUCE", "hierarchical_neighbor_allreduce")
 def hierarchical_neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_machine_weights=None,
                                                 dst_machine_weights=None, enable_topo_check: bool = False,
                                                 name=None) -> int:
@@ -340,10 +363,24 @@ def hierarchical_neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src
         dst_machine_weights=dst_machine_weights, name=name, enable_topo_check=enable_topo_check))
 
 
-from asyncddp.compat._bf_windows import *  # noqa: E402,F401,F403  (windows and timeline)
+from asyncddp.compat._bf_windows import *  # noqa: E402,F401,F403  (windows)
 from asyncddp.compat._bf_windows import __all__ as _windows_all  # noqa: E402
 
 __all__ += list(_windows_all)
+
+timeline_start_activity = _bf_errors(_bf_timeline.timeline_start_activity)
+timeline_end_activity = _bf_errors(_bf_timeline.timeline_end_activity)
+__all__ += [*_bf_timeline.__all__, "timeline_context"]
+
+
+@contextlib.contextmanager
+def timeline_context(tensor_name: str, activity_name: str):
+    """``with timeline_context("x", "COMPUTE"): ...`` records that block."""
+    timeline_start_activity(tensor_name, activity_name)
+    try:
+        yield
+    finally:
+        timeline_end_activity(tensor_name)
 
 from asyncddp.compat._bf_optimizers import *  # noqa: E402,F401,F403  (optimizers)
 from asyncddp.compat._bf_optimizers import __all__ as _optimizers_all  # noqa: E402

@@ -13,6 +13,16 @@ with the gradient computed before the averaging (BlueFog's order). Ranks may the
 steps — there is no collective inside ``step()``. ``free()`` releases the windows and IS
 collective: every rank calls it once, after its own training loop.
 
+``max_lag`` bounds how far ahead of its in-neighbours a rank may run: with ``max_lag = L`` the
+averaging of a rank's n-th communication round waits until each in-neighbour has completed its
+round n - L put (read one-sidedly from the window's put counts, so the neighbour takes no part),
+for at most ``LAG_WAIT_S`` seconds, after which it averages with what is there and warns once.
+``None`` (the default) never waits. BlueFog's optimizer behaves as ``max_lag = 1``: its
+background thread joins a job-wide negotiation round after every batch of ops, so a rank cannot
+start its next put before every other rank has made its previous one; the BlueFog layer
+(``asyncddp.compat``) sets it so. Without a bound, a rank that the OS schedules more often than its
+neighbours (an oversubscribed machine) keeps averaging with their old values and drags them back.
+
 In a fault-tolerant job nothing one-sided notices a dead neighbour (a put into its shared
 memory just lands), so each communicating ``step()`` asks the communication core, locally,
 whether a rank is known lost (``recovery.check_world``). If so every survivor joins the
@@ -24,12 +34,14 @@ redone: with no collective in ``step()`` there is no step to agree on.
 from __future__ import annotations
 
 import itertools
+import time
+import warnings
 
 import torch
 
 from asyncddp.comm.collectives import barrier
-from asyncddp.comm.context import size
-from asyncddp.comm.windows import win_create, win_free, win_memory, win_put, win_update
+from asyncddp.comm.context import rank, size
+from asyncddp.comm.windows import win_create, win_free, win_memory, win_put, win_put_counts, win_update
 from asyncddp.comm import recovery
 from asyncddp.errors import OptimizerError, RankLostError
 from asyncddp.optim.base import (DistributedOptimizer, check_model, check_optimizer, flatten_parameters, inner_step,
@@ -39,6 +51,7 @@ from asyncddp.optim.gradient import _check_k
 __all__ = ["DistributedWinPutOptimizer"]
 
 _instances = itertools.count()
+LAG_WAIT_S = 10.0  # the longest a round waits for a neighbour (see max_lag)
 
 
 class _WinPut(DistributedOptimizer):
@@ -54,6 +67,8 @@ class _WinPut(DistributedOptimizer):
         # True: step() waits for every rank before averaging, so the average sees every
         # neighbour's put of this round (lockstep; BlueFog's attribute of the same name).
         self.force_barrier = False
+        self.max_lag = None  # rounds this rank may run ahead of its in-neighbours (None: any)
+        self._addp_lag_warned = False
         self._addp_step_count = 0
         self._addp_since = 0  # steps since the last communication
         self._addp_passes = {}  # id(p) -> backward passes that reached p since then
@@ -119,12 +134,38 @@ class _WinPut(DistributedOptimizer):
             self._addp_passes.clear()
             self._addp_put = False
             for window, _, _ in self._addp_windows if not solo else ():
+                self._addp_wait_for_in_neighbours(window)
                 # Average the parameters the gradient was computed at with what the
                 # in-neighbours put last; the local update follows (BlueFog's order).
                 win_update(window, self_weight=self.self_weight,
                            neighbor_weights=self.neighbor_weights,
                            require_mutex=self.require_mutex)  # fmt: skip
         return inner_step(self, closure)
+
+    def _addp_wait_for_in_neighbours(self, window: str) -> None:
+        """Wait (see ``max_lag``) until no in-neighbour is more than ``max_lag`` puts behind."""
+        # In a fault-tolerant job a lost neighbour's count never moves: no waiting there.
+        if self.max_lag is None or self._addp_solo or recovery.enabled():
+            return
+        me = rank()
+        deadline, pause = time.monotonic() + LAG_WAIT_S, 2e-5
+        while True:
+            counts = win_put_counts(window)
+            wanted = counts.pop(me) - self.max_lag
+            behind = sorted(j for j, count in counts.items() if count < wanted)
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                if not self._addp_lag_warned:
+                    self._addp_lag_warned = True
+                    warnings.warn(f"DistributedWinPutOptimizer: in-neighbours {behind} did not make "
+                                  f"their put of this round within {LAG_WAIT_S:g} s (max_lag="
+                                  f"{self.max_lag}); averaging with their older values. Do all ranks "
+                                  "take the same number of steps?", RuntimeWarning, stacklevel=3)
+                return
+            # Sleep rather than spin: on a busy machine the neighbour needs this CPU.
+            time.sleep(pause)
+            pause = min(2 * pause, 1e-3)
 
     def _addp_check_world(self) -> None:
         """After a lost rank, point the parameters at the windows rebuilt on the new world."""
@@ -192,6 +233,9 @@ def DistributedWinPutOptimizer(optimizer, model, num_steps_per_communication=1, 
             before one ``step()``) between puts.
         window_prefix: window name prefix; windows are named ``PREFIX.N.K`` (default prefix
             ``winput``; N counts optimizers built, K the parameter dtype group).
+
+    Settable attributes, read at each round: ``dst_weights``, ``self_weight`` with
+    ``neighbor_weights``, ``require_mutex``, ``force_barrier`` and ``max_lag`` (module docstring).
     """
     who = "DistributedWinPutOptimizer"
     check_optimizer(optimizer, who)

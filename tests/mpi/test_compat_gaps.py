@@ -310,6 +310,23 @@ def test_win_put_force_barrier_averages_this_rounds_puts():
     opt.unregister_window()
 
 
+def test_win_put_optimizer_keeps_bluefogs_one_round_bound_unless_negotiation_is_skipped():
+    # BlueFog's negotiation stage (on by default) holds every rank within one round of the
+    # others; with it skipped, its win-put optimizer runs fully asynchronously.
+    models = [torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)]
+    sgd = [torch.optim.SGD(model.parameters(), lr=0.0) for model in models]
+    bound = bf.DistributedWinPutOptimizer(sgd[0], model=models[0], window_prefix="bounded")
+    assert bound.max_lag == 1
+    bf.set_skip_negotiate_stage(True)
+    try:
+        free = bf.DistributedWinPutOptimizer(sgd[1], model=models[1], window_prefix="free")
+    finally:
+        bf.set_skip_negotiate_stage(False)
+    assert free.max_lag is None
+    free.unregister_window()
+    bound.unregister_window()
+
+
 class _no_warnings:
     """BlueFog warns 'Unexpected behavior' when passes and steps disagree; none must appear."""
 

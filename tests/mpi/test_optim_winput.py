@@ -2,14 +2,17 @@
 
 No collective runs inside the training loop: each rank steps for the same wall time at its own
 pace, and only afterwards do the ranks compare step counts (allgather) and free the windows.
+With ``max_lag`` set, the slow rank holds its out-neighbours to one round ahead of it.
 """
 
 import itertools
 import time
+import warnings
 
 import torch
 
 import asyncddp as addp
+import asyncddp.optim.winput as winput
 
 torch.set_num_threads(1)
 WALL_SECONDS = 3.0
@@ -77,3 +80,64 @@ def test_parameters_are_views_and_puts_land_in_the_neighbours_buffers():
     # free() moved the parameters off the window's memory: they keep their values and train on.
     assert all(torch.all(p == value) for p in model.parameters())
     assert model(torch.ones(1, 3)).shape == (1, 1)
+
+
+def _one_weight_model(value: float):
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(value)
+    return model
+
+
+def _step(model, opt):
+    opt.zero_grad()
+    model(torch.ones(1, 1)).sum().backward()
+    opt.step()
+
+
+def test_max_lag_keeps_every_rank_within_one_round_of_its_in_neighbours():
+    r = addp.rank()
+    model = _one_weight_model(r + 1.0)
+    opt = addp.DistributedWinPutOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), model,
+                                          window_prefix="lag")  # fmt: skip
+    opt.max_lag = 1
+    (name,) = opt.window_names
+    addp.barrier()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no wait may run out
+        for _ in range(12):
+            if r == 0:
+                time.sleep(3 * STEP_SLEEP)
+            _step(model, opt)
+            # Counts only grow, so what held when this round's averaging began holds now.
+            counts = addp.win_put_counts(name)
+            mine = counts.pop(r)
+            assert mine == opt.num_steps
+            assert all(count >= mine - 1 for count in counts.values()), (mine, counts)
+    addp.barrier()
+    opt.free()
+
+
+def test_max_lag_waits_at_most_lag_wait_s_then_warns_once(monkeypatch):
+    monkeypatch.setattr(winput, "LAG_WAIT_S", 0.3)
+    r = addp.rank()
+    model = _one_weight_model(1.0)
+    opt = addp.DistributedWinPutOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), model,
+                                          window_prefix="lagwait")  # fmt: skip
+    opt.max_lag = 1
+    addp.barrier()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # Rank 0 stops after one round: its out-neighbours' third and fourth rounds each wait
+        # 0.3 s for its second put, which never comes, then average anyway.
+        for _ in range(1 if r == 0 else 4):
+            _step(model, opt)
+    lag = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if 0 in addp.in_neighbor_ranks():
+        assert len(lag) == 1, lag
+        assert lag[0].startswith("DistributedWinPutOptimizer: in-neighbours [0"), lag
+        assert "did not make their put of this round within 0.3 s (max_lag=1)" in lag[0], lag
+    elif r == 0:
+        assert lag == []
+    addp.barrier()
+    opt.free()

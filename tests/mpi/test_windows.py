@@ -239,6 +239,24 @@ def test_nonblocking_handles():
     assert addp.win_update_then_collect("nb").tolist() == [sum(j + 1.0 for j in ins)] * 3
 
 
+def test_put_counts_count_completed_puts_and_accumulates_of_every_rank():
+    r, n, ins, outs = _ranks()
+    x = torch.zeros(2, dtype=torch.float64)
+    addp.win_create(x, "counted")
+    assert addp.win_put_counts("counted") == {j: 0 for j in sorted([r, *ins])}
+    COMM.Barrier()  # every rank has read its zeros before anyone puts
+    # Rank j makes j + 1 blocking puts (one of them to nobody), j % 2 accumulates and one
+    # nonblocking put, which counts once waited for.
+    for k in range(r + 1):
+        addp.win_put(x, "counted", dst_weights={} if k == 0 else None)
+    for _ in range(r % 2):
+        addp.win_accumulate(x, "counted")
+    addp.win_wait(addp.win_put_nonblocking(x, "counted"))
+    COMM.Barrier()
+    assert addp.win_put_counts("counted") == {j: j + 1 + j % 2 + 1 for j in sorted([r, *ins])}
+    COMM.Barrier()  # nobody frees the window while a neighbour still reads its count
+
+
 def _irregular_directed(n):
     g = nx.DiGraph()
     g.add_nodes_from(range(n))
