@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from asyncddp.bench.network import BenchNetwork
+from asyncddp.bench.results import ModelBenchOptions
 from asyncddp.errors import ConfigError
 
 __all__ = ["SURVIVING_METHODS", "CANNOT_SURVIVE", "GUARANTEES", "choose_fault_methods", "check_kill",
@@ -84,22 +85,11 @@ def check_kill(num_ranks: int, kill_rank: int, kill_at_step: int, warmup: int, i
 
 
 @dataclass(frozen=True)
-class FaultBenchOptions:
-    """One method's run; the parent sends it to the ranks as JSON."""
+class FaultBenchOptions(ModelBenchOptions):
+    """One method's run: a model bench's settings and the loss to stage; sent to the ranks as JSON."""
 
-    model: str = "mlp"
-    method: str = "allreduce"
-    num_ranks: int = 4
     kill_rank: int = 1
     kill_at_step: int = 7
-    batch_size: int = 32
-    image_size: int = 224
-    warmup: int = 2
-    iters: int = 10
-    device: str = "cpu"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
