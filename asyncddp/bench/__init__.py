@@ -3,7 +3,8 @@
 ``runner`` launches a workload of ``asyncddp.bench_ranks`` (what every rank runs) and collects
 rank 0's result; ``results`` holds the options and results both sides exchange as JSON (and the
 tags of rank 0's progress and result lines); ``network`` records the emulated cluster a result
-was taken on; ``sweep`` repeats a model bench over link rates; ``render`` turns results into
-tables and plots.
+was taken on; ``sweep`` repeats a model bench over link rates; ``fault`` holds the options,
+checks and results of a model bench that loses a rank (``--kill-rank``); ``render`` turns results
+into tables and plots.
 Importing this package stays cheap: torch and mpi4py are imported only inside the ranks.
 """

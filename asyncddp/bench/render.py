@@ -1,7 +1,7 @@
 """Show benchmark results: rich tables, nccl-tests-style plain text, PNG plots.
 
-Pure formatting of the result dataclasses (``bench comm``, ``bench MODEL`` and its bandwidth
-sweep, ``bench straggler``); nothing here runs MPI. The plot uses matplotlib's
+Pure formatting of the result dataclasses (``bench comm``, ``bench MODEL``, its bandwidth
+sweep and its lost rank (``--kill-rank``), ``bench straggler``); nothing here runs MPI. The plot uses matplotlib's
 Agg backend (no display needed) and is imported only when asked for.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from asyncddp.bench.results import CommBenchResult
 
 __all__ = ["COLUMNS", "comm_table", "comm_text", "comm_plot", "footer_lines", "network_lines", "model_table",
-           "model_plot", "sweep_table", "sweep_plot", "straggler_table"]
+           "model_plot", "fault_rows", "fault_table", "fault_plot", "sweep_table", "sweep_plot", "straggler_table"]
 
 # (header, row attribute, format) in table order; the same in the rich table and the text.
 COLUMNS = (
@@ -249,6 +249,84 @@ def straggler_table(result):
     table.add_row("async win-put", f"{result.async_fast_img_s:.1f}", f"{result.async_slow_img_s:.1f}",
                   f"{result.async_consensus_error:.2e}")
     return table
+
+
+# ---- bench MODEL --kill-rank --------------------------------------------------------------------
+FAULT_HEADERS = ("method", "ranks", "lost", "img/s\nbefore", "img/s\nafter", "after/\nbefore", "stall\n(s)",
+                 "iter(ms)\nbefore", "iter(ms)\nafter", "max\n|Δw|", "replicas", "exit")
+FAULT_NOTE = ("img/s before = survivors' mean per-rank rate before the loss x every rank; img/s after = survivors' "
+              "total after their recovery step; stall = longest survivor's time from its last step before the loss "
+              "to the end of the step it recovered in; max |Δw| = largest difference of any parameter between two "
+              "survivors at the end, before any averaging")
+
+
+def fault_rows(result) -> list[list[str]]:
+    """The table cells, one list per method run."""
+    rows = []
+    for run in result.runs:
+        exit_code = "-" if run.exit_code is None else str(run.exit_code)
+        if not run.ok:
+            rows.append([run.method, str(run.num_ranks), "", "failed", "", "", "", "", "", "", run.guarantee,
+                         exit_code])
+            continue
+        lost = ",".join(map(str, run.lost_ranks)) or "none"
+        stall = "-" if run.stall_s is None else f"{run.stall_s:.2f}"
+        rows.append([run.method, f"{run.num_ranks}→{run.survivors}", lost, f"{run.img_s_before:.1f}",
+                     f"{run.img_s_after:.1f}", _ratio(run.after_over_before), stall, f"{run.iter_ms_before:.1f}",
+                     f"{run.iter_ms_after:.1f}", f"{run.disagreement:.2e}", run.guarantee, exit_code])
+    return rows
+
+
+def _fault_title(result) -> str:
+    return (f"asyncddp bench {result.model} --kill-rank {result.kill_rank} --kill-at-step {result.kill_at_step}: "
+            f"{result.num_ranks} ranks, {result.num_parameters / 1e6:.2f}M parameters, {result.device}, batch "
+            f"{result.batch_size}/rank, {result.image_size}px, {result.iters} iters after {result.warmup} warm-up")
+
+
+def fault_table(result):
+    """One row per method; the lost ranks, what each method promises, errors and notes below the table."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from asyncddp.bench.fault import GUARANTEES
+
+    table = Table(title=_fault_title(result), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for index, header in enumerate(FAULT_HEADERS):
+        table.add_column(header, justify="left" if index in (0, 2, 10) else "right")
+    for cells in fault_rows(result):
+        table.add_row(*cells)
+    lines = [f"# {FAULT_NOTE}"]
+    lines += [f"# {run.method}: lost {'; '.join(run.lost)}" for run in result.runs if run.ok and run.lost]
+    lines += [f"# {method} replicas: {GUARANTEES[method][1]}" for method in dict.fromkeys(r.method for r in result.runs)]
+    lines += [f"# not run: {why}" for why in result.left_out]
+    lines += [f"# {run.method}: {run.error}" for run in result.runs if not run.ok]
+    lines += sorted({f"# note: {note}" for run in result.runs for note in run.notes})
+    return Group(table, Text("\n".join([*lines, *network_lines(result.network)])))
+
+
+def fault_plot(result, path: str) -> None:
+    """img/s before and after the loss per method, side by side bars, in ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [run for run in result.runs if run.ok]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(runs) + 2), 4.5))
+    places = range(len(runs))
+    ax.bar([x - 0.2 for x in places], [run.img_s_before for run in runs], 0.4,
+           label=f"before ({result.num_ranks} ranks)")
+    ax.bar([x + 0.2 for x in places], [run.img_s_after for run in runs], 0.4, label="after (survivors)")
+    ax.set_xticks(list(places), [run.method for run in runs], fontsize=8)
+    ax.set_ylabel("images/s (all ranks)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(_fault_title(result), fontsize=8, wrap=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 # ---- bench MODEL --sweep-bandwidth -------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Launch a benchmark's ranks through ``asyncddp run``'s planning path and collect rank 0's result.
 
 Every benchmark runs ``python -m mpi4py -m asyncddp.bench_ranks WORKLOAD OPTIONS_JSON RESULT_PATH``
-(workload ``comm``, ``training`` once per (method, np), ``straggler``), planned by
+(workload ``comm``, ``training`` once per (method, np), ``straggler``, ``fault`` once per method
+as a fault-tolerant job), planned by
 ``asyncddp.launcher.prepare.plan_job`` from the same ``RunOptions`` as ``asyncddp run`` (so
 ``--hostfile/-H/--config`` mean the same) and executed by ``asyncddp.launcher.job.run_plan``. Rank 0's
 stdout is parsed line by line: progress lines feed ``on_progress``, and its result arrives both
@@ -19,7 +20,7 @@ import re
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from asyncddp.bench.network import network_of
 from asyncddp.bench.results import (PROGRESS_TAG, RESULT_TAG, BenchError, CommBenchOptions, CommBenchResult,
@@ -27,7 +28,11 @@ from asyncddp.bench.results import (PROGRESS_TAG, RESULT_TAG, BenchError, CommBe
 from asyncddp.launcher import stop_signals
 from asyncddp.launcher.run_config import RunOptions
 
-__all__ = ["run_comm_bench", "run_model_bench", "run_straggler_bench"]
+if TYPE_CHECKING:
+    from asyncddp.bench.fault import FaultBenchOptions, FaultBenchResult
+    from asyncddp.launcher.job import JobResult
+
+__all__ = ["run_comm_bench", "run_model_bench", "run_straggler_bench", "run_fault_bench", "fault_launch", "JobFailed"]
 
 YIELD_ENV = "OMPI_MCA_mpi_yield_when_idle"  # set by the plan when local ranks outnumber cores
 FAILURE_TAIL_LINES = 60
@@ -60,7 +65,7 @@ class _Lines:
         if rank == 0 and text.startswith(PROGRESS_TAG + " "):
             if self.on_progress is not None:
                 self.on_progress(json.loads(text[len(PROGRESS_TAG) + 1:]))
-        elif rank == 0 and text.startswith(RESULT_TAG + " "):
+        elif rank is not None and text.startswith(RESULT_TAG + " "):  # rank 0 lost: the survivors' rank 0
             self.result = json.loads(text[len(RESULT_TAG) + 1:])
         else:
             self.tail.append(line)
@@ -89,9 +94,18 @@ def _launch_notes(plan, num_ranks: int) -> tuple[str, ...]:
     return ()
 
 
+class JobFailed(BenchError):
+    """A benchmark's job did not end well; ``job_exit_code`` is the exit code it ended with."""
+
+    def __init__(self, message: str, job_exit_code: int) -> None:
+        super().__init__(message)
+        self.job_exit_code = job_exit_code
+
+
 def _run_ranks(workload: str, payload: dict, num_ranks: int, launch: RunOptions, what: str,
-               on_progress: Callable[[dict], None] | None = None) -> tuple[dict, tuple[str, ...]]:
-    """Launch ``workload OPTIONS_JSON RESULT_PATH`` on ``num_ranks`` ranks; rank 0's JSON and launch notes."""
+               on_progress: Callable[[dict], None] | None = None) -> tuple[dict, tuple[str, ...], JobResult]:
+    """Launch ``workload OPTIONS_JSON RESULT_PATH`` on ``num_ranks`` ranks; rank 0's JSON, launch
+    notes and how the job ended."""
     from asyncddp.launcher.job import run_plan
     from asyncddp.launcher.prepare import check_ssh, job_running
 
@@ -113,20 +127,20 @@ def _run_ranks(workload: str, payload: dict, num_ranks: int, launch: RunOptions,
             lines = list(err.tail)[-FAILURE_TAIL_LINES:]
             if lines:
                 print(f"# {what}: {summary}; last lines of the ranks' stderr:", *lines, sep="\n", file=sys.stderr)
-            raise BenchError(f"{what} failed: {summary}" + (f": {cause}" if cause else ""))
+            raise JobFailed(f"{what} failed: {summary}" + (f": {cause}" if cause else ""), job.exit_code)
         data = out.result
         if os.path.isfile(result_path):
             data = json.loads(Path(result_path).read_text())
         if data is None:
             last = out.tail[-1] if out.tail else "(no output)"
-            raise BenchError(f"{what}: the job exited 0 but rank 0 reported no result; its last line: {last}")
-    return data, notes
+            raise JobFailed(f"{what}: the job exited 0 but rank 0 reported no result; its last line: {last}", 0)
+    return data, notes, job
 
 
 def run_comm_bench(options: CommBenchOptions, launch: RunOptions = RunOptions(),
                    on_progress: Callable[[dict], None] | None = None) -> CommBenchResult:
     """Run workload ``comm`` on ``options.num_ranks`` ranks and return rank 0's result."""
-    data, notes = _run_ranks("comm", options.to_dict(), options.num_ranks, launch, "bench comm",
+    data, notes, _ = _run_ranks("comm", options.to_dict(), options.num_ranks, launch, "bench comm",
                              on_progress)
     result = CommBenchResult.from_dict(data)
     return replace(result, notes=(*result.notes, *notes), network=network_of(launch, options.num_ranks))
@@ -147,7 +161,7 @@ def run_model_bench(base: ModelBenchOptions, methods: tuple[str, ...], rank_coun
             on_progress({**event, "starting": True})
         options = replace(base, method=method, num_ranks=num_ranks)
         try:
-            data, notes = _run_ranks("training", options.to_dict(), num_ranks, launch,
+            data, notes, _ = _run_ranks("training", options.to_dict(), num_ranks, launch,
                                      f"bench {base.model} {method} -np {num_ranks}")
             run = ModelRun.from_dict(data["run"])
             runs.append(replace(run, notes=(*run.notes, *notes)))
@@ -164,7 +178,63 @@ def run_model_bench(base: ModelBenchOptions, methods: tuple[str, ...], rank_coun
 
 def run_straggler_bench(options: StragglerOptions, launch: RunOptions = RunOptions()) -> StragglerResult:
     """Run workload ``straggler`` once; errors propagate as ``BenchError``."""
-    data, notes = _run_ranks("straggler", options.to_dict(), options.num_ranks, launch,
+    data, notes, _ = _run_ranks("straggler", options.to_dict(), options.num_ranks, launch,
                              "bench straggler")
     result = StragglerResult.from_dict(data)
     return replace(result, notes=(*result.notes, *notes), network=network_of(launch, options.num_ranks))
+
+
+def fault_launch(options: FaultBenchOptions, launch: RunOptions) -> RunOptions:
+    """``launch`` made fault tolerant, after the checks that need the plan: the MPI can keep a job
+    alive without a rank (else the launcher's one-line refusal), and ``--min-ranks`` or the
+    config's ``min_ranks`` leaves room for the loss. Nothing is started."""
+    from asyncddp.bench.fault import check_kill
+    from asyncddp.launcher.mpi import check_fault_tolerance
+
+    launch = replace(launch, fault_tolerant=True)
+    with stop_signals.private_dir("asyncddp-bench-") as workdir:
+        planned = _plan("fault", (), options.num_ranks, launch, workdir)
+    where = "--min-ranks" if launch.min_ranks is not None else f"{launch.config}: min_ranks"
+    check_kill(options.num_ranks, options.kill_rank, options.kill_at_step, options.warmup, options.iters,
+               planned.config.min_ranks, where)
+    check_fault_tolerance(planned.plan.argv[0])
+    return launch
+
+
+def run_fault_bench(base: FaultBenchOptions, methods: tuple[str, ...], left_out: tuple[str, ...] = (),
+                    launch: RunOptions = RunOptions(),
+                    on_progress: Callable[[dict], None] | None = None) -> FaultBenchResult:
+    """One fault-tolerant launch of workload ``fault`` per method, each losing rank
+    ``base.kill_rank`` at step ``base.kill_at_step``; a failed launch is a row with its error.
+    ``left_out``: the methods not run, each with why (from ``choose_fault_methods``)."""
+    from asyncddp.bench.fault import CANNOT_SURVIVE, GUARANTEES, FaultBenchResult, FaultRun
+
+    launch = fault_launch(base, launch)
+    runs, params, host = [], 0, ""
+    for done, method in enumerate(methods):
+        event = {"done": done, "total": len(methods), "method": method, "num_ranks": base.num_ranks}
+        if on_progress:
+            on_progress({**event, "starting": True})
+        options = replace(base, method=method)
+        try:
+            data, notes, job = _run_ranks("fault", options.to_dict(), base.num_ranks, launch,
+                                          f"bench {base.model} {method} -np {base.num_ranks} --kill-rank "
+                                          f"{base.kill_rank}")
+            figures = data["run"]
+            runs.append(FaultRun(method=method, num_ranks=base.num_ranks, exit_code=job.exit_code,
+                                 lost_ranks=tuple(lost.rank for lost in job.lost),
+                                 lost=tuple(lost.describe() for lost in job.lost),
+                                 **{**figures, "stall_s_per_rank": tuple(figures["stall_s_per_rank"]),
+                                    "notes": (*figures["notes"], *notes)}))
+            params, host = data["num_parameters"], data["host"]
+        except BenchError as error:
+            runs.append(FaultRun(method=method, num_ranks=base.num_ranks, guarantee=GUARANTEES[method][0],
+                                 exit_code=getattr(error, "job_exit_code", None), error=str(error)))
+        if on_progress:
+            on_progress({**event, "done": done + 1, "starting": False})
+    return FaultBenchResult(model=base.model, device=base.device, num_ranks=base.num_ranks,
+                            kill_rank=base.kill_rank, kill_at_step=base.kill_at_step, batch_size=base.batch_size,
+                            image_size=base.image_size, warmup=base.warmup, iters=base.iters,
+                            num_parameters=params, runs=tuple(runs),
+                            left_out=tuple(f"{method}: {CANNOT_SURVIVE[method]}" for method in left_out),
+                            host=host, network=network_of(launch, base.num_ranks))

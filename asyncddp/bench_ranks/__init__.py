@@ -1,7 +1,7 @@
 """The benchmark code every rank runs; the parent side (launch, results, tables) is ``asyncddp.bench``.
 
 Workloads: ``comm_ops`` (communication ops against raw mpi4py, nccl-tests style), ``training``
-(one (method, np) training-throughput run), ``straggler`` (one slow rank, synchronous vs
+(one (method, np) training-throughput run), ``fault`` (one method's run that loses a rank), ``straggler`` (one slow rank, synchronous vs
 asynchronous) and ``models`` (the model zoo the last two train). ``__main__`` is the one per-rank
 entry point: ``python -m mpi4py -m asyncddp.bench_ranks WORKLOAD OPTIONS_JSON RESULT_PATH``.
 """

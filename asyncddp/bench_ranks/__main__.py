@@ -1,7 +1,7 @@
 """The per-rank entry point of every benchmark: ``WORKLOAD OPTIONS_JSON RESULT_PATH``.
 
 Each workload module has ``run_rank(options: dict) -> dict | None`` (rank 0 returns the result,
-the others None) and may have ``after_shutdown()``. This main initialises asyncddp around it and
+the others None; in workload ``fault`` the survivors' rank 0) and may have ``after_shutdown()``. This main initialises asyncddp around it and
 hands rank 0's result to the parent twice: as RESULT_PATH (written whole or not at all, so the
 parent never reads half a file) and as one ``RESULT_TAG`` line on stdout, which also arrives when
 rank 0 runs on another host, where RESULT_PATH's directory does not exist.
@@ -16,7 +16,7 @@ import sys
 
 from asyncddp.bench.results import RESULT_TAG, BenchError
 
-WORKLOADS = {"comm": "comm_ops", "training": "training", "straggler": "straggler"}
+WORKLOADS = {"comm": "comm_ops", "training": "training", "straggler": "straggler", "fault": "fault"}
 
 
 def _write_result(data: dict, path: str) -> None:

@@ -23,8 +23,8 @@ from asyncddp.bench_ranks.models import NUM_CLASSES, build_model
 from asyncddp.bench.results import BenchError, ModelBenchOptions, ModelRun
 
 
-
-def _device(options: ModelBenchOptions) -> tuple[torch.device, list[str]]:
+def rank_device(options) -> tuple[torch.device, list[str]]:
+    """This rank's device for ``options.device`` (a GPU by local rank), and a note when ranks share GPUs."""
     if options.device == "cpu":
         return torch.device("cpu"), []
     if not torch.cuda.is_available():
@@ -72,7 +72,8 @@ def _ddp(model, device: torch.device, shared_gpu: bool):
 _NEVER_FREED: list = []
 
 
-def _wrap(method: str, optimizer, model):
+def wrap_for_method(method: str, optimizer, model):
+    """``optimizer`` wrapped the way bench method ``method`` trains (not ``local`` or ``ddp``)."""
     import asyncddp.optim as optim
     from asyncddp.topology.schedules import one_peer_exponential_two
 
@@ -108,7 +109,7 @@ def _timed_steps(model, optimizer, images, labels, warmup: int, iters: int, devi
 
 def run(options: ModelBenchOptions) -> ModelRun | None:
     """This rank's part of the run; rank 0 returns the gathered ``ModelRun``, the others None."""
-    device, notes = _device(options)
+    device, notes = rank_device(options)
     torch.manual_seed(0)  # the same initial weights on every rank, as after a broadcast
     model = build_model(options.model, options.image_size).to(device)
     g = torch.Generator().manual_seed(1 + addp.rank())
@@ -123,7 +124,7 @@ def run(options: ModelBenchOptions) -> ModelRun | None:
         trained, store = _ddp(model, device, shared_gpu=bool(notes))
         optimizer = torch.optim.SGD(trained.parameters(), lr=1e-3, momentum=0.9)
     elif options.method != "local":
-        optimizer = _wrap(options.method, sgd, model)
+        optimizer = wrap_for_method(options.method, sgd, model)
     comm.Barrier()
     times = _timed_steps(trained, optimizer, images, labels, options.warmup, options.iters, device)
     if hasattr(optimizer, "flush"):

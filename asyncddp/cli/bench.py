@@ -21,7 +21,8 @@ from asyncddp.cli import launch_flags as flags
 from asyncddp.errors import ConfigError
 
 bench_app = typer.Typer(help="Benchmarks: communication ops in nccl-tests form (comm), training throughput per "
-                        "method (resnet18, resnet50, vgg16, mobilenet_v3, transformer, mlp), a slow rank (straggler).",
+                        "method (resnet18, resnet50, vgg16, mobilenet_v3, transformer, mlp; with --kill-rank, "
+                        "surviving a lost rank), a slow rank (straggler).",
                         no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 
 
@@ -172,15 +173,29 @@ def _model_command(model: str):
                                  "(with --sweep-bandwidth: img/s and step time vs link rate)."),
         sweep_bandwidth: str = typer.Option(None, "--sweep-bandwidth", help="Link rates of the --emulate cluster, "
                                             "e.g. 200mbit,1gbit,10gbit: every method once per rate, at one np."),
+        kill_rank: int = typer.Option(None, "--kill-rank", help="Lose this rank (SIGKILL) mid-run: each method runs "
+                                      "fault tolerant, and the survivors' img/s before and after, recovery stall "
+                                      "and parameter disagreement are reported (default np: 4)."),
+        kill_at_step: int = typer.Option(None, "--kill-at-step", help="With --kill-rank: the rank dies instead of "
+                                         "running this step (from 0, warm-up included; default: half-way through "
+                                         "the timed steps)."),
+        min_ranks: int = typer.Option(None, "--min-ranks", help="With --kill-rank: a job with fewer ranks finishing "
+                                      "fails (as asyncddp run --min-ranks)."),
         launch=None,
     ) -> None:
         from asyncddp.bench import render
         from asyncddp.bench.results import ModelBenchOptions, parse_methods, parse_num_ranks
 
+        if kill_rank is None and (kill_at_step is not None or min_ranks is not None):
+            flag = "--kill-at-step" if kill_at_step is not None else "--min-ranks"
+            raise ConfigError(f"{flag} {kill_at_step if kill_at_step is not None else min_ranks}: only with "
+                              "--kill-rank R (the rank to lose)")
+        if kill_rank is not None and sweep_bandwidth is not None:
+            raise ConfigError("--kill-rank with --sweep-bandwidth: give one of them")
         if num_ranks is None:
             from asyncddp.bench.network import default_num_ranks
 
-            num_ranks = str(default_num_ranks(launch, "1,2"))
+            num_ranks = str(default_num_ranks(launch, "1,2" if kill_rank is None else 4))
         rank_counts, chosen = parse_num_ranks(num_ranks), parse_methods(methods)
         if batch_size < 1 or image_size < 32 or iters < 1 or warmup < 0:
             raise ConfigError(f"--batch-size {batch_size} --image-size {image_size} --iters {iters} --warmup "
@@ -188,6 +203,10 @@ def _model_command(model: str):
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {device}: choose cpu or cuda")
         _check_plot_path(plot)
+        if kill_rank is not None:
+            return _fault(model, rank_counts, bool(methods), chosen, kill_rank, kill_at_step, min_ranks,
+                          dict(batch_size=batch_size, image_size=image_size, warmup=warmup, iters=iters,
+                               device=device), launch, as_json, plot)
         base = ModelBenchOptions(model=model, batch_size=batch_size, image_size=image_size, warmup=warmup,
                                  iters=iters, device=device)
         if sweep_bandwidth is not None:
@@ -213,6 +232,32 @@ def _sweep(base, methods, rank_counts, rates_text, launch, as_json: bool, plot: 
         sweep = run_bandwidth_sweep(base, methods, rank_counts[0], rates, launch, lambda event: update(
             event["done"], f"bench {base.model}: {event['method']} at {event['bandwidth']}"))
     _report(sweep, as_json, render.sweep_table, plot, render.sweep_plot)
+
+
+def _fault(model, rank_counts, methods_given, chosen, kill_rank, kill_at_step, min_ranks, settings, launch,
+           as_json: bool, plot: str | None) -> None:
+    """The --kill-rank bench: every chosen method that can survive, as a fault-tolerant job losing one rank."""
+    from dataclasses import replace
+
+    from asyncddp.bench import render
+    from asyncddp.bench.fault import FaultBenchOptions, check_kill, choose_fault_methods, default_kill_step
+    from asyncddp.bench.runner import fault_launch, run_fault_bench
+
+    if len(rank_counts) != 1:
+        raise ConfigError(f"--np {','.join(map(str, rank_counts))} with --kill-rank: the bench loses a rank of one "
+                          "job size; give one")
+    if kill_at_step is None:
+        kill_at_step = default_kill_step(settings["warmup"], settings["iters"])
+    check_kill(rank_counts[0], kill_rank, kill_at_step, settings["warmup"], settings["iters"], min_ranks)
+    methods, left_out = choose_fault_methods(methods_given, chosen)
+    base = FaultBenchOptions(model=model, num_ranks=rank_counts[0], kill_rank=kill_rank, kill_at_step=kill_at_step,
+                             **settings)
+    launch = replace(launch, min_ranks=min_ranks)
+    fault_launch(base, launch)  # a refusal is one line, before the progress bar
+    with _progress_bar(f"bench {model} --kill-rank {kill_rank}", len(methods), as_json) as update:
+        result = run_fault_bench(base, methods, left_out, launch, lambda event: update(
+            event["done"], f"bench {model}: {event['method']} -np {event['num_ranks']}, losing rank {kill_rank}"))
+    _report(result, as_json, render.fault_table, plot, render.fault_plot)
 
 
 def _run_models_with_progress(base, methods, rank_counts, launch, quiet: bool):
