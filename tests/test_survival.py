@@ -152,6 +152,23 @@ def test_reports_are_read_after_the_nul_open_mpi_sometimes_adds():
     assert ends.ends[1][0] == -9
 
 
+def test_survivors_still_training_long_after_a_loss_are_not_stopped(monkeypatch):
+    from asyncddp.launcher import survival
+
+    clock = [100.0]
+    monkeypatch.setattr(survival.time, "monotonic", lambda: clock[0])
+    ends = RankEnds(4, started=100.0)
+    ends.note(2, rank_end_line(2, -9))
+    clock[0] += survival.LINGER_S + 30
+    assert ends.lingering(clock[0]) == ()  # ranks 0, 1, 3 are survivors at work, not hung
+    ends.note(0, rank_end_line(0, 0))
+    ends.note(1, rank_end_line(1, 0))
+    assert ends.lingering(clock[0] + survival.LINGER_S) == ()
+    assert ends.lingering(clock[0] + survival.LINGER_S + 1) == (3,)  # 3 outlived the finished ones
+    ends.declared[3] = 5.0
+    assert ends.lingering(clock[0]) == (3,)  # the survivors said so: at once
+
+
 def test_lost_ranks_are_reported_only_in_a_fault_tolerant_job(capsys, monkeypatch):
     monkeypatch.delenv("ASYNCDDP_FAULT_TOLERANT", raising=False)
     report_lost_ranks([2])

@@ -7,10 +7,11 @@ a readable line and hiding a finished rank's; ``survival_result`` turns them int
 when mpirun is done. A rank with no report was lost with its guard (its host died, or mpirun
 killed both first).
 
-A rank that hangs (stopped, wedged) is found by ULFM's heartbeat detector and left behind by the
-survivors, but its process never ends and mpirun waits for it. So once every other rank has ended
-the job is stopped at once when the survivors declared the rest lost (``report_lost_ranks``), and
-after ``LINGER_S`` otherwise (a rank may legitimately finish last, writing a checkpoint).
+A rank that hangs (stopped, wedged) is found by ULFM's heartbeat detector (when turned on) and left behind by the
+survivors, but its process never ends and mpirun waits for it. So the ranks still running are
+stopped at once when the survivors declared them all lost (``report_lost_ranks``), and otherwise
+``LINGER_S`` after the last rank that finished did (a rank may legitimately finish last, writing a
+checkpoint; a rank that was lost starts no clock, since the survivors go on training).
 The ranks leave without ``MPI_Finalize`` (the plan turns mpi4py's off): Open MPI's finalize waits,
 through its runtime, for every rank of the job, a hung one included.
 """
@@ -62,6 +63,7 @@ class RankEnds:
         self.ends: dict[int, tuple[int, float]] = {}  # rank -> (returncode, seconds into the job)
         self.declared: dict[int, float] = {}  # rank the survivors left behind -> seconds into the job
         self.last_end: float | None = None
+        self.last_finish: float | None = None  # the last rank that ended with code 0
         self.stopped: tuple[int, ...] = ()  # the ranks the launcher stopped because they never ended
 
     def note(self, rank: int, text: str) -> str | None:
@@ -82,16 +84,22 @@ class RankEnds:
         with self.lock:
             self.ends[rank] = (report[1], now - self.started)
             self.last_end = now
+            if report[1] == 0:
+                self.last_finish = now
         return "" if report[1] == 0 else f"asyncddp: rank {rank} lost: {describe_returncode(report[1])}"
 
     def lingering(self, now: float) -> tuple[int, ...]:
-        """The ranks to stop now: every other rank has ended, and the survivors declared these
-        lost or they are still running ``LINGER_S`` later; () otherwise."""
+        """The ranks to stop now, () if none: those still running when the survivors declared
+        all of them lost, or ``LINGER_S`` after the last rank that finished did. The clock runs
+        from a finished rank, not a lost one: after a loss the survivors go on training, for as
+        long as they need."""
         with self.lock:
             missing = tuple(rank for rank in range(self.num_ranks) if rank not in self.ends)
             if not missing or self.last_end is None:
                 return ()
-            if all(rank in self.declared for rank in missing) or now - self.last_end > LINGER_S:
+            if all(rank in self.declared for rank in missing):
+                return missing
+            if self.last_finish is not None and now - self.last_finish > LINGER_S:
                 return missing
             return ()
 
