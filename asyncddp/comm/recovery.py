@@ -11,7 +11,8 @@ error to ``recover()``, which runs these named steps, in this order, on every su
    communicators, wake up with "revoked" and come here too.
 3. **shrink** the world to the survivors (ULFM's ``Shrink``: itself fault tolerant).
 4. **rebuild** on the shrunk world: machine splits, the topology (same family for the new
-   size), the engine's duplicated communicators, the windows.
+   size), the engine's duplicated communicators, the windows; once step 5 succeeds, the
+   communicators replaced are freed (the windows' are not).
 5. **agree** (ULFM's ``Agree``, uniform) that every survivor rebuilt; a rank that died during
    steps 3-5 makes the agreement fail everywhere, and the protocol goes back to step 2 on the
    shrunk world. So two losses at once, or one during recovery, end in one recovery.
@@ -162,6 +163,33 @@ def _runtime_comms(engine) -> list:
     return comms
 
 
+def _replaced_comms(engine, world_is_ours: bool) -> list:
+    """The communicators a recovery replaces, to free once it succeeded: the engine's duplicates,
+    the machine splits, and the world when an earlier recovery made it (the first world is
+    MPI_COMM_WORLD or the one given to ``init``, not the runtime's to free). Freeing a revoked
+    communicator after the shrink is ULFM's own idiom (Open MPI's ULFM tests do it) and local:
+    Open MPI frees an intracommunicator without talking to its peers. The windows' are left
+    alone (see ``world_rebuild.rebuild_windows``)."""
+    ctx = engine.ctx
+    comms = [engine.world, engine.local, engine.cross, ctx.local_comm, ctx.cross_comm]
+    return comms + [ctx.comm] if world_is_ours else comms
+
+
+def _free(comms: list, keep: list) -> None:
+    """``Comm.Free`` each of ``comms`` once, except those in ``keep`` and the predefined ones."""
+    from mpi4py import MPI
+
+    kept = {comm.py2f() for comm in keep}
+    for comm in comms:
+        if comm is None or comm == MPI.COMM_NULL or comm == MPI.COMM_WORLD or comm.py2f() in kept:
+            continue
+        kept.add(comm.py2f())
+        try:
+            comm.Free()
+        except MPI.Exception:  # unusable after the failure: abandoned, as before
+            pass
+
+
 def _rebuild(engine, world, before, old_launch: list[int], launch: list[int]) -> None:
     """Step 4: everything that lives on the world, rebuilt on ``world`` (collective)."""
     from asyncddp.comm import context, world_rebuild
@@ -186,6 +214,7 @@ def recover(engine, error: BaseException) -> RankLostError:
         ctx = engine.ctx
         old_launch = launch_ranks(ctx.comm.Get_size())
         before = Before.of(ctx)
+        replaced = _replaced_comms(engine, _state.version > 0)
         _revoke(_runtime_comms(engine))
         _drain(error)
         mine = old_launch[ctx.comm.Get_rank()]
@@ -211,7 +240,9 @@ def recover(engine, error: BaseException) -> RankLostError:
                 ok = 0
             if ok:
                 break
+            replaced += [world, *_replaced_comms(engine, False)]  # this attempt's, half rebuilt
             _revoke([world, *_runtime_comms(engine)])
+        _free(replaced, keep=_replaced_comms(engine, True))
         lost = sorted(set(old_launch) - set(launch))
         _state.launch_ranks = launch
         _state.version += 1

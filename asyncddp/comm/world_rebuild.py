@@ -108,7 +108,10 @@ def rebuild_windows(ctx) -> None:
     Each rank's registered tensor and associated p carry over; the neighbour buffers start
     again as copies of the rank's own value (what ``win_create`` does), since what the lost
     world's neighbours had deposited belonged to a topology that no longer exists. The old
-    windows are not freed: freeing is collective on a communicator with dead members.
+    windows are not freed: ``MPI_Win_free`` synchronizes every member of the window, dead ones
+    included, and Open MPI's ULFM documentation lists RMA as not fault tolerant (every one-sided
+    component untested after a failure, behaviour unspecified), so freeing one could hang or
+    crash a survivor. Their memory stays allocated until the process ends.
     """
     from asyncddp.comm.window_memory import Window
 

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 
 import asyncddp as addp  # noqa: E402
+from asyncddp.comm.context import get_context  # noqa: E402
 from tests.ft.killer import announce, report, wait_for_go  # noqa: E402
 
 workdir, num_steps = Path(sys.argv[1]), int(sys.argv[2])
@@ -38,6 +39,19 @@ if len(sys.argv) > 5:
 
     world_rebuild.update_context = stalling_update
 announce(workdir, me)
+
+
+def next_comm_index() -> int:
+    """The slot Open MPI gives the next communicator (freed slots are reused, lowest first)."""
+    probe = get_context().comm.Dup()
+    index = probe.py2f()
+    probe.Free()
+    return index
+
+
+addp.barrier()  # the engine and its communicators exist
+comm_slots = [next_comm_index()]
+old_comms = [get_context().local_comm, get_context().cross_comm]
 errors, bad, changes = [], [], []
 addp.on_world_change(lambda change: changes.append(change.to_dict()))
 step, killed_at, stalls = 0, None, []
@@ -59,6 +73,7 @@ while step < num_steps:
             top = addp.allreduce(x, op="max")
     except addp.RankLostError as error:
         errors.append({"lost": list(error.lost_ranks), "version": error.world_version, "step": step})
+        comm_slots.append(next_comm_index())
         step = addp.agree_on_step(step)
         continue
     ins = addp.in_neighbor_ranks()
@@ -73,6 +88,9 @@ while step < num_steps:
     step += 1
 graph = addp.load_topology()
 same_family = sorted(graph.edges) == sorted(addp.exponential_two_graph(addp.size()).edges)
+from mpi4py import MPI  # noqa: E402
+
 report(workdir, me, {"errors": errors, "bad": bad, "size": addp.size(), "rank": addp.rank(),
+                     "comm_slots": comm_slots, "old_freed": [comm == MPI.COMM_NULL for comm in old_comms],
                      "version": addp.world_version(), "changes": changes, "exp2": same_family,
                      "stalls": stalls})
