@@ -192,14 +192,10 @@ def _model_command(model: str):
                               "--kill-rank R (the rank to lose)")
         if kill_rank is not None and sweep_bandwidth is not None:
             raise ConfigError("--kill-rank with --sweep-bandwidth: give one of them")
-        if num_ranks is None and kill_rank is not None:
-            from asyncddp.bench.network import default_num_ranks
-
-            num_ranks = str(default_num_ranks(launch, 4))
         if num_ranks is None:
             from asyncddp.bench.network import default_num_ranks
 
-            num_ranks = str(default_num_ranks(launch, "1,2"))
+            num_ranks = str(default_num_ranks(launch, "1,2" if kill_rank is None else 4))
         rank_counts, chosen = parse_num_ranks(num_ranks), parse_methods(methods)
         if batch_size < 1 or image_size < 32 or iters < 1 or warmup < 0:
             raise ConfigError(f"--batch-size {batch_size} --image-size {image_size} --iters {iters} --warmup "
