@@ -6,7 +6,8 @@ Reductions of float16/bfloat16 run in float32 and are cast back; averages of int
 the exact integer sum divided by the number of ranks, rounded to the nearest integer, ties to even
 (``asyncddp.comm.averaging``'s rule for every average). Small allreduces issued
 back to back are fused into one buffer. CUDA tensors are passed directly to a CUDA-aware MPI and
-staged through host memory otherwise.
+staged through host memory otherwise. Large host allreduces, reduce-scatters and allgathers on a
+world that spans machines run as rings (``asyncddp.comm.ring``), the rest as MPI's collectives.
 """
 
 from __future__ import annotations

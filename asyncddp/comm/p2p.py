@@ -9,15 +9,16 @@ reported as a ``CommError`` instead of silently corrupting data or hanging. For 
 sends, every chunk's device-to-host copy is queued first and chunk k is sent as soon as its copy
 has landed, while the copies of later chunks are still running.
 
-Host messages of more than ``EAGER_BYTES`` are sent before the receives are posted. Such a
-message goes by rendezvous: the receiver answers the sender's first fragment with a small control
-message before the bulk follows, and over TCP that answer queues behind any bulk data already
-going the same way on the connection. When two ranks exchange with each other and a receive is
-posted first, it can match the peer's request while this rank's own request is not out yet; the
-peer then starts its bulk transfer, this rank's answer waits behind all of it, and the two
-directions run one after the other (9 MB between two emulated nodes on 1 Gbit/s links: 154 ms
-instead of 77). With every request out before any receive can match, each side's answer
-precedes its own bulk data and both directions stream at once.
+Sends are posted before receives (on the one-chunk path only for messages of more than
+``EAGER_BYTES``; staged CUDA sends wait for their copies). A large message goes by rendezvous:
+the receiver answers the sender's first fragment with a small control message before the bulk
+follows, and over TCP that answer queues behind any bulk data already going the same way on the
+connection. When two ranks exchange with each other and a receive is posted first, it can match
+the peer's request while this rank's own request is not out yet; the peer then starts its bulk
+transfer, this rank's answer waits behind all of it, and the two directions run one after the
+other (9 MB between two emulated nodes on 1 Gbit/s links: 154 ms instead of 77). With every
+request out before any receive can match, each side's answer precedes its own bulk data and
+both directions stream at once.
 """
 
 from __future__ import annotations
