@@ -152,10 +152,12 @@ def DistributedWinPutOptimizer(optimizer, model, num_steps_per_communication=1, 
     ``opt.unregister_window()`` (collective, after training) or ``bf.win_free()`` releases the
     windows.
 
-    As in BlueFog, where the negotiation stage (on unless ``bf.set_skip_negotiate_stage(True)``)
-    keeps every rank within one round of the others, a rank's averaging waits until its
-    in-neighbours have made their previous round's put (``max_lag = 1``); with the stage skipped
-    when the optimizer is built, ranks run fully apart (``max_lag = None``).
+    BlueFog's negotiation stage (on unless ``bf.set_skip_negotiate_stage(True)``) keeps every rank
+    within one round of the others, and while ranks keep pace each round's averaging sees the
+    in-neighbours' puts of that round. Ours waits for exactly that: a rank's averaging waits
+    until its in-neighbours have made this round's put (``max_lag = 0``), so that an
+    oversubscribed machine behaves as BlueFog's own does; with the stage skipped when the
+    optimizer is built, ranks run fully apart (``max_lag = None``).
     """
     from asyncddp.compat.bluefog import get_skip_negotiate_stage
 
@@ -163,7 +165,7 @@ def DistributedWinPutOptimizer(optimizer, model, num_steps_per_communication=1, 
         optimizer, _module(model), num_steps_per_communication=num_steps_per_communication,
         window_prefix=window_prefix,
     )  # fmt: skip
-    wrapped.max_lag = None if get_skip_negotiate_stage() else 1
+    wrapped.max_lag = None if get_skip_negotiate_stage() else 0
     return wrapped
 
 

@@ -198,7 +198,7 @@ def resume() -> None:
 def set_skip_negotiate_stage(value: bool) -> None:
     """BlueFog negotiated op order through a coordinator; asyncddp needs no such stage (every
     rank issues ops in program order). One effect of BlueFog's stage is kept: while it is on
-    (the default), ``DistributedWinPutOptimizer``s built keep each rank within one round of its
+    (the default), ``DistributedWinPutOptimizer``s built keep each rank in step with its
     in-neighbours; built with the stage skipped, they run fully asynchronously."""
     global _skip_negotiate
     _skip_negotiate = bool(value)

@@ -17,11 +17,13 @@ collective: every rank calls it once, after its own training loop.
 averaging of a rank's n-th communication round waits until each in-neighbour has completed its
 round n - L put (read one-sidedly from the window's put counts, so the neighbour takes no part),
 for at most ``LAG_WAIT_S`` seconds, after which it averages with what is there and warns once.
-``None`` (the default) never waits. BlueFog's optimizer behaves as ``max_lag = 1``: its
-background thread joins a job-wide negotiation round after every batch of ops, so a rank cannot
-start its next put before every other rank has made its previous one; the BlueFog layer
-(``asyncddp.compat``) sets it so. Without a bound, a rank that the OS schedules more often than its
-neighbours (an oversubscribed machine) keeps averaging with their old values and drags them back.
+``None`` (the default) never waits. BlueFog's optimizer is bounded too: its background thread
+joins a job-wide negotiation round after every batch of ops, so no rank starts a put before
+every other rank has made its previous one (at most one round behind), and while ranks keep
+pace its puts, issued at forward time, land before the neighbours average that round. The BlueFog
+layer (``asyncddp.compat``) sets ``max_lag = 0``, what BlueFog shows while ranks keep pace.
+Without a bound, a rank that the OS schedules more often than its neighbours (an oversubscribed
+machine) keeps averaging with their old values and drags them back.
 
 In a fault-tolerant job nothing one-sided notices a dead neighbour (a put into its shared
 memory just lands), so each communicating ``step()`` asks the communication core, locally,
