@@ -108,15 +108,12 @@ def _accumulate_(acc: torch.Tensor, received, self_weight, weights, uniform: boo
     mine = acc.numpy() if acc.is_cpu and dtype in _SAME_DTYPE_MATH else None
     if uniform:
         for index, r in enumerate(received):
-            if r.dtype != dtype:
-                r = r.to(dtype)
-            elif mine is not None and arrays is not None:
+            if mine is None:
+                acc.add_(r.to(dtype))
+            elif r.dtype == dtype and arrays is not None:
                 np.add(mine, arrays[index], out=mine)
-                continue
-            if mine is not None:
-                np.add(mine, r.numpy(), out=mine)
             else:
-                acc.add_(r)
+                np.add(mine, r.to(dtype).numpy(), out=mine)
         mean_(acc if mine is None else mine, len(received) + 1)
         return acc
     if self_weight != 1.0:

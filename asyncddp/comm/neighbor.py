@@ -34,9 +34,7 @@ def run_neighbor_allreduce(engine, comm, x: torch.Tensor, plan: Plan, out=None) 
     """
     if plan.check:
         check_pattern(engine, comm, [d for d, _ in plan.sends], [s for s, _ in plan.recvs])
-    sends = {}
-    for dst, weight in plan.sends:
-        sends[dst] = x if weight == 1.0 else scaled(x, weight)
+    sends = {dst: scaled(x, w) for dst, w in plan.sends}
     srcs, arrays = plan.srcs, None
     if x.is_cpu and x.nbytes <= engine.chunk:
         received, arrays = p2p.exchange_one_chunk(engine, comm, sends, x, srcs)

@@ -61,7 +61,7 @@ def ring_reduce_scatter_(engine, comm, array: np.ndarray, bounds: list[int], op:
     for step in range(n - 1):
         out, into = _chunk(array, bounds, me - step - 1), _chunk(array, bounds, me - step - 2)
         got = incoming[:into.size]
-        _step(comm, [comm.Isend(out, right, _TAG), comm.Irecv(got, left, _TAG)])
+        _step([comm.Isend(out, right, _TAG), comm.Irecv(got, left, _TAG)])
         reduce(into, got, out=into)
     engine.count_messages(n - 1)
 
@@ -72,7 +72,7 @@ def ring_allgather_(engine, comm, array: np.ndarray, bounds: list[int]) -> None:
     right, left = (me + 1) % n, (me - 1) % n
     for step in range(n - 1):
         out, into = _chunk(array, bounds, me - step), _chunk(array, bounds, me - step - 1)
-        _step(comm, [comm.Isend(out, right, _TAG), comm.Irecv(into, left, _TAG)])
+        _step([comm.Isend(out, right, _TAG), comm.Irecv(into, left, _TAG)])
     engine.count_messages(n - 1)
 
 
@@ -88,7 +88,7 @@ def _chunk(array: np.ndarray, bounds: list[int], index: int) -> np.ndarray:
     return array[bounds[index]:bounds[index + 1]]
 
 
-def _step(comm, requests: list) -> None:
+def _step(requests: list) -> None:
     statuses = wait_all(requests)
     if statuses.failure is not None:
         raise CommError(f"a ring step failed between neighbouring ranks ({statuses.failure})")
