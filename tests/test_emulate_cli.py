@@ -156,8 +156,10 @@ def test_timeout_and_ctrl_c_remove_everything(root_only, tmp_path):
     assert done.returncode == 124, done.stdout[-2000:] + done.stderr[-2000:]
     assert "job timed out after 4 s" in done.stderr
     _assert_clean(done.pid, str(tmp_path))
+    # SIGINT as from a terminal: a suite started in the background would pass on an ignored one.
     job = subprocess.Popen(asyncddp_argv("run", "--emulate", "nodes=2", "slow.py"), cwd=tmp_path, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen = [job.stdout.readline(), job.stdout.readline()]
         assert sorted(seen) == ["[0] UP\n", "[1] UP\n"], seen
