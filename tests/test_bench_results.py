@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 
 import pytest
 
@@ -141,7 +142,7 @@ def test_one_peer_against_allreduce_is_derived_per_size_and_shown():
     (comparison,) = result.one_peer_vs_allreduce()
     assert (comparison.size_bytes, comparison.allreduce_us, comparison.one_peer_us) == (4096, 20.0, 10.0)
     assert (comparison.speedup, comparison.raw_speedup) == (2.0, 1.25)
-    assert result.to_dict()["one_peer_vs_allreduce"] == [comparison.to_dict()]
+    assert result.to_dict()["one_peer_vs_allreduce"] == [asdict(comparison)]
     lines = render.comm_text(result).splitlines()
     assert "# One-peer vs allreduce: 4K 2.00x (raw 1.25x)" in lines
     assert any(line.startswith("# one-peer vs allreduce = allreduce time / one-peer") for line in lines)

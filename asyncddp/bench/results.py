@@ -187,9 +187,6 @@ class OnePeerComparison:
                    raw_allreduce_us=allreduce.raw_time_us, raw_one_peer_us=one_peer.raw_time_us,
                    raw_speedup=round(allreduce.raw_time_us / one_peer.raw_time_us, 3))
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class CommBenchResult:
@@ -225,7 +222,7 @@ class CommBenchResult:
         data["network"] = self.network.to_dict() if self.network else None
         data["avg_busbw_gbs"] = self.avg_busbw_gbs
         data["num_wrong"] = self.num_wrong
-        data["one_peer_vs_allreduce"] = [item.to_dict() for item in self.one_peer_vs_allreduce()]
+        data["one_peer_vs_allreduce"] = [asdict(item) for item in self.one_peer_vs_allreduce()]
         return data
 
     @classmethod

@@ -56,9 +56,6 @@ class EmulatedNode:
     address: str
     rate_bps: int | None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class EmulatedCluster:
@@ -163,7 +160,7 @@ class EmulatedCluster:
 
     def to_dict(self) -> dict:
         return {"spec": self.spec.to_dict(), "tag": self.tag, "switch_namespace": self.switch_namespace,
-                "subnet": self.subnet, "agent": self.agent, "nodes": [node.to_dict() for node in self.nodes],
+                "subnet": self.subnet, "agent": self.agent, "nodes": [asdict(node) for node in self.nodes],
                 "setup_commands": [list(command) for command in self.setup_commands()]}
 
     def describe(self) -> str:
