@@ -114,7 +114,10 @@ def _accumulate_(acc: torch.Tensor, received, self_weight, weights, uniform: boo
                 np.add(mine, arrays[index], out=mine)
             else:
                 np.add(mine, r.to(dtype).numpy(), out=mine)
-        mean_(acc if mine is None else mine, len(received) + 1)
+        if mine is None:
+            mean_(acc, len(received) + 1)
+        else:
+            _divide_(mine, len(received) + 1)
         return acc
     if self_weight != 1.0:
         if mine is not None:

@@ -56,7 +56,7 @@ def _run_batch(engine, batch: list[Op]) -> list:
     if len(batch) == 1:
         x, target = batch[0].args["x"], batch[0].args["inplace"]
         # In place on a contiguous tensor: combine straight into the caller's memory.
-        direct = target is not None and x.data_ptr() == target.data_ptr()
+        direct = target is not None and (x is target or x.data_ptr() == target.data_ptr())
         result = run_neighbor_allreduce(engine, engine.world, x, plan, out=x if direct else None)
         return [target if direct else _into(target, result)]
     tensors = [op.args["x"] for op in batch]
