@@ -132,6 +132,22 @@ def wait_all(requests) -> list:
     return statuses
 
 
+def _sendrecv(comm, send, dst: int, tag: int, recv, src: int) -> list:
+    """``Sendrecv`` of an eager-sized message, its status reported as ``wait_all`` reports them."""
+    from mpi4py import MPI
+
+    statuses = _Statuses([MPI.Status()])
+    try:
+        comm.Sendrecv(send, dst, tag, recv, src, MPI.ANY_TAG, statuses[0])
+    except MPI.Exception as error:
+        from asyncddp.comm import recovery
+
+        if recovery.enabled() and recovery.is_failure(error, statuses):
+            raise recovery.PeerFailure(error, []) from None  # nothing is left posted
+        statuses.failure = error.Get_error_string()
+    return statuses
+
+
 _NUMPY_TYPED = frozenset((
     torch.float16, torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
 ))  # fmt: skip
@@ -177,15 +193,21 @@ def exchange_one_chunk(engine, comm, sends: dict, like: torch.Tensor, srcs) -> t
     # A typed numpy view is cheaper to take than a byte view; MPI.BYTE sends its bytes all the same.
     outgoing = [([t.numpy() if numpy_typed else byte_view(t), MPI.BYTE], dst) for dst, t in sends.items()]
     early = nbytes > EAGER_BYTES  # rendezvous: every send out before a receive can match (module docstring)
-    sent = [comm.Isend(buf, dst, tag) for buf, dst in outgoing] if early else []
-    bufs, requests = [], []
-    for index, src in enumerate(srcs):
-        buf = _recv_buffer(engine, index, nbytes)
-        bufs.append(buf)
-        requests.append(comm.Irecv([buf.byte_array, MPI.BYTE], src, MPI.ANY_TAG))
-    requests += sent if early else [comm.Isend(buf, dst, tag) for buf, dst in outgoing]
     engine.counters.num_messages += len(sends)
-    statuses = wait_all(requests)
+    if len(outgoing) == 1 and len(srcs) == 1 and not early:
+        # One peer each way (a one-peer step, a pair): one call into MPI instead of three.
+        bufs = [_recv_buffer(engine, 0, nbytes)]
+        (buf, dst), = outgoing
+        statuses = _sendrecv(comm, buf, dst, tag, [bufs[0].byte_array, MPI.BYTE], srcs[0])
+    else:
+        sent = [comm.Isend(buf, dst, tag) for buf, dst in outgoing] if early else []
+        bufs, requests = [], []
+        for index, src in enumerate(srcs):
+            buf = _recv_buffer(engine, index, nbytes)
+            bufs.append(buf)
+            requests.append(comm.Irecv([buf.byte_array, MPI.BYTE], src, MPI.ANY_TAG))
+        requests += sent if early else [comm.Isend(buf, dst, tag) for buf, dst in outgoing]
+        statuses = wait_all(requests)
     check_received(statuses.failure, [(src, nbytes, tag, shape, dtype) for src in srcs], statuses[: len(srcs)])
     return [buf.typed(shape, dtype) for buf in bufs], ([buf.array for buf in bufs] if numpy_typed else None)
 

@@ -205,3 +205,24 @@ def test_neighbour_same_bytes_other_shape_names_both():
             addp.neighbor_allreduce(x)
     addp.barrier()
     _in_step()
+
+
+def test_one_peer_step_with_a_larger_and_a_smaller_tensor():
+    # One peer each way (a ring step): the exchange is a single Sendrecv, whose failures must
+    # read like every other exchange's. Rank 0 passes 5 floats, the others 3: rank 1 is sent
+    # more than it expects, rank 0 less.
+    r, n = addp.rank(), addp.size()
+    step = {"self_weight": 0.5, "src_weights": {(r - 1) % n: 0.5}, "dst_weights": {(r + 1) % n: 1.0}}
+    x = torch.full((5,) if r == 0 else (3,), float(r))
+    if r == 0:
+        with pytest.raises(addp.CommError, match=rf"rank {n - 1} sent .*12 bytes where 20 were expected"):
+            addp.neighbor_allreduce(x, **step)
+    elif r == 1:
+        with pytest.raises(addp.CommError, match="a neighbour sent a larger tensor than this rank expected"):
+            addp.neighbor_allreduce(x, **step)
+    else:
+        assert torch.equal(addp.neighbor_allreduce(x, **step), torch.full((3,), r - 0.5))
+    addp.barrier()
+    y = torch.full((3,), float(r))
+    assert torch.equal(addp.neighbor_allreduce(y, **step), torch.full((3,), (r + (r - 1) % n) / 2))
+    _in_step()
