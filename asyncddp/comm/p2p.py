@@ -10,7 +10,8 @@ sends, every chunk's device-to-host copy is queued first and chunk k is sent as 
 has landed, while the copies of later chunks are still running.
 
 Sends are posted before receives (on the one-chunk path only for messages of more than
-``EAGER_BYTES``; staged CUDA sends wait for their copies). A large message goes by rendezvous:
+``EAGER_BYTES``; staged CUDA sends wait for their copies; a smaller one-chunk exchange with one
+peer each way is a single ``Sendrecv``). A large message goes by rendezvous:
 the receiver answers the sender's first fragment with a small control message before the bulk
 follows, and over TCP that answer queues behind any bulk data already going the same way on the
 connection. When two ranks exchange with each other and a receive is posted first, it can match
