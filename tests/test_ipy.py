@@ -36,7 +36,7 @@ def ipy(*args: str, env: dict[str, str], check: bool = True) -> subprocess.Compl
 
 @pytest.mark.timeout(240)
 def test_start_run_consensus_stop_leaves_nothing(tmp_path):
-    env = {**os.environ, "IPYTHONDIR": str(tmp_path), "OMPI_MCA_osc": "^ucx"}
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path)}
     started = json.loads(ipy("start", "-np", "3", "--json", env=env).stdout)
     directory = tmp_path / "profile_asyncddp"
     try:

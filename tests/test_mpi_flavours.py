@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from asyncddp.comm.mpi_env import fabric_devices
 from asyncddp.launcher.mpi import IMPLEMENTATIONS, find_mpirun, parse_mpi_version, mpi_version_text
 from tests.mpi_helpers import pid_is_running
 
@@ -194,23 +195,25 @@ def test_the_probe_restates_the_launchers_mpirun_rule(tmp_path, monkeypatch):
     assert probe.find_mpirun() == find_mpirun(python, {"PATH": str(on_path)}) == str(on_path / "mpirun")
 
 
-OSC = """
+COMPONENTS = """
 import os, asyncddp as addp
 addp.init()
-print("osc", os.environ.get("OMPI_MCA_osc"), flush=True)
+print("osc", os.environ.get("OMPI_MCA_osc"), "btl", os.environ.get("OMPI_MCA_btl"), flush=True)
 addp.shutdown()
 """
 
 
-def test_each_rank_chooses_its_one_sided_component(tmp_path):
-    # The plan leaves OMPI_MCA_osc alone; asyncddp.init() on each rank deselects UCX only where
-    # that rank's node has no InfiniBand device (asyncddp.comm.mpi_env), as README says.
-    env = {name: value for name, value in os.environ.items() if name != "OMPI_MCA_osc"}
-    done = subprocess.run([sys.executable, "-m", "asyncddp", "run", "-np", "2", sys.executable, "-c", OSC], cwd=ROOT,
-                          capture_output=True, text=True, timeout=90, env=env)
+def test_each_rank_chooses_its_fabric_components(tmp_path):
+    # The plan leaves OMPI_MCA_osc/btl alone; asyncddp.init() on each rank deselects UCX windows
+    # and the libfabric BTL only where that rank's node has no fabric device
+    # (asyncddp.comm.mpi_env), as README says.
+    env = {name: value for name, value in os.environ.items() if name not in ("OMPI_MCA_osc", "OMPI_MCA_btl")}
+    done = subprocess.run([sys.executable, "-m", "asyncddp", "run", "-np", "2", sys.executable, "-c", COMPONENTS],
+                          cwd=ROOT, capture_output=True, text=True, timeout=90, env=env)
     assert done.returncode == 0, done.stderr
-    expected = "None" if os.path.exists("/dev/infiniband") else "^ucx"
-    assert sorted(done.stdout.splitlines()) == [f"[0] osc {expected}", f"[1] osc {expected}"]
-    done = subprocess.run([sys.executable, "-m", "asyncddp", "run", "-np", "2", sys.executable, "-c", OSC], cwd=ROOT,
-                          capture_output=True, text=True, timeout=90, env={**env, "OMPI_MCA_osc": "sm"})
-    assert sorted(done.stdout.splitlines()) == ["[0] osc sm", "[1] osc sm"], done.stderr
+    expected = "osc None btl None" if fabric_devices() else "osc ^ucx btl ^ofi"
+    assert sorted(done.stdout.splitlines()) == [f"[0] {expected}", f"[1] {expected}"]
+    done = subprocess.run([sys.executable, "-m", "asyncddp", "run", "-np", "2", sys.executable, "-c", COMPONENTS],
+                          cwd=ROOT, capture_output=True, text=True, timeout=90,
+                          env={**env, "OMPI_MCA_osc": "sm", "OMPI_MCA_btl": "self,tcp"})
+    assert sorted(done.stdout.splitlines()) == ["[0] osc sm btl self,tcp", "[1] osc sm btl self,tcp"], done.stderr

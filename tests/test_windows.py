@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from asyncddp.comm.mpi_env import configure_one_sided
+from asyncddp.comm.mpi_env import configure_components
 from tests.mpi_helpers import ROOT, find_mpirun, mpi_env, run_mpi, run_mpi_pytest
 
 UCX_NOISE = "OSC UCX component priority set inside component query failed"
@@ -27,14 +27,16 @@ def test_push_sum_example_reaches_the_exact_average():
         assert abs(estimate - exact) < 1e-6, line
 
 
-def test_configure_one_sided_respects_the_user_and_ucx_hardware(tmp_path):
+def test_fabric_components_are_deselected_only_where_no_fabric_exists_and_the_user_chose_none(tmp_path):
     env = {}
-    assert configure_one_sided(env, ib_path=str(tmp_path / "absent")) is True
-    assert env == {"OMPI_MCA_osc": "^ucx"}
+    assert configure_components(env, dev=str(tmp_path)) == {"OMPI_MCA_osc": "^ucx", "OMPI_MCA_btl": "^ofi"}
+    assert env == {"OMPI_MCA_osc": "^ucx", "OMPI_MCA_btl": "^ofi"}
     mine = {"OMPI_MCA_osc": "rdma"}
-    assert configure_one_sided(mine, ib_path=str(tmp_path / "absent")) is False
-    assert mine == {"OMPI_MCA_osc": "rdma"}
-    assert configure_one_sided({}, ib_path=str(tmp_path)) is False  # an InfiniBand device
+    assert configure_components(mine, dev=str(tmp_path)) == {"OMPI_MCA_btl": "^ofi"}
+    assert mine == {"OMPI_MCA_osc": "rdma", "OMPI_MCA_btl": "^ofi"}
+    for index, device in enumerate(("infiniband", "cxi0", "hfi1_0")):
+        (tmp_path / f"node{index}" / device).mkdir(parents=True)
+        assert configure_components({}, dev=str(tmp_path / f"node{index}")) == {}, device
 
 
 def _run_without_osc_setting(code: str) -> subprocess.CompletedProcess:

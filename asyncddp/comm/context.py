@@ -140,11 +140,9 @@ def init(topology: nx.DiGraph | None = None, is_weighted: bool = False, comm=Non
     ``exponential_two_graph(size())``.
     """
     global _context
-    # --- one-sided windows: keep Open MPI off the noisy UCX component (before MPI_Init) ---
-    from asyncddp.comm.mpi_env import configure_one_sided
+    from asyncddp.comm.mpi_env import configure_components
 
-    configure_one_sided()
-    # ---
+    configure_components()  # before MPI_Init: mpi4py initialises MPI when MPI is first imported
     from mpi4py import MPI
 
     from asyncddp.topology.graphs import exponential_two_graph
