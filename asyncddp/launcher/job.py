@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from asyncddp.errors import ConfigError, LaunchError
-from asyncddp.launcher import stop_signals
+from asyncddp.launcher import session_guard, stop_signals
 from asyncddp.launcher.mpi import MpiFlavor, find_failure, split_tagged_line
 from asyncddp.launcher.plan import LaunchPlan
 from asyncddp.launcher.survival import LostRank, RankEnds, survival_result
@@ -35,7 +35,6 @@ __all__ = ["JobResult", "run_plan"]
 TIMEOUT_EXIT = 124
 # After mpirun reports a dead rank it normally ends the job itself; past this we kill it.
 FAILURE_GRACE_S = 3.0
-KILL_GRACE_S = 2.0
 # On timeout: SIGUSR1 first (ranks that called asyncddp.init() print their Python stacks), then kill.
 STACKS_GRACE_S = 1.5
 
@@ -144,40 +143,9 @@ def _pump(pipe: IO[bytes], name: str, output: _Output) -> None:
     pipe.close()
 
 
-def _session_members(session: int) -> list[int]:
-    """Processes of ``session``: mpirun puts each local rank in its own process group, so only
-    the session (ours, from start_new_session) still ties them together. Linux /proc only."""
-    members = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
 def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to mpirun's process group (mpirun passes it on to its ranks and ends), then SIGKILL
-    to whatever is left of its session after a grace time."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            process.wait(KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            pass
-    deadline = time.monotonic() + KILL_GRACE_S
-    while _session_members(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in _session_members(process.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    """End mpirun and its ranks (``session_guard.end_session``), then reap mpirun."""
+    session_guard.end_session(process.pid)
     process.wait()
 
 
@@ -252,17 +220,20 @@ def run_plan(plan: LaunchPlan, *, output_dir: str | None = None, timeout: float 
         except OSError as error:
             output.close()
             raise LaunchError(f"cannot start {plan.argv[0]} ({error}); check the mpirun installation") from None
+        guard = session_guard.start(process.pid)
         pumps = [threading.Thread(target=_pump, args=(pipe, name, output), daemon=True)
                  for pipe, name in ((process.stdout, "stdout"), (process.stderr, "stderr"))]
         for pump in pumps:
             pump.start()
         try:
             result = _watch(process, output, timeout, started, stop)
+            if result is None and process.returncode != 0:
+                _stop(process)  # a killed mpirun leaves its ranks running in our session
         except BaseException:  # whatever went wrong here, mpirun must not outlive us
             _stop(process)
             raise
-        if result is None and process.returncode != 0:
-            _stop(process)  # a killed mpirun leaves its ranks running in our session
+        finally:
+            session_guard.stop(guard)
         for pump in pumps:
             pump.join(5)
         output.close()

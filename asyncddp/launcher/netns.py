@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from asyncddp.errors import LaunchError
+from asyncddp.launcher.session_guard import close_guard
 
 __all__ = ["STATE_ROOT", "NETNS_ETC", "netns_missing_reason", "require_netns", "run_tool", "new_tag",
            "tag_pattern", "write_owner", "uts_prefix", "namespace_pids", "kill_namespace_processes",
@@ -208,13 +209,7 @@ def start_guard(tag: str) -> subprocess.Popen:
 
 def stop_guard(guard: subprocess.Popen) -> None:
     """End a guard whose tag this process has already removed."""
-    with contextlib.suppress(OSError):
-        guard.stdin.close()
-    try:
-        guard.wait(10)
-    except subprocess.TimeoutExpired:
-        guard.kill()
-        guard.wait()
+    close_guard(guard)
 
 
 def _guard_main(tag: str) -> None:
