@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -15,6 +17,7 @@ from asyncddp.doctor.core import PROBE_TEXT
 from asyncddp.doctor.probe import parse_mpirun_version, parse_ompi_cuda
 from asyncddp.doctor.report import CheckResult, DoctorReport, NodeReport
 from asyncddp.launcher.hosts import HostSpec
+from tests.mpi_helpers import pid_is_running
 
 
 def probe(hostname="n1", torch_version="2.13.0", nccl=None, gpus=(), mpi="5.0.11", interfaces=None, **extra):
@@ -176,3 +179,32 @@ def test_cli_rejects_two_host_sources(tmp_path):
                            str(tmp_path / "h")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == "asyncddp: error: give only one of --hostfile, -H, --config (got --hostfile and -H)"
+
+
+def test_sigterm_ends_doctor_its_local_probe_and_its_private_dir(tmp_path):
+    # A node's python that never answers (it records its pid first): doctor is waiting on it when
+    # the signal comes.
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\necho $$ >> {tmp_path}/pids\nexec sleep 60\n")
+    python.chmod(0o755)
+    config = tmp_path / "cluster.yaml"
+    config.write_text(f"hosts:\n  - name: localhost\n    slots: 1\n    python: {python}\n")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    doctor = subprocess.Popen([sys.executable, "-m", "asyncddp", "doctor", "--config", str(config)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "TMPDIR": str(temp)})
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "pids").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [entry.name[:16] for entry in temp.iterdir()] == ["asyncddp-doctor-"]
+        doctor.send_signal(signal.SIGTERM)
+        _, err = doctor.communicate(timeout=10)
+    finally:
+        if doctor.poll() is None:
+            doctor.kill()
+    assert doctor.returncode == 143 and err == "asyncddp: stopped by SIGTERM\n", err
+    assert list(temp.iterdir()) == []
+    pids = [int(line) for line in (tmp_path / "pids").read_text().split()]
+    assert pids and not any(pid_is_running(pid) for pid in pids)

@@ -8,26 +8,31 @@ launcher's ``launches_over_ssh`` decides this for doctor, the preflight and the 
 Each node is probed with the host's configured Python, else with this interpreter's path: the one a
 job launched from here would run, so a node where that path is missing fails with a clear line.
 On this machine the probe is told what ``asyncddp run`` itself decides (``asyncddp.launcher.mpi``:
-which mpirun, which library mpi4py loads), so doctor and run report the same MPI.
+which mpirun, which library mpi4py loads), so doctor and run report the same MPI. A stop signal
+(``asyncddp.launcher.stop_signals``) ends doctor at once: the local probes are killed and the
+private directory they used is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from asyncddp.doctor import checks
 from asyncddp.doctor.report import FAIL, OK, CheckResult, DoctorReport, NodeReport
 from asyncddp.doctor.ssh import SshOptions, connect, run_remote
+from asyncddp.launcher import session_guard, stop_signals
 from asyncddp.launcher.hosts import HostSpec, launches_over_ssh
 from asyncddp.launcher.validation import check_seconds
 
@@ -107,11 +112,10 @@ def _launcher_view(python: str, private_dir: str) -> dict:
     return {**view, "mpi4py_env": env}
 
 
-def _probe_local(host: HostSpec, argument: str, timeout: float) -> tuple[dict | None, CheckResult]:
+def _probe_local(host: HostSpec, argument: str, timeout: float, private_dir: str) -> tuple[dict | None, CheckResult]:
     python = host.python or sys.executable
-    with tempfile.TemporaryDirectory(prefix="asyncddp-doctor-") as private_dir:
-        argument = json.dumps({**json.loads(argument), **_launcher_view(python, private_dir)})
-        return _run_local_probe(python, argument, timeout)
+    argument = json.dumps({**json.loads(argument), **_launcher_view(python, tempfile.mkdtemp(dir=private_dir))})
+    return _run_local_probe(python, argument, timeout)
 
 
 def _run_local_probe(python: str, argument: str, timeout: float) -> tuple[dict | None, CheckResult]:
@@ -138,13 +142,14 @@ def _probe_remote(client, host: HostSpec, argument: str, timeout: float):
     return _parse_probe(code, out, err, python)
 
 
-def check_node(host: HostSpec, hosts: list[HostSpec], options: DoctorOptions) -> NodeReport:
-    """All stages and checks of one host (runs in its own thread)."""
+def check_node(host: HostSpec, hosts: list[HostSpec], options: DoctorOptions, private_dir: str) -> NodeReport:
+    """All stages and checks of one host (runs in its own thread); ``private_dir`` holds what the
+    local probe needs on disk."""
     start = time.monotonic()
     argument = json.dumps({"peers": _peers(host, hosts), "connect_timeout": options.peer_timeout})
     if is_local(host):
         stages = [CheckResult("ssh", OK, "local host, no SSH")]
-        probe, probe_check = _probe_local(host, argument, options.probe_timeout)
+        probe, probe_check = _probe_local(host, argument, options.probe_timeout, private_dir)
     else:
         connection = connect(host, options.ssh)
         stages = connection.checks
@@ -159,15 +164,42 @@ def check_node(host: HostSpec, hosts: list[HostSpec], options: DoctorOptions) ->
 
 
 def _parallel(function, hosts: list[HostSpec]) -> list:
-    with ThreadPoolExecutor(max_workers=max(1, len(hosts)), thread_name_prefix="doctor") as pool:
-        return list(pool.map(function, hosts))
+    """``function`` of each host, each in a thread of its own; the first error raised is raised.
+
+    Daemon threads, joined from the main thread: a stop signal raised there (``stop_signals``)
+    ends doctor at once, where an executor would wait for every probe first."""
+    results: list = [None] * len(hosts)
+    errors: list[BaseException] = []
+
+    def one(index: int) -> None:
+        try:
+            results[index] = function(hosts[index])
+        except BaseException as error:  # re-raised in the caller's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=one, args=(index,), name=f"doctor-{index}", daemon=True)
+               for index in range(len(hosts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 def run_doctor(hosts: list[HostSpec] | None = None, options: DoctorOptions = DoctorOptions()) -> DoctorReport:
     """Check every host in parallel and compare them; default is localhost with one slot."""
     hosts = list(hosts) if hosts else [HostSpec("localhost", 1, source="default")]
     start = time.monotonic()
-    nodes = _parallel(lambda host: check_node(host, hosts, options), hosts)
+    with stop_signals.private_dir("asyncddp-doctor-") as private_dir:
+        try:
+            nodes = _parallel(lambda host: check_node(host, hosts, options, private_dir), hosts)
+        except BaseException:  # a stop signal (or worse): the local probes must not outlive doctor
+            for pid in session_guard.children(os.getpid()):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            raise
     probes = {node.host: node.probe for node in nodes if node.probe is not None}
     unreached = [node.host for node in nodes if node.probe is None]
     cluster, subnet = checks.cluster_checks(probes, unreached)

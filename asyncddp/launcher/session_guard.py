@@ -24,23 +24,33 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["GRACE_S", "session_members", "end_session", "start", "stop", "close_guard"]
+__all__ = ["GRACE_S", "session_members", "children", "end_session", "start", "stop", "close_guard"]
 
 GRACE_S = 2.0  # from SIGTERM to SIGKILL
 _DONE = b"done"
 
 
-def session_members(session: int) -> list[int]:
-    """The live (not zombie) processes of ``session``."""
-    members = []
+def _process_table() -> list[tuple[int, int, int]]:
+    """(pid, parent pid, session) of every live (not zombie) process."""
+    table = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
+        if fields[0] != "Z":
+            table.append((int(entry.name), int(fields[1]), int(fields[3])))
+    return table
+
+
+def session_members(session: int) -> list[int]:
+    """The live processes of ``session``."""
+    return [pid for pid, _, member_of in _process_table() if member_of == session]
+
+
+def children(parent: int) -> list[int]:
+    """The live child processes of ``parent``."""
+    return [pid for pid, parent_pid, _ in _process_table() if parent_pid == parent]
 
 
 def end_session(session: int, grace: float = GRACE_S) -> None:
