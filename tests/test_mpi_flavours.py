@@ -217,3 +217,9 @@ def test_each_rank_chooses_its_fabric_components(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=90,
                           env={**env, "OMPI_MCA_osc": "sm", "OMPI_MCA_btl": "self,tcp"})
     assert sorted(done.stdout.splitlines()) == ["[0] osc sm btl self,tcp", "[1] osc sm btl self,tcp"], done.stderr
+    # mpirun's own --mca reaches the ranks as the variable, so it is the user's choice too.
+    done = subprocess.run([sys.executable, "-m", "asyncddp", "run", "-np", "2", "--mpi-args", "--mca btl self,tcp",
+                           sys.executable, "-c", COMPONENTS], cwd=ROOT, capture_output=True, text=True, timeout=90,
+                          env=env)
+    expected = "osc None btl self,tcp" if fabric_devices() else "osc ^ucx btl self,tcp"
+    assert sorted(done.stdout.splitlines()) == [f"[0] {expected}", f"[1] {expected}"], done.stderr

@@ -6,8 +6,10 @@ session (a shell with a child, in a session of its own) shows both answers of th
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import time
 
 from asyncddp.launcher import session_guard
@@ -15,10 +17,14 @@ from tests.mpi_helpers import pid_is_running
 
 
 def _session() -> tuple[subprocess.Popen, int]:
-    """A session leader that ignores SIGTERM (as some ranks do) with a child that does not."""
-    leader = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 60 & echo $!; wait"], stdout=subprocess.PIPE,
-                              text=True, start_new_session=True)
-    return leader, int(leader.stdout.readline())
+    """A session leader that ignores SIGTERM (as some ranks do) with a child in a process group of
+    its own (as mpirun's ranks are), which the leader's group signal does not reach."""
+    code = ("import signal, subprocess; child = subprocess.Popen(['sleep', '60'], process_group=0); "
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(child.pid, flush=True); child.wait()")
+    leader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    child = int(leader.stdout.readline())
+    assert os.getpgid(child) == child != os.getpgid(leader.pid)
+    return leader, child
 
 
 def test_done_leaves_the_session_running():

@@ -7,7 +7,9 @@ component, ``osc/sm`` on one node or ``osc/rdma`` across nodes, then works), and
 BTL (``btl/ofi``) takes about 1 s of every rank's ``MPI_Init`` to find no usable provider
 (measured: 4 ranks, ``MPI_Init`` 1.15 s with it, 0.24 s without). Where no fabric device exists
 we deselect both through Open MPI's own MCA environment variables, unless the user chose
-components themselves. Other MPI libraries ignore ``OMPI_MCA_*``.
+components themselves. Other MPI libraries ignore ``OMPI_MCA_*``. An environment variable
+outranks Open MPI's parameter files, so a ``btl`` or ``osc`` list set in ``mca-params.conf``
+becomes "all but UCX/ofi" here; set ``OMPI_MCA_btl``/``OMPI_MCA_osc`` to keep such a list.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def _probe_local(host: HostSpec, argument: str, timeout: float, private_dir: str
 def _run_local_probe(python: str, argument: str, timeout: float) -> tuple[dict | None, CheckResult]:
     try:
         done = subprocess.run([python, "-", argument], input=PROBE_TEXT, capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, start_new_session=True)
     except FileNotFoundError:
         return _parse_probe(127, "", "", python)
     except subprocess.TimeoutExpired:
@@ -163,26 +164,40 @@ def check_node(host: HostSpec, hosts: list[HostSpec], options: DoctorOptions, pr
     return NodeReport(host.name, host.source, tuple(found), probe, time.monotonic() - start)
 
 
-def _parallel(function, hosts: list[HostSpec]) -> list:
+def _parallel(function, hosts: list[HostSpec], on_stop: Callable[[], None] | None = None) -> list:
     """``function`` of each host, each in a thread of its own; the first error raised is raised.
 
-    Daemon threads, joined from the main thread: a stop signal raised there (``stop_signals``)
-    ends doctor at once, where an executor would wait for every probe first."""
+    Daemon threads, waited for from the main thread in short waits: a stop signal raised there
+    (``stop_signals.Stopped``) ends doctor at once, where an executor would wait for every probe
+    first. ``on_stop`` then runs until the threads are done (at most 5 s), so that nothing they
+    start after a first cleanup outlives doctor."""
     results: list = [None] * len(hosts)
     errors: list[BaseException] = []
+    # Events, not Thread.join: a signal that interrupts a join marks the thread as ended.
+    finished = [threading.Event() for _ in hosts]
 
     def one(index: int) -> None:
         try:
             results[index] = function(hosts[index])
         except BaseException as error:  # re-raised in the caller's thread
             errors.append(error)
+        finally:
+            finished[index].set()
 
-    threads = [threading.Thread(target=one, args=(index,), name=f"doctor-{index}", daemon=True)
-               for index in range(len(hosts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    for index in range(len(hosts)):
+        threading.Thread(target=one, args=(index,), name=f"doctor-{index}", daemon=True).start()
+    try:
+        for event in finished:
+            while not event.wait(0.2):
+                pass
+    except stop_signals.Stopped:
+        if on_stop is not None:
+            with stop_signals.deferred():  # a second signal waits for the cleanup
+                deadline = time.monotonic() + 5
+                while not all(event.is_set() for event in finished) and time.monotonic() < deadline:
+                    on_stop()
+                    time.sleep(0.05)
+        raise
     if errors:
         raise errors[0]
     return results
@@ -192,14 +207,18 @@ def run_doctor(hosts: list[HostSpec] | None = None, options: DoctorOptions = Doc
     """Check every host in parallel and compare them; default is localhost with one slot."""
     hosts = list(hosts) if hosts else [HostSpec("localhost", 1, source="default")]
     start = time.monotonic()
-    with stop_signals.private_dir("asyncddp-doctor-") as private_dir:
-        try:
-            nodes = _parallel(lambda host: check_node(host, hosts, options, private_dir), hosts)
-        except BaseException:  # a stop signal (or worse): the local probes must not outlive doctor
-            for pid in session_guard.children(os.getpid()):
+    before = set(session_guard.children(os.getpid()))
+
+    def end_local_probes() -> None:
+        # What doctor's threads started, never a child the calling program already had; a local
+        # probe leads a session (and process group) of its own, with whatever it started.
+        for pid in set(session_guard.children(os.getpid())) - before:
+            for kill in (os.killpg, os.kill):
                 with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            raise
+                    kill(pid, signal.SIGKILL)
+
+    with stop_signals.private_dir("asyncddp-doctor-") as private_dir:
+        nodes = _parallel(lambda host: check_node(host, hosts, options, private_dir), hosts, end_local_probes)
     probes = {node.host: node.probe for node in nodes if node.probe is not None}
     unreached = [node.host for node in nodes if node.probe is None]
     cluster, subnet = checks.cluster_checks(probes, unreached)

@@ -55,15 +55,22 @@ def children(parent: int) -> list[int]:
 
 def end_session(session: int, grace: float = GRACE_S) -> None:
     """SIGTERM to the process group ``session`` leads, SIGKILL to what is left of the session
-    after ``grace`` seconds; returns once nothing of it runs (zombies aside)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(session, signal.SIGTERM)
+    after ``grace`` seconds, again until nothing of it runs (zombies aside) or 5 s more passed.
+
+    Signals go only while the session has a live member: Linux does not hand out a number still
+    in use as a session or group id, so no other process can be hit, even after mpirun was reaped."""
+    if session_members(session):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(session, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while session_members(session) and time.monotonic() < deadline:
         time.sleep(0.1)
-    for pid in session_members(session):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while (members := session_members(session)) and time.monotonic() < deadline:
+        for pid in members:  # a member may still fork: list again until none is left
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def start(session: int) -> subprocess.Popen | None:
