@@ -19,7 +19,7 @@ from tests.mpi_helpers import pid_is_running
 def _session() -> tuple[subprocess.Popen, int]:
     """A session leader that ignores SIGTERM (as some ranks do) with a child in a process group of
     its own (as mpirun's ranks are), which the leader's group signal does not reach."""
-    code = ("import signal, subprocess; child = subprocess.Popen(['sleep', '60'], process_group=0); "
+    code = ("import os, signal, subprocess; child = subprocess.Popen(['sleep', '60'], preexec_fn=os.setpgrp); "
             "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(child.pid, flush=True); child.wait()")
     leader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
     child = int(leader.stdout.readline())
