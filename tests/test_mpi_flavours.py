@@ -80,19 +80,23 @@ def test_allreduce_runs_on_the_flavours_own_library(flavour):
 
 
 def test_a_crashing_rank_sets_the_exit_code_and_is_named(flavour):
-    done = asyncddp(flavour, "-np", "3", "--oversubscribe", "examples/exit_code.py", "2", "7")
-    assert done.returncode == 7, done.stderr
     named = "asyncddp: job failed: rank 2 on localhost exited with code 7"
-    if flavour["library"].startswith("Open MPI v4."):
-        # Open MPI 4's mpirun sometimes exits with the rank's code before printing the message
-        # that names the rank (seen about once in ten runs, idle machine too); then the launcher
-        # can only say so, which it must do instead of guessing.
-        unnamed = ("asyncddp: job failed: mpirun exited with code 7 without naming a failing rank; "
-                   "see its [mpirun] lines above")
-        assert done.stderr.splitlines()[-1] in (named, unnamed), done.stderr
-    else:
-        assert done.stderr.splitlines()[-1] == named, done.stderr
-    assert "passed the barrier" not in done.stdout
+    # Open MPI 4's mpirun sometimes exits with the rank's code without the message that names the
+    # rank (its own "ORTE_ERROR_LOG: Data unpack had inadequate space ... show_help.c" instead; 5
+    # of 20 runs here), and MPICH's mpiexec before forwarding the rank's own "MPI_Abort(..., 7) -
+    # process 2" line (1 in 40 runs on loaded cores); then the launcher can only say so, which it
+    # must do instead of guessing. Naming must still work: at least one of five launches.
+    unnamed = ("asyncddp: job failed: mpirun exited with code 7 without naming a failing rank; "
+               "see its [mpirun] lines above")
+    may_miss = flavour["library"].startswith(("Open MPI v4.", "MPICH Version:"))
+    for _ in range(5 if may_miss else 1):
+        done = asyncddp(flavour, "-np", "3", "--oversubscribe", "examples/exit_code.py", "2", "7")
+        assert done.returncode == 7, done.stderr
+        assert "passed the barrier" not in done.stdout
+        assert done.stderr.splitlines()[-1] in ((named, unnamed) if may_miss else (named,)), done.stderr
+        if done.stderr.splitlines()[-1] == named:
+            break
+    assert done.stderr.splitlines()[-1] == named, done.stderr
 
 
 def test_ctrl_c_stops_every_rank_and_exits_130(flavour):
