@@ -42,6 +42,7 @@ FLAVOURS = {"openmpi5": str(Path(sys.executable).parent / "mpirun"), "openmpi4":
 
 @pytest.fixture(params=sorted(FLAVOURS))
 def flavour_mpirun(request) -> str:
+    """The mpirun of one MPI (each, unless a test names some), skipped where it is not installed."""
     if not os.access(FLAVOURS[request.param], os.X_OK):
         pytest.skip(f"{FLAVOURS[request.param]} is not installed")
     return FLAVOURS[request.param]
@@ -152,12 +153,9 @@ def test_a_stop_signal_ends_every_rank_and_removes_the_private_dir(tmp_path, sig
     launch.assert_nothing_left()
 
 
-@pytest.mark.parametrize("flavour", ["openmpi4", "mpich"])
-def test_sigterm_ends_every_rank_under_the_other_mpis(tmp_path, flavour):
-    mpirun = FLAVOURS[flavour]
-    if not os.access(mpirun, os.X_OK):
-        pytest.skip(f"{mpirun} is not installed")
-    launch = Launch(tmp_path, *_run_args(tmp_path / "pids"), env={"ASYNCDDP_MPIRUN": mpirun})
+@pytest.mark.parametrize("flavour_mpirun", ["openmpi4", "mpich"], indirect=True)
+def test_sigterm_ends_every_rank_under_the_other_mpis(tmp_path, flavour_mpirun):
+    launch = Launch(tmp_path, *_run_args(tmp_path / "pids"), env={"ASYNCDDP_MPIRUN": flavour_mpirun})
     launch.wait_for_ranks(3)
     code, err = launch.stop(signal.SIGTERM)
     assert code == 143, err
