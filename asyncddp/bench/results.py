@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from asyncddp.bench.methods import METHOD_NAMES
 from asyncddp.bench.network import BenchNetwork
 from asyncddp.errors import AsyncDDPError, ConfigError
 
@@ -237,8 +238,9 @@ class CommBenchResult:
 
 # ---- bench MODEL -------------------------------------------------------------------------------
 MODELS = ("resnet18", "resnet50", "vgg16", "mobilenet_v3", "transformer", "mlp")
-# Table order: the compute-only ceiling, the peer a user would pick instead, then ours.
-METHODS = ("local", "ddp", "allreduce", "dear", "neighbor-exp2", "neighbor-one-peer", "hierarchical", "win-put")
+# Table order: the compute-only ceiling, the peer a user would pick instead, then ours
+# (the registry of ``asyncddp.bench.methods``).
+METHODS = METHOD_NAMES
 
 
 def parse_methods(items: list[str] | None) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import asyncddp.comm as addp
 from asyncddp.bench_ranks.models import NUM_CLASSES, build_model
+from asyncddp.bench.methods import get_method
 from asyncddp.bench.results import BenchError, ModelBenchOptions, ModelRun
 
 
@@ -73,23 +74,12 @@ _NEVER_FREED: list = []
 
 
 def wrap_for_method(method: str, optimizer, model):
-    """``optimizer`` wrapped the way bench method ``method`` trains (not ``local`` or ``ddp``)."""
-    import asyncddp.optim as optim
-    from asyncddp.topology.schedules import one_peer_exponential_two
-
-    if method == "allreduce":
-        return optim.DistributedGradientAllreduceOptimizer(optimizer, model)
-    if method == "dear":
-        return optim.DistributedDeAROptimizer(optimizer, model)
-    if method == "neighbor-exp2":
-        return optim.DistributedNeighborAllreduceOptimizer(optimizer, model)
-    if method == "neighbor-one-peer":
-        return optim.DistributedNeighborAllreduceOptimizer(optimizer, model, schedule=one_peer_exponential_two)
-    if method == "hierarchical":
-        return optim.DistributedHierarchicalNeighborAllreduceOptimizer(optimizer, model)
-    if method == "win-put":
-        return optim.DistributedWinPutOptimizer(optimizer, model)
-    raise BenchError(f"unknown method {method!r}")
+    """``optimizer`` wrapped the way bench method ``method`` trains (not ``local`` or ``ddp``;
+    the registry ``asyncddp.bench.methods`` says how)."""
+    wrap = get_method(method).wrap
+    if wrap is None:
+        raise BenchError(f"method {method!r} has no optimizer wrapper (local and ddp are set up by the run)")
+    return wrap(optimizer, model)
 
 
 def _timed_steps(model, optimizer, images, labels, warmup: int, iters: int, device) -> list[float]:
