@@ -41,7 +41,7 @@ def run_converge_bench(base: ConvergeOptions, methods: tuple[str, ...], launch: 
     ``on_progress`` gets ``{"method", "done", "total", "step", "steps"}``: ``done`` evaluations
     of ``total`` (over all methods) so far.
     """
-    evals_per_run = base.steps // base.eval_every + (1 if base.steps % base.eval_every else 0)
+    evals_per_run = -(-base.steps // base.eval_every)  # every eval_every steps, and after the last
     total = evals_per_run * len(methods)
     rows, info = [], None
     for index, method in enumerate(methods):
@@ -49,7 +49,7 @@ def run_converge_bench(base: ConvergeOptions, methods: tuple[str, ...], launch: 
 
         def on_step(event, method=method, done=done):
             if on_progress:
-                number = event["step"] // base.eval_every + (1 if event["step"] % base.eval_every else 0)
+                number = -(-event["step"] // base.eval_every)
                 on_progress({"method": method, "done": done + number, "total": total, "step": event["step"],
                              "steps": event["steps"]})
 

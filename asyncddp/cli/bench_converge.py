@@ -71,10 +71,10 @@ def converge_command(
     base = _options(task, split, num_ranks, steps, eval_every, batch_size, lr, width, target_accuracy, seed, device)
     chosen = parse_methods(methods)
     _check_plot_path(plot)
-    with _progress_bar(f"bench converge {base.task}", 1, as_json) as update:
+    evaluations = len(chosen) * -(-base.steps // base.eval_every)
+    with _progress_bar(f"bench converge {base.task}", evaluations, as_json) as update:
         def on_progress(event):
-            update(event["done"] / max(event["total"], 1),
-                   f"bench converge: {event['method']} step {event['step']}/{event['steps']}")
+            update(event["done"], f"bench converge: {event['method']} step {event['step']}/{event['steps']}")
 
         result = run_converge_bench(base, chosen, launch, on_progress)
     _report(result, as_json, converge_table, plot, converge_plot)
