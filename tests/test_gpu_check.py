@@ -84,8 +84,8 @@ def _flags(step) -> list[str]:
 def test_the_gpu_plan_and_its_cpu_variant_pass_the_same_flags():
     gpu = {s.name: s for s in gpu_check.build_plan("python3", "/out", ".gpu-wheels", gpu=True)}
     cpu = {s.name: s for s in gpu_check.build_plan("python3", "/out", ".gpu-wheels", gpu=False)}
-    assert list(gpu) == ["nvidia-smi", "wheels", "install-wheels", "install-asyncddp", "facts", "doctor", "test-device",
-                         "ops-np1", "ops-np2", "ops-np4", "nccl-np1", "bench-comm-np2", "bench-comm-np4",
+    assert list(gpu) == ["nvidia-smi", "wheels", "install-wheels", "install-mpi", "install-asyncddp", "facts",
+                         "doctor", "test-device", "ops-np1", "ops-np2", "ops-np4", "nccl-np1", "bench-comm-np2", "bench-comm-np4",
                          "bench-resnet50-np1", "bench-resnet50-np4", "bench-resnet50-np2"]
     assert list(cpu) == ["wheels", "facts", "doctor", "test-device", "ops-np2", "nccl-np1", "bench-comm-np2",
                          "bench-resnet50-np1"]
@@ -99,10 +99,18 @@ def test_the_gpu_plan_and_its_cpu_variant_pass_the_same_flags():
     assert resnet[resnet.index("--batch-size") + 1] == "64" and resnet[resnet.index("--device") + 1] == "cuda"
     assert gpu["nccl-np1"].env == (("ASYNCDDP_TEST_DEVICE", "cuda"), ("ASYNCDDP_BACKEND", "nccl"))
     assert cpu["ops-np2"].env == (("ASYNCDDP_TEST_DEVICE", "cpu"),)
-    install = gpu["install-wheels"].argv + gpu["install-asyncddp"].argv
+    install = gpu["install-wheels"].argv + gpu["install-mpi"].argv + gpu["install-asyncddp"].argv
     assert "--no-index" in install and "--no-deps" in install and not any("torch" in arg for arg in install)
-    assert [s.kind for s in gpu.values()][:5] == ["setup"] * 5 and cpu["wheels"].kind == "check"
+    assert [s.kind for s in gpu.values()][:6] == ["setup"] * 6 and cpu["wheels"].kind == "check"
     assert sum(s.timeout_s for s in gpu.values() if s.kind == "setup") < gpu_check.BUDGET_S <= 480
+
+
+def test_steps_keeps_the_setup_and_the_named_checks():
+    names = [s.name for s in gpu_check.build_plan("python3", "/out", "w", gpu=True, only=("ops-np4", "nccl-np1"))]
+    assert names == ["nvidia-smi", "wheels", "install-wheels", "install-mpi", "install-asyncddp", "facts", "ops-np4",
+                     "nccl-np1"]
+    names = [s.name for s in gpu_check.build_plan("python3", "/out", "w", gpu=False, only=("ops-np4", "nccl-np1"))]
+    assert names == ["wheels", "facts", "nccl-np1"]
 
 
 def test_a_step_out_of_time_is_stopped_with_its_children(tmp_path):
@@ -128,11 +136,17 @@ def test_without_a_gpu_the_real_run_stops_at_setup_with_one_line(tmp_path):
     assert summary["mode"] == "gpu" and summary["setup_error"] == done.stderr.strip()
 
 
-def test_outdir_must_be_new_or_empty(tmp_path):
+def test_bad_input_is_one_line(tmp_path):
     (tmp_path / "old.log").write_text("x")
-    done = _gpu_check("--dry-run", str(tmp_path))
-    assert (done.returncode, done.stderr.strip()) == (
-        2, f"gpu-check: OUTDIR {tmp_path} is not empty; give a new or empty folder")
+    for args, line in [
+        (("--dry-run", str(tmp_path)), f"gpu-check: OUTDIR {tmp_path} is not empty; give a new or empty folder"),
+        (("--dry-run",), "gpu-check: give OUTDIR: scripts/gpu-check [--dry-run] OUTDIR"),
+        (("--bogus", str(tmp_path)), "gpu-check: unrecognized arguments: --bogus (scripts/gpu-check --help)"),
+        (("--steps", "ops-np2,ops-np8", str(tmp_path / "new")),
+         "gpu-check: --steps ops-np8: no such check; choose from " + ",".join(gpu_check.check_names())),
+    ]:
+        done = _gpu_check(*args)
+        assert (done.returncode, done.stderr) == (2, line + "\n"), args
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +164,8 @@ def test_dry_run_prints_the_gpu_plan_and_runs_its_cpu_variant(dry_run):
     assert summary["mode"] == "dry-run" and summary["setup_error"] is None
     plan = done.stdout.split("\n\nrunning its CPU variant here:")[0].splitlines()
     assert plan[0].startswith(f"plan on a GPU machine (scripts/gpu-check {out})")
-    assert [line.split("] ", 1)[1] for line in plan[1:]] == [f"{s['name']}: {s['command']}" for s in summary["gpu_plan"]]
+    printed = [line.split("] ", 1)[1] for line in plan[1:]]
+    assert printed == [f"{s['name']}: {s['command']}" for s in summary["gpu_plan"]]
     assert f"bench-resnet50-np1: python3 -m asyncddp bench resnet50 --np 1 --device cuda --methods " \
            f"{','.join(METHODS)} --batch-size 64" in done.stdout
     statuses = {s["name"]: s["status"] for s in summary["steps"]}
@@ -162,6 +177,7 @@ def test_dry_run_prints_the_gpu_plan_and_runs_its_cpu_variant(dry_run):
     assert json.loads((out / "doctor.json").read_text())["nodes"][0]["host"] == "localhost"
     assert json.loads((out / "bench-comm-np2.json").read_text())["device"] == "cpu"
     assert (out / "bench-comm-np2.png").stat().st_size > 0 and (out / "bench-resnet50-np1.png").stat().st_size > 0
+    assert "2 passed" in (out / "test-device.log").read_text()
     assert "passed" in (out / "ops-np2.log").read_text() and "passed" in (out / "nccl-np1.log").read_text()
     figures = summary["figures"]
     assert figures["comm_num_wrong"] == {"2": 0} and figures["np1_vs_local"] == {"local": 1.0}
