@@ -105,9 +105,18 @@ def _mpi_facts() -> dict:
         mpi4py.rc.initialize = False  # the library's name needs no MPI_Init
         from mpi4py import MPI
 
-        return {"mpi4py": mpi4py.__version__, "mpi_library": MPI.Get_library_version().strip().splitlines()[0]}
+        library = MPI.Get_library_version().replace("\x00", "").strip()  # Open MPI's ends in a NUL
+        return {"mpi4py": mpi4py.__version__, "mpi_library": library.splitlines()[0]}
     except Exception as error:  # reported, not fatal here: doctor and the MPI steps say more
         return {"mpi_error": f"{type(error).__name__}: {error}"}
+
+
+def _nccl_version(torch) -> str | None:
+    try:  # a tuple in current torch, an int in older ones; a fact, never a reason to stop
+        version = torch.cuda.nccl.version()
+    except Exception:
+        return None
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
 
 
 def facts(device: str) -> int:
@@ -121,7 +130,7 @@ def facts(device: str) -> int:
             props = torch.cuda.get_device_properties(index)
             info["gpus"].append({"name": props.name, "capability": f"{props.major}.{props.minor}",
                                  "memory_gib": round(props.total_memory / 2**30, 1)})
-        info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        info["nccl"] = _nccl_version(torch)
         x = torch.ones(1024, 1024, device="cuda")
         info["matmul_ok"] = bool(torch.equal(x @ x, torch.full_like(x, 1024.0)))
     info.update(_mpi_facts())
