@@ -225,8 +225,10 @@ def run_step(step: Step, outdir: Path, timeout_s: float) -> Outcome:
     return Outcome(step.name, step.kind, status, seconds, code, step.shell_line(), made, last)
 
 
-def run_plan(steps: list[Step], outdir: Path, budget_s: float) -> tuple[list[Outcome], str | None]:
-    """Every step in order within ``budget_s``; stops at the first failed setup step (its one line returned)."""
+def run_plan(steps: list[Step], outdir: Path, budget_s: float, after_step=lambda outcomes: None
+             ) -> tuple[list[Outcome], str | None]:
+    """Every step in order within ``budget_s``, ``after_step(outcomes so far)`` after each; stops at the first
+    failed setup step (its one line returned)."""
     deadline, outcomes = time.monotonic() + budget_s, []
     for step in steps:
         left = deadline - time.monotonic()
@@ -237,6 +239,7 @@ def run_plan(steps: list[Step], outdir: Path, budget_s: float) -> tuple[list[Out
         print(f"-- {step.name}: {step.shell_line()}", flush=True)
         outcome = run_step(step, outdir, min(step.timeout_s, left))
         outcomes.append(outcome)
+        after_step(outcomes)
         detail = "" if outcome.status == "ok" else f": {outcome.last_line}"
         print(f"   {outcome.status} in {outcome.seconds} s{detail}", flush=True)
         if step.kind == "setup" and outcome.status not in ("ok", "warn"):
@@ -278,19 +281,23 @@ def figures(outdir: Path) -> dict:
     return out
 
 
-def summarize(outcomes: list[Outcome], outdir: Path, mode: str, plan: list[Step], error: str | None,
-              seconds: float) -> dict:
+def write_summary(outcomes: list[Outcome], outdir: Path, mode: str, plan: list[Step], error: str | None,
+                  seconds: float) -> dict:
+    """``OUTDIR/summary.json``; rewritten after every step, so a run cut off from outside still leaves one."""
     summary = {"mode": mode, "outdir": str(outdir), "seconds": round(seconds, 1), "setup_error": error,
                "steps": [asdict(o) for o in outcomes], "figures": figures(outdir),
                "gpu_plan": [{"name": s.name, "kind": s.kind, "timeout_s": s.timeout_s, "command": s.shell_line()}
                             for s in plan]}
     (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\n{'step':<22} {'status':<8} {'seconds':>8}")
-    for o in outcomes:
-        print(f"{o.name:<22} {o.status:<8} {o.seconds:>8.1f}")
-    print(f"{'total':<22} {'':<8} {seconds:>8.1f}")
-    print("figures:", json.dumps(summary["figures"]))
     return summary
+
+
+def print_summary(summary: dict) -> None:
+    print(f"\n{'step':<22} {'status':<8} {'seconds':>8}")
+    for step in summary["steps"]:
+        print(f"{step['name']:<22} {step['status']:<8} {step['seconds']:>8.1f}")
+    print(f"{'total':<22} {'':<8} {summary['seconds']:>8.1f}")
+    print("figures:", json.dumps(summary["figures"]))
 
 
 # --- entry point --------------------------------------------------------------------------------
@@ -350,9 +357,10 @@ def main(argv: list[str]) -> int:
         print("\nrunning its CPU variant here:", flush=True)
     steps = build_plan(sys.executable, str(outdir), args.wheels, gpu=not args.dry_run,
                        require_wheels=args.require_wheels, only=only)
-    start = time.monotonic()
-    outcomes, error = run_plan(steps, outdir, BUDGET_S)
-    summarize(outcomes, outdir, "dry-run" if args.dry_run else "gpu", gpu_plan, error, time.monotonic() - start)
+    start, mode = time.monotonic(), "dry-run" if args.dry_run else "gpu"
+    outcomes, error = run_plan(steps, outdir, BUDGET_S, lambda so_far: write_summary(
+        so_far, outdir, mode, gpu_plan, None, time.monotonic() - start))
+    print_summary(write_summary(outcomes, outdir, mode, gpu_plan, error, time.monotonic() - start))
     if error:
         print(error, file=sys.stderr)
         return 2
