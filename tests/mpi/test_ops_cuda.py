@@ -1,5 +1,10 @@
-"""CUDA tensors through the staged (pinned host, chunked) path; skipped without a GPU."""
+"""CUDA tensors through the staged (pinned host, chunked) path; skipped without a GPU.
 
+ASYNCDDP_TEST_DEVICE=cpu runs the same checks on CPU tensors (``scripts/gpu-check --dry-run`` does, so
+the file is exercised on machines without a GPU); the staging bandwidth report stays CUDA-only.
+"""
+
+import os
 import time
 
 import pytest
@@ -8,17 +13,24 @@ import torch
 import asyncddp as addp
 from asyncddp.comm import device
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+DEVICE = os.environ.get("ASYNCDDP_TEST_DEVICE", "cuda")
+if DEVICE not in ("cpu", "cuda"):
+    raise ValueError(f"ASYNCDDP_TEST_DEVICE={DEVICE!r}: choose cpu or cuda")
+pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="no CUDA GPU")
+cuda_only = pytest.mark.skipif(DEVICE != "cuda", reason="host staging is for CUDA tensors")
 
 
 def _dev():
+    if DEVICE == "cpu":
+        return torch.device("cpu")
     return torch.device("cuda", addp.local_rank() % torch.cuda.device_count())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64])
 def test_neighbor_allreduce_cuda_multi_chunk(dtype):
     r, n = addp.rank(), addp.size()
-    numel = 3 * 1024 * 1024 + 5  # > 4 MiB chunk for every dtype: several pipelined chunks
+    # > 4 MiB chunk for every dtype on CUDA: several pipelined chunks; CPU tensors are not chunked
+    numel = 3 * 1024 * 1024 + 5 if DEVICE == "cuda" else 1029
     x = torch.full((numel,), 4 * r, dtype=dtype, device=_dev())
     out = addp.neighbor_allreduce(x)
     members = [r] + sorted({(r - 2**k) % n for k in range(n.bit_length()) if 2**k < n} - {r})
@@ -34,11 +46,23 @@ def test_collectives_cuda():
     assert torch.equal(addp.allreduce(x, average=False), torch.full_like(x, n * (n + 1) / 2))
     assert torch.equal(addp.broadcast(x, 0), torch.ones_like(x))
     g = addp.allgather(x[: r + 1])
-    assert g.device.type == "cuda" and g.numel() == n * (n + 1) // 2
+    assert g.device.type == DEVICE and g.numel() == n * (n + 1) // 2
     nb = addp.neighbor_allgather(x[:2])
-    assert nb.device.type == "cuda"
+    assert nb.device.type == DEVICE
 
 
+def test_requested_backend_is_the_one_used():
+    # NCCL carries the exchanges only when every rank has a GPU of its own; otherwise MPI does.
+    wanted = os.environ.get("ASYNCDDP_BACKEND", "mpi")
+    own_gpu = DEVICE == "cuda" and addp.local_size() <= torch.cuda.device_count()
+    expected = "nccl" if wanted == "nccl" and own_gpu else "mpi"
+    x = torch.full((8,), float(addp.rank()), device=_dev())
+    out = addp.neighbor_allreduce(x)
+    assert addp.comm_stats().backend == expected
+    assert out.device == x.device
+
+
+@cuda_only
 def test_staging_bandwidth_report():
     r = addp.rank()
     x = torch.ones(64 * 1024 * 1024 // 4, device=_dev())
