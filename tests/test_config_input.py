@@ -96,7 +96,7 @@ def test_huge_config_file_is_refused_before_parsing(tmp_path):
     started = time.monotonic()
     with pytest.raises(ConfigError, match=r"big.yaml is larger than 1 MiB, more than any YAML file needs; check the --config path"):
         load_config(big)
-    with pytest.raises(ConfigError, match=r"/dev/zero is larger than 1 MiB"):
+    with pytest.raises(ConfigError, match=r"/dev/zero is a character device, not a file"):
         load_config("/dev/zero")
     assert time.monotonic() - started < 5
 
