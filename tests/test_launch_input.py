@@ -59,3 +59,35 @@ def test_a_fifo_as_hostfile_or_config_is_one_line_not_a_hang(tmp_path, flag):
         assert done.returncode == 2, done.stderr
         assert done.stderr == f"asyncddp: error: {what} {fifo} is a FIFO (named pipe), not a file; give a " \
                               f"{'text' if what == 'hostfile' else 'YAML'} file with {flag}\n"
+
+
+def test_a_script_named_like_an_option_is_passed_as_a_path(tmp_path):
+    from asyncddp.launcher.plan import resolve_command
+
+    (tmp_path / "-dash.py").write_text("")
+    (tmp_path / "-tool").write_text("")
+    assert resolve_command(("-dash.py", "-x"), "py", str(tmp_path)) == ("py", "-m", "mpi4py", "./-dash.py", "-x")
+    assert resolve_command(("-tool", "-x"), "py", str(tmp_path)) == ("./-tool", "-x")
+    assert resolve_command(("train.py",), "py") == ("py", "-m", "mpi4py", "train.py")
+
+
+def test_a_dash_script_runs_on_every_rank(tmp_path):
+    (tmp_path / "-dash.py").write_text("import sys\nfrom mpi4py import MPI\nprint('dash', MPI.COMM_WORLD.rank, sys.argv[1:])\n")
+    done = asyncddp("run", "-np", "2", "--", "-dash.py", "-x", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == ["[0] dash 0 ['-x']", "[1] dash 1 ['-x']"]
+
+
+def test_a_directory_given_as_the_script_is_named_a_directory(tmp_path):
+    from asyncddp.errors import LaunchError
+    from asyncddp.launcher.plan import resolve_command
+
+    (tmp_path / "train.py").mkdir()
+    (tmp_path / "tool").mkdir()
+    with pytest.raises(LaunchError) as refused:
+        resolve_command(("train.py",), "py", str(tmp_path))
+    assert str(refused.value) == f"script train.py is a directory, not a file (looked in {tmp_path}); give the script's path"
+    with pytest.raises(LaunchError, match=r"^script tool is a directory, not a file"):
+        resolve_command(("tool",), "py", str(tmp_path))
+    with pytest.raises(LaunchError, match=r"^script missing.py not found"):
+        resolve_command(("missing.py",), "py", str(tmp_path))

@@ -21,6 +21,7 @@ from pathlib import Path
 from asyncddp.launcher.run_config import RunConfig
 from asyncddp.errors import LaunchError
 from asyncddp.launcher.hosts import HostSpec, launches_over_ssh, mpirun_host_name, rank_hosts
+from asyncddp.launcher.validation import as_operand, check_script
 from asyncddp.launcher.mpi import DETECTOR, MpiFlavor, MpiImplementation, MpiInstall, library_env
 
 __all__ = ["LaunchPlan", "resolve_command", "ssh_config_text", "build_plan", "format_plan"]
@@ -67,12 +68,18 @@ def resolve_command(command: tuple[str, ...], python: str, check_dir: str | None
             raise LaunchError("-m needs a module name: asyncddp run -np 2 -m package.module")
         return (python, "-m", "mpi4py", "-m", *rest)
     if head.endswith(".py"):
-        if check_dir is not None and not (Path(check_dir) / head).is_file():
-            raise LaunchError(f"script {head} not found (looked in {check_dir}); check the path")
-        return (python, "-m", "mpi4py", head, *rest)
-    if check_dir is not None and shutil.which(head) is None and not (Path(check_dir) / head).is_file():
-        raise LaunchError(f"command {head!r} not found on PATH; give a script path, -m module or an installed command")
-    return tuple(command)
+        if check_dir is not None:
+            check_script(Path(check_dir) / head, head, check_dir)
+        return (python, "-m", "mpi4py", as_operand(head), *rest)
+    if shutil.which(head) is not None:
+        return tuple(command)
+    if check_dir is not None:
+        if (Path(check_dir) / head).is_dir():
+            check_script(Path(check_dir) / head, head, check_dir)
+        if not (Path(check_dir) / head).is_file():
+            raise LaunchError(f"command {head!r} not found on PATH; give a script path, -m module or an installed "
+                              "command")
+    return (as_operand(head), *rest)
 
 
 def ssh_config_text(hosts: tuple[HostSpec, ...], known_hosts: str | None) -> str:

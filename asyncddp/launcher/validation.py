@@ -12,15 +12,19 @@ much of a value an error repeats, so no input can make an error message large.
 from __future__ import annotations
 
 import ipaddress
+import os
 import math
 import re
 import reprlib
+import stat
+from pathlib import Path
 from typing import Any
 
 from asyncddp.errors import ConfigError
 
 __all__ = ["MAX_SLOTS", "MAX_HOSTS", "MAX_SECONDS", "quote", "check_host_name", "check_user", "check_port",
-           "check_count", "check_ssh_path", "check_text", "check_env_name", "check_seconds"]
+           "check_count", "check_ssh_path", "check_text", "check_env_name", "check_seconds", "as_operand",
+           "check_script"]
 
 # Ranks on one host or in one job, hosts in one job: far above any real cluster, low enough that a
 # typo like slots=4000000000 is refused instead of building a rank map of that many entries.
@@ -127,3 +131,23 @@ def check_seconds(value: Any, flag: str, error: type[ConfigError] = ConfigError)
         shown = f"{value:g}" if isinstance(value, (int, float)) else quote(value)
         raise error(f"{flag} {shown}: give a positive number of seconds, at most {MAX_SECONDS:.0f}")
     return float(value)
+
+
+def as_operand(path: str) -> str:
+    """``path`` spelled so that no option parser takes it for an option: a script named ``-dash.py``
+    would be read as a flag by python and by mpirun (``Unknown option``); ``./-dash.py`` is the same
+    file to every one of them."""
+    return os.path.join(".", path) if path.startswith("-") else path
+
+
+def check_script(path: Path, shown: str, folder: str) -> None:
+    """Refuse a script that is missing or not a file (a directory, a FIFO), naming which."""
+    from asyncddp.errors import LaunchError
+    from asyncddp.launcher.input_files import file_kind
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise LaunchError(f"script {shown} not found (looked in {folder}); check the path") from None
+    if not stat.S_ISREG(mode):
+        raise LaunchError(f"script {shown} is {file_kind(mode)}, not a file (looked in {folder}); give the script's path")
