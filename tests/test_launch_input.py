@@ -91,3 +91,57 @@ def test_a_directory_given_as_the_script_is_named_a_directory(tmp_path):
         resolve_command(("tool",), "py", str(tmp_path))
     with pytest.raises(LaunchError, match=r"^script missing.py not found"):
         resolve_command(("missing.py",), "py", str(tmp_path))
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cluster.yaml"
+    path.write_text("hosts:\n  - name: localhost\n    slots: 1\n" + text)
+    return path
+
+
+def test_a_missing_or_file_working_dir_is_refused_before_launch(tmp_path):
+    (tmp_path / "plain").write_text("")
+    for folder, why in ((tmp_path / "gone", "does not exist"), (tmp_path / "plain", "is not a regular file, not a directory")):
+        config = _config(tmp_path, f"working_dir: {folder}\n")
+        done = asyncddp("run", "--config", str(config), "--dry-run", "examples/hello.py")
+        assert done.returncode == 2
+        assert done.stderr.startswith(f"asyncddp: error: {config}:4: working_dir {folder} ")
+        assert done.stderr.count("\n") == 1 and "mpirun installation" not in done.stderr
+
+
+def test_a_start_failure_names_its_real_cause(tmp_path):
+    from asyncddp.launcher.job import run_plan
+    from asyncddp.errors import LaunchError
+    from asyncddp.launcher.mpi import MpiFlavor
+    from asyncddp.launcher.plan import LaunchPlan
+
+    def refusal(**changes) -> str:
+        fields = {"argv": ("/bin/true",), "env": {}, "rank_hosts": ("localhost",), "hosts": (),
+                  "flavor": MpiFlavor("openmpi", "5.0.0", 5), **changes}
+        with pytest.raises(LaunchError) as refused:
+            run_plan(LaunchPlan(**fields))
+        return str(refused.value)
+
+    assert refusal(env={"BIG": "x" * 200_000}) == (
+        "cannot start /bin/true: its arguments and environment are too large to pass to a program (Argument list "
+        "too long); the largest is the variable BIG (200000 bytes; Linux takes at most 128 KiB for one): pass "
+        "large values in a file instead")
+    assert refusal(cwd=str(tmp_path / "gone")) == (
+        f"cannot start /bin/true in the working directory {tmp_path / 'gone'}: No such file or directory; "
+        "create it or fix working_dir")
+    assert refusal(argv=(str(tmp_path / "mpirun"),)).endswith("check the mpirun installation (ASYNCDDP_MPIRUN, PATH)")
+
+
+def test_a_huge_env_set_value_is_named_when_mpirun_cannot_start(tmp_path):
+    config = _config(tmp_path, f"env:\n  set:\n    BIG: {'x' * 200_000}\n")
+    done = asyncddp("run", "--config", str(config), "examples/hello.py")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "the largest is the variable BIG (200000 bytes" in done.stderr
+
+
+def test_env_set_values_reach_the_ranks_as_written():
+    from asyncddp.launcher.config import parse_config_text
+
+    text = "hosts: [{name: a}]\nenv:\n  set: {B: true, Y: yes, N: 010, F: 1.50, S: text, Q: 'True', E: }\n"
+    assert parse_config_text(text, "c.yaml").env_set == (
+        ("B", "true"), ("Y", "yes"), ("N", "010"), ("F", "1.50"), ("S", "text"), ("Q", "True"), ("E", ""))

@@ -48,11 +48,26 @@ class PlannedJob:
         return {**self.plan.to_dict(), **({"emulate": self.emulated.to_dict()} if self.emulated else {})}
 
 
-def _check_dir(working_dir: str | None) -> str | None:
-    # A working directory that exists only on the remote hosts cannot be checked from here.
-    if working_dir is None:
+def _check_dir(config: RunConfig, cluster) -> str | None:
+    """Where the ranks start, when it is on this machine: a local job's ``working_dir`` must be a
+    directory here (else mpirun could not even be started there). One that may exist only on the
+    remote hosts cannot be checked from here: None, no script checks."""
+    from asyncddp.launcher.hosts import launches_over_ssh
+    from asyncddp.launcher.input_files import file_kind
+
+    path = config.working_dir
+    if path is None:
         return os.getcwd()
-    return working_dir if os.path.isdir(working_dir) else None
+    if os.path.isdir(path):
+        return path
+    if any(launches_over_ssh(host) for host in config.hosts):
+        return None
+    try:
+        why = f"is {file_kind(os.stat(path).st_mode)}, not a directory"
+    except OSError as error:
+        why = "does not exist" if isinstance(error, FileNotFoundError) else f"cannot be used ({error.strerror})"
+    where = (cluster.working_dir_where if cluster is not None else "") or "working_dir"
+    raise ConfigError(f"{where} {path} {why} on this machine, where the ranks start; create it or fix working_dir")
 
 
 def plan_job(options: RunOptions, private_dir: str, *, mpi: MpiInstall | None = None,
@@ -68,7 +83,7 @@ def plan_job(options: RunOptions, private_dir: str, *, mpi: MpiInstall | None = 
     if emulated is not None:
         config = replace(config, host_source=f"--emulate {emulated.spec.describe()}")
     plan = build_plan(config, mpi or detect_mpi(python=python), python=python, euid=os.geteuid(),
-                      private_dir=str(Path(private_dir).absolute()), check_dir=_check_dir(config.working_dir),
+                      private_dir=str(Path(private_dir).absolute()), check_dir=_check_dir(config, cluster),
                       cpu_count=os.cpu_count())
     if emulated is not None:
         from asyncddp.launcher.emulate import emulate_plan
