@@ -27,7 +27,7 @@ from asyncddp.launcher.plan import LaunchPlan, build_plan
 if TYPE_CHECKING:
     from asyncddp.launcher.emulate import EmulatedCluster
 
-__all__ = ["PlannedJob", "plan_job", "check_ssh", "job_running"]
+__all__ = ["PlannedJob", "plan_job", "check_ssh", "job_running", "preflight_failure"]
 
 
 @dataclass(frozen=True)
@@ -128,5 +128,19 @@ def check_ssh(job: PlannedJob, requested: bool | None = None) -> None:
 
     problems = ssh_preflight(remote, known_hosts=config.known_hosts)
     if problems:
-        raise LaunchError("SSH preflight failed, mpirun not started: " + "; ".join(problems)
-                          + " (details: asyncddp doctor; skip the check: --no-preflight)")
+        raise LaunchError(preflight_failure(problems, len(remote)))
+
+
+# Hosts named in full when the preflight fails: the rest are counted, so a cluster of hundreds of
+# unreachable hosts still gets one readable line (asyncddp doctor lists every host).
+PREFLIGHT_SHOWN = 3
+
+
+def preflight_failure(problems: list[str], checked: int) -> str:
+    """The one line of a failed SSH preflight: the first hosts' problems, then how many more."""
+    shown = "; ".join(problems[:PREFLIGHT_SHOWN])
+    more = len(problems) - PREFLIGHT_SHOWN
+    if more > 0:
+        shown += f"; and {more} more host{'s' if more > 1 else ''}"
+    return (f"SSH preflight failed for {len(problems)} of {checked} remote hosts, mpirun not started: {shown} "
+            "(details for every host: asyncddp doctor; skip the check: --no-preflight)")
