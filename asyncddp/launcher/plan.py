@@ -21,6 +21,7 @@ from pathlib import Path
 from asyncddp.launcher.run_config import RunConfig
 from asyncddp.errors import LaunchError
 from asyncddp.launcher.hosts import HostSpec, launches_over_ssh, mpirun_host_name, rank_hosts
+from asyncddp.comm.timeline import PARTS_ENV as TIMELINE_PARTS_ENV
 from asyncddp.launcher.validation import as_operand, check_script
 from asyncddp.launcher.mpi import DETECTOR, MpiFlavor, MpiImplementation, MpiInstall, library_env
 
@@ -224,6 +225,8 @@ def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executab
         groups.append((impl.wdir_flag, config.working_dir))
     if config.timeline:
         env["ASYNCDDP_TIMELINE"] = config.timeline
+        if not remote:  # where ranks that skip shutdown() leave their events for the launcher to merge
+            env[TIMELINE_PARTS_ENV] = os.path.join(private_dir, "timeline")
     if config.fault_tolerant:
         groups += impl.fault_tolerance_flags(DETECTOR)  # refuses, in one line, where the MPI cannot
         env["ASYNCDDP_FAULT_TOLERANT"] = "1"

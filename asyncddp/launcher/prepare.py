@@ -27,7 +27,7 @@ from asyncddp.launcher.plan import LaunchPlan, build_plan
 if TYPE_CHECKING:
     from asyncddp.launcher.emulate import EmulatedCluster
 
-__all__ = ["PlannedJob", "plan_job", "check_ssh", "job_running", "preflight_failure"]
+__all__ = ["PlannedJob", "plan_job", "check_ssh", "job_running", "preflight_failure", "finish_timeline"]
 
 
 @dataclass(frozen=True)
@@ -104,14 +104,65 @@ def _emulated_cluster(options: RunOptions, cluster):
     return new_cluster(parse_emulate_spec(options.emulate) if options.emulate is not None else cluster.emulate)
 
 
+@contextlib.contextmanager
 def job_running(job: PlannedJob):
-    """The context a planned job runs in: its emulated cluster built and torn down around it, or
-    nothing to do for a real cluster."""
+    """The context a planned job runs in: its emulated cluster built and torn down around it (for a
+    real cluster, nothing to build), and its timeline completed after it however it ended."""
     if job.emulated is None:
-        return contextlib.nullcontext()
-    from asyncddp.launcher.emulate import emulated_cluster
+        cluster = contextlib.nullcontext()
+    else:
+        from asyncddp.launcher.emulate import emulated_cluster
 
-    return emulated_cluster(job.emulated)
+        cluster = emulated_cluster(job.emulated)
+    before = _modified(job.plan.env.get("ASYNCDDP_TIMELINE"))
+    with cluster:
+        try:
+            yield
+        finally:
+            note = finish_timeline(job.plan.env, before)
+            if note:
+                print(note, file=sys.stderr, flush=True)
+
+
+def _modified(path: str | None) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except OSError:
+        return None
+
+
+def finish_timeline(env: dict[str, str], before: int | None = None) -> str | None:
+    """After a job on this machine with ``--timeline``: the events of ranks that ended without
+    ``shutdown()`` merged into the timeline file; a line to show when that happened or when no
+    rank recorded anything (None: nothing to say). ``before``: the file's modification time
+    before the job (None: there was none), to tell this job's file from an older one."""
+    from asyncddp.comm.timeline import PARTS_ENV, TIMELINE_ENV, merge_parts
+
+    parts, path = env.get(PARTS_ENV), env.get(TIMELINE_ENV)
+    if not parts or not path:
+        return None
+    try:
+        written, ranks = merge_parts(Path(parts), Path(path))
+    except OSError as error:
+        return f"asyncddp: --timeline {path}: the ranks' events could not be merged ({error.strerror or error})"
+    if written is not None:
+        return (f"asyncddp: timeline of rank{'s' if len(ranks) > 1 else ''} {_ranges(ranks)} written to {path} "
+                "(the script did not call asyncddp.shutdown())")
+    if _modified(path) in (None, before):
+        return (f"asyncddp: --timeline {path}: no rank recorded a timeline (the script ran no asyncddp "
+                "operation after asyncddp.init())")
+    return None
+
+
+def _ranges(ranks: list[int]) -> str:
+    """0,1,2,5 -> "0-2, 5"."""
+    runs: list[list[int]] = []
+    for rank in ranks:
+        if runs and rank == runs[-1][1] + 1:
+            runs[-1][1] = rank
+        else:
+            runs.append([rank, rank])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def check_ssh(job: PlannedJob, requested: bool | None = None) -> None:

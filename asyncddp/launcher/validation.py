@@ -17,6 +17,7 @@ import math
 import re
 import reprlib
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from asyncddp.errors import ConfigError
 
 __all__ = ["MAX_SLOTS", "MAX_HOSTS", "MAX_SECONDS", "quote", "check_host_name", "check_user", "check_port",
            "check_count", "check_ssh_path", "check_text", "check_env_name", "check_seconds", "as_operand",
-           "check_script"]
+           "check_script", "check_output_file"]
 
 # Ranks on one host or in one job, hosts in one job: far above any real cluster, low enough that a
 # typo like slots=4000000000 is refused instead of building a rank map of that many entries.
@@ -151,3 +152,27 @@ def check_script(path: Path, shown: str, folder: str) -> None:
         raise LaunchError(f"script {shown} not found (looked in {folder}); check the path") from None
     if not stat.S_ISREG(mode):
         raise LaunchError(f"script {shown} is {file_kind(mode)}, not a file (looked in {folder}); give the script's path")
+
+
+def check_output_file(path: str, flag: str, error: type[ConfigError] = ConfigError) -> str:
+    """``path`` made absolute, refused when the job could not write it there: a folder or another
+    non-file in its place, a folder that does not exist, or one this user cannot write. A rank
+    writes it when the job ends, too late to learn that it cannot."""
+    from asyncddp.launcher.input_files import file_kind
+
+    target = Path(os.path.abspath(path))
+    if target.is_dir():
+        raise error(f"{flag} {path}: is a folder; give a file name such as {target / 'timeline.json'}")
+    if target.exists() and not target.is_file():
+        raise error(f"{flag} {path}: is {file_kind(target.stat().st_mode)}; give the path of a file to write")
+    folder = target.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise error(f"{flag} {path}: the folder {folder} {what}; create it first or give another path")
+    try:  # a real file, not os.access: root passes access checks on read-only and virtual filesystems
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as problem:
+        raise error(f"{flag} {path}: cannot write in {folder} ({problem.strerror or problem}); "
+                    "give a path you can write") from None
+    return str(target)
