@@ -4,6 +4,7 @@ scripts it must pass safely, working directories, and how a failed mpirun start 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -145,3 +146,51 @@ def test_env_set_values_reach_the_ranks_as_written():
     text = "hosts: [{name: a}]\nenv:\n  set: {B: true, Y: yes, N: 010, F: 1.50, S: text, Q: 'True', E: }\n"
     assert parse_config_text(text, "c.yaml").env_set == (
         ("B", "true"), ("Y", "yes"), ("N", "010"), ("F", "1.50"), ("S", "text"), ("Q", "True"), ("E", ""))
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("10.0.0.0/33", "--network-interface '10.0.0.0/33': not a subnet ("),
+    ("10.0.0.5", "--network-interface '10.0.0.5': an address, not an interface or subnet"),
+    ("eth0/1", "--network-interface 'eth0/1': not a subnet ("),
+    ("x" * 16, "--network-interface 'xxxxxxxxxxxxxxxx': 'xxxxxxxxxxxxxxxx' is not an interface name"),
+    ("eth0,,eth1", "--network-interface 'eth0,,eth1': '' is not an interface name"),
+    ("-oProxy", "--network-interface '-oProxy': '-oProxy' is not an interface name"),
+    ("eth0 eth1", "--network-interface 'eth0 eth1': 'eth0 eth1' is not an interface name"),
+])
+def test_network_values_are_checked(value, message):
+    from asyncddp.launcher.run_config import RunOptions, merge_run_config
+
+    with pytest.raises(ConfigError) as refused:
+        merge_run_config(RunOptions(command=("t.py",), num_ranks=1, network=value), environ={})
+    assert str(refused.value).startswith(message), str(refused.value)
+
+
+def test_good_network_values_pass_and_the_config_names_its_line():
+    from asyncddp.launcher.config import parse_config_text
+    from asyncddp.launcher.run_config import RunOptions, merge_run_config
+
+    for value in ("eth0", "ib0,eth1", "enp3s0f1", "10.0.0.0/24", "10.0.0.7/24", "fd00::/64", "br-1.100"):
+        assert merge_run_config(RunOptions(command=("t.py",), num_ranks=1, network=value), environ={}).network == value
+    with pytest.raises(ConfigError, match=r"^c.yaml:2: network '10.0.0.0/33': not a subnet"):
+        parse_config_text("hosts: [{name: a}]\nnetwork: 10.0.0.0/33\n", "c.yaml")
+
+
+def test_host_names_are_case_insensitive():
+    from asyncddp.launcher.hosts import launches_over_ssh, mpirun_host_name, parse_host_list
+
+    upper = parse_host_list("LOCALHOST:2")[0]
+    assert not launches_over_ssh(upper) and mpirun_host_name(upper) == "localhost"
+    with pytest.raises(HostfileError, match=r"^-H LOCALHOST: host 'LOCALHOST' is already listed at -H localhost"):
+        parse_host_list("localhost:2,LOCALHOST:2")
+
+
+def test_an_ipv6_address_takes_slots_in_brackets():
+    from asyncddp.launcher.hosts import HostSpec, parse_host_list
+
+    assert parse_host_list("[::1]:2,[fd00::2],fd00::3") == [
+        HostSpec("::1", 2, source="-H ::1"), HostSpec("fd00::2", 1, source="-H fd00::2"),
+        HostSpec("fd00::3", 1, source="-H fd00::3")]
+    for item, message in (("[node1]:2", "'node1' is not an IPv6 address"), ("[::1]2", "write an IPv6 address with "
+                          "slots as [fd00::2]:4"), ("[::1", "write an IPv6 address"), ("[::1]:0", "slots='0'")):
+        with pytest.raises(HostfileError, match=re.escape(message)):
+            parse_host_list(item)

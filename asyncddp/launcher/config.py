@@ -53,7 +53,7 @@ from asyncddp.launcher.emulate_spec import EmulateSpec, parse_emulate_spec
 from asyncddp.launcher.hosts import HostSpec, check_host_count, check_unique, is_local_host
 from asyncddp.launcher.input_files import read_input_file
 from asyncddp.launcher.yaml_tree import MAX_NODES, Map as _Map, load_yaml
-from asyncddp.launcher.validation import (MAX_SLOTS, check_env_name, check_host_name, check_port,
+from asyncddp.launcher.validation import (MAX_SLOTS, check_env_name, check_host_name, check_network, check_port,
                                           check_ssh_path, check_text, check_user, quote)
 
 __all__ = ["SshSettings", "ClusterConfig", "load_config", "parse_config_text", "MAX_CONFIG_BYTES", "MAX_NODES"]
@@ -258,7 +258,7 @@ def parse_config_text(text: str, source: str) -> ClusterConfig:
         ssh=ssh,
         env_forward=forward,
         env_set=pairs,
-        network=reader.get(top, "network", str, ""),
+        network=_read_network(reader, top),
         mpi_args=tuple(reader.get(top, "mpi_args", list, "", [])),
         working_dir=reader.get(top, "working_dir", str, ""),
         working_dir_where=reader.where(top, "working_dir", "") if "working_dir" in top else "",
@@ -269,6 +269,11 @@ def parse_config_text(text: str, source: str) -> ClusterConfig:
         min_ranks=reader.get(top, "min_ranks", int, ""),
         max_restarts=reader.get(top, "max_restarts", int, ""),
     )
+
+
+def _read_network(reader: _Reader, top: _Map) -> str | None:
+    value = reader.get(top, "network", str, "")
+    return None if value is None else check_network(value, reader.where(top, "network", ""))
 
 
 def _read_emulate(reader: _Reader, top: _Map) -> EmulateSpec | None:

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, replace
 from asyncddp.errors import ConfigError
 from asyncddp.launcher.config import ClusterConfig
 from asyncddp.launcher.hosts import HostSpec, is_local_host
-from asyncddp.launcher.validation import (MAX_SLOTS, check_env_name, check_output_file, check_seconds, check_text,
-                                          quote)
+from asyncddp.launcher.validation import (MAX_SLOTS, check_env_name, check_network, check_output_file,
+                                          check_seconds, check_text, quote)
 
 __all__ = ["RunOptions", "RunConfig", "merge_run_config", "parse_env_flag", "MAX_RESTARTS"]
 
@@ -169,7 +169,7 @@ def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
     if options.timeout is not None:
         check_seconds(options.timeout, "--timeout")
     if options.network is not None:
-        check_text(options.network, "--network-interface")
+        check_network(options.network, "--network-interface")
     fault_tolerant, min_ranks, max_restarts = _survival(options, cluster, num_ranks)
     return RunConfig(
         command=tuple(options.command),

@@ -25,7 +25,7 @@ from asyncddp.errors import ConfigError
 
 __all__ = ["MAX_SLOTS", "MAX_HOSTS", "MAX_SECONDS", "quote", "check_host_name", "check_user", "check_port",
            "check_count", "check_ssh_path", "check_text", "check_env_name", "check_seconds", "as_operand",
-           "check_script", "check_output_file"]
+           "check_script", "check_output_file", "check_network"]
 
 # Ranks on one host or in one job, hosts in one job: far above any real cluster, low enough that a
 # typo like slots=4000000000 is refused instead of building a rank map of that many entries.
@@ -176,3 +176,32 @@ def check_output_file(path: str, flag: str, error: type[ConfigError] = ConfigErr
         raise error(f"{flag} {path}: cannot write in {folder} ({problem.strerror or problem}); "
                     "give a path you can write") from None
     return str(target)
+
+
+# Linux interface names: at most 15 bytes (IFNAMSIZ 16), no '/', blanks or ':' (alias labels are
+# not interfaces MPI or NCCL can bind to).
+_INTERFACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}")
+
+
+def check_network(value: str, where: str, error: type[ConfigError] = ConfigError) -> str:
+    """``--network-interface`` / ``network:``: one subnet in CIDR form (10.0.0.0/24, fd00::/64) or
+    one or more interface names separated by commas (eth0, ib0,eth1)."""
+    check_text(value, where, error)
+    if "/" in value:
+        try:
+            ipaddress.ip_network(value, strict=False)
+            return value
+        except ValueError as problem:
+            raise error(f"{where} {quote(value)}: not a subnet ({problem}); write one like 10.0.0.0/24") from None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        raise error(f"{where} {quote(value)}: an address, not an interface or subnet; write its subnet "
+                    f"({value}/24 style) or the interface name")
+    bad = [name for name in value.split(",") if not _INTERFACE.fullmatch(name) or set(name) <= {"."}]
+    if bad:
+        raise error(f"{where} {quote(value)}: {quote(bad[0])} is not an interface name (letters, digits, '_', '.', "
+                    "'@', '-', at most 15); give names like eth0 or ib0,eth1, or a subnet like 10.0.0.0/24")
+    return value
