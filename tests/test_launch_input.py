@@ -194,3 +194,23 @@ def test_an_ipv6_address_takes_slots_in_brackets():
                           "slots as [fd00::2]:4"), ("[::1", "write an IPv6 address"), ("[::1]:0", "slots='0'")):
         with pytest.raises(HostfileError, match=re.escape(message)):
             parse_host_list(item)
+
+
+def test_arguments_that_are_not_utf8_are_shown_faithfully(tmp_path):
+    import json
+    import shlex
+
+    from asyncddp.launcher.argv_text import json_safe, shell_join
+
+    raw = os.fsdecode(b"caf\xe9 'x'\n")  # Latin-1 bytes, a quote and a newline
+    line = shell_join(["python", raw, "plain arg"])
+    assert line == "python $'caf\\xe9 \\'x\\'\\x0a' 'plain arg'"
+    shell = subprocess.run(["bash", "-c", f"printf '%s|' {line}"], capture_output=True)
+    assert shell.stdout == b"python|caf\xe9 'x'\n|plain arg|"  # bash reads back the exact bytes
+    assert shell_join(["a b", "c"]) == shlex.join(["a b", "c"])
+    assert json.dumps(json_safe({"argv": [raw]}), ensure_ascii=False) == '{"argv": ["caf\ufffd \'x\'\\n"]}'
+    done = subprocess.run([sys.executable, "-m", "asyncddp", "run", "-np", "1", "--dry-run", "--json", "python",
+                           os.fsencode(raw)], cwd=ROOT, capture_output=True, timeout=60)
+    plan = json.loads(done.stdout)
+    assert plan["argv"][-1] == "caf\ufffd 'x'\n" and plan["command_line"].endswith(" python $'caf\\xe9 \\'x\\'\\x0a'")
+    assert b"\\udc" not in done.stdout

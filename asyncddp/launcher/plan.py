@@ -12,7 +12,6 @@ import fnmatch
 import hashlib
 import ipaddress
 import os
-import shlex
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from asyncddp.launcher.run_config import RunConfig
 from asyncddp.errors import LaunchError
 from asyncddp.launcher.hosts import HostSpec, launches_over_ssh, mpirun_host_name, rank_hosts
 from asyncddp.comm.timeline import PARTS_ENV as TIMELINE_PARTS_ENV
+from asyncddp.launcher.argv_text import json_safe, shell_join, shell_quote
 from asyncddp.launcher.validation import as_operand, check_script
 from asyncddp.launcher.mpi import DETECTOR, MpiFlavor, MpiImplementation, MpiInstall, library_env
 
@@ -48,10 +48,10 @@ class LaunchPlan:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["argv"] = list(self.argv)
-        data["command_line"] = shlex.join(self.argv)
+        data["command_line"] = shell_join(self.argv)  # exact, also for arguments that are not UTF-8
         data["rank_hosts"] = list(self.rank_hosts)
         del data["groups"]
-        return data
+        return json_safe(data)
 
 
 def resolve_command(command: tuple[str, ...], python: str, check_dir: str | None = None) -> tuple[str, ...]:
@@ -257,9 +257,9 @@ def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executab
 
 def format_plan(plan: LaunchPlan) -> str:
     """The ``--dry-run`` text: the command one flag a line, the variables set, the rank map."""
-    lines = [" \\\n    ".join(shlex.join(group) for group in plan.groups)]
+    lines = [" \\\n    ".join(shell_join(group) for group in plan.groups)]
     lines += ["", "environment set for every rank:"]
-    lines += [f"    {name}={shlex.quote(value)}" for name, value in plan.env.items()]
+    lines += [f"    {name}={shell_quote(value)}" for name, value in plan.env.items()]
     for path, text in plan.files.items():
         lines += ["", f"file {path}:"] + [f"    {line}" for line in text.splitlines()]
     for path, target in plan.links.items():
