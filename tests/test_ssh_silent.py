@@ -77,3 +77,32 @@ def test_a_failed_preflight_is_one_capped_line():
                     "(details for every host: asyncddp doctor; skip the check: --no-preflight)")
     assert preflight_failure(problems[:1], 1).startswith("SSH preflight failed for 1 of 1 remote hosts, mpirun not "
                                                          "started: node0 (h:0)")
+
+
+def test_sigterm_ends_run_while_its_preflight_waits_for_a_banner(silent_hosts):
+    import signal
+    import time
+
+    host, port = silent_hosts[0]
+    launcher = subprocess.Popen([sys.executable, "-m", "asyncddp", "run", "-np", "1", "-H", host, "-p", str(port),
+                                 "examples/hello.py"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, stdin=subprocess.DEVNULL)
+    try:
+        # Blocked in the preflight once the listener holds a connection from it (banner timeout: 10 s).
+        while not _connected(host, port) and launcher.poll() is None:
+            time.sleep(0.05)
+        launcher.send_signal(signal.SIGTERM)
+        out, err = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode == 143, err
+    assert err == "asyncddp: stopped by SIGTERM\n" and out == ""
+
+
+def _connected(host: str, port: int) -> bool:
+    """Whether some process holds an established TCP connection to host:port (from /proc/net/tcp)."""
+    wanted = f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        return any(fields[2] == wanted and fields[3] == "01" for fields in (line.split() for line in table))
