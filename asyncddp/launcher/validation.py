@@ -12,8 +12,8 @@ much of a value an error repeats, so no input can make an error message large.
 from __future__ import annotations
 
 import ipaddress
-import os
 import math
+import os
 import re
 import reprlib
 import stat
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from asyncddp.errors import ConfigError
+from asyncddp.errors import ConfigError, LaunchError
 
 __all__ = ["MAX_SLOTS", "MAX_HOSTS", "MAX_SECONDS", "quote", "check_host_name", "check_user", "check_port",
            "check_count", "check_ssh_path", "check_text", "check_env_name", "check_seconds", "as_operand",
@@ -143,7 +143,6 @@ def as_operand(path: str) -> str:
 
 def check_script(path: Path, shown: str, folder: str) -> None:
     """Refuse a script that is missing or not a file (a directory, a FIFO), naming which."""
-    from asyncddp.errors import LaunchError
     from asyncddp.launcher.input_files import file_kind
 
     try:
@@ -198,8 +197,8 @@ def check_network(value: str, where: str, error: type[ConfigError] = ConfigError
     except ValueError:
         pass
     else:
-        raise error(f"{where} {quote(value)}: an address, not an interface or subnet; write its subnet "
-                    f"({value}/24 style) or the interface name")
+        raise error(f"{where} {quote(value)}: an address, not an interface or subnet; write the subnet it is "
+                    "in (like 10.0.0.0/24) or the interface's name")
     bad = [name for name in value.split(",") if not _INTERFACE.fullmatch(name) or set(name) <= {"."}]
     if bad:
         raise error(f"{where} {quote(value)}: {quote(bad[0])} is not an interface name (letters, digits, '_', '.', "
