@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -98,7 +99,7 @@ class Timeline:
             path = self.path if self.size == 1 else self.path.with_name(f"{self.path.name}.rank{self.rank}.json")
             return write_trace(path, merged_trace({self.rank: self.events}))
         except OSError as error:  # at exit: say so, but never turn the program's exit into a traceback
-            print(f"asyncddp: rank {self.rank} could not write its timeline ({error})", flush=True)
+            print(f"asyncddp: rank {self.rank} could not write its timeline ({error})", file=sys.stderr, flush=True)
             return None
 
 
