@@ -96,7 +96,7 @@ def test_huge_config_file_is_refused_before_parsing(tmp_path):
     started = time.monotonic()
     with pytest.raises(ConfigError, match=r"big.yaml is larger than 1 MiB, more than any YAML file needs; check the --config path"):
         load_config(big)
-    with pytest.raises(ConfigError, match=r"/dev/zero is larger than 1 MiB"):
+    with pytest.raises(ConfigError, match=r"/dev/zero is a character device, not a file"):
         load_config("/dev/zero")
     assert time.monotonic() - started < 5
 
@@ -202,11 +202,17 @@ def test_timeline_path_is_checked_where_rank_0_writes_it(tmp_path):
         return merge_run_config(RunOptions(command=("t.py",), num_ranks=1, host_list=hosts, timeline=str(path)),
                                 environ={})
 
-    assert merge(tmp_path / "new" / "t.json").timeline == str(tmp_path / "new" / "t.json")
-    assert not (tmp_path / "new").exists()  # checked, not created
+    assert merge(tmp_path / "t.json").timeline == str(tmp_path / "t.json")
+    assert not (tmp_path / "t.json").exists()  # checked, not created
+    with pytest.raises(ConfigError) as refused:
+        merge(tmp_path / "new" / "t.json")
+    assert str(refused.value) == (f"--timeline {tmp_path / 'new' / 't.json'}: the folder {tmp_path / 'new'} does not "
+                                  "exist; create it first or give another path")
     with pytest.raises(ConfigError, match=r"^--timeline .*: is a folder; give a file name such as"):
         merge(tmp_path)
-    with pytest.raises(ConfigError, match=r"^--timeline /proc/none/t.json: cannot write in /proc"):
-        merge("/proc/none/t.json")
+    with pytest.raises(ConfigError, match=r"^--timeline /proc/t.json: cannot write in /proc"):
+        merge("/proc/t.json")
+    with pytest.raises(ConfigError, match=r"^--timeline /dev/null: is a character device; give the path of a file"):
+        merge("/dev/null")
     # Rank 0 on another host: the path is that host's, so it is passed on unchecked.
     assert merge("/proc/none/t.json", hosts="node1:1").timeline == "/proc/none/t.json"

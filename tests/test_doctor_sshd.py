@@ -231,7 +231,7 @@ def test_loopback_host_with_its_own_port_runs_over_ssh_as_preflight_checks(sshd,
     refused = run_cli("--config", str(write_config(tmp_path / "bad.yaml", sshd, tmp_path / "kh", free_port())),
                       "examples/hello.py")
     assert refused.returncode == 2 and refused.stdout == ""
-    assert refused.stderr.startswith("asyncddp: error: SSH preflight failed, mpirun not started: 127.0.0.1 (")
+    assert refused.stderr.startswith("asyncddp: error: SSH preflight failed for 1 of 1 remote hosts, mpirun not started: 127.0.0.1 (")
 
 
 def test_unreadable_known_hosts_is_a_failed_check_not_a_traceback(sshd, tmp_path):

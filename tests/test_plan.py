@@ -92,11 +92,15 @@ def test_open_mpi_4_flags_env_and_network():
         "--mca", "btl_tcp_if_include", "eth1", "--mca", "oob_tcp_if_include", "eth1", "-wdir", "/w",
         "-x", "NCCL_A", "-x", "NCCL_B", "-x", "HOME", "-x", "PYTHONUNBUFFERED", "-x", "OMPI_ALLOW_RUN_AS_ROOT",
         "-x", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "-x", "NCCL_SOCKET_IFNAME",
-        "-x", "GLOO_SOCKET_IFNAME", "-x", "ASYNCDDP_TIMELINE", "-x", "A",
+        "-x", "GLOO_SOCKET_IFNAME", "-x", "ASYNCDDP_TIMELINE", "-x", "ASYNCDDP_TIMELINE_PARTS", "-x", "A",
         "--mca", "pml", "ob1", "python", "-c", "print(1)",
     ]
     assert result.env["ASYNCDDP_TIMELINE"] == "/t/tl.json" and result.env["NCCL_SOCKET_IFNAME"] == "eth1"
+    # Ranks that end without shutdown() leave their events in the job's private folder.
+    assert result.env["ASYNCDDP_TIMELINE_PARTS"] == "/priv/timeline"
     assert result.cwd == "/w"
+    remote = plan(local(hosts=(HostSpec("node1", 2),), timeline="/t/tl.json"), flavor=OMPI4)
+    assert "ASYNCDDP_TIMELINE_PARTS" not in remote.env  # a remote rank's folder is not the launcher's
 
 
 def test_mpich_flags():

@@ -198,7 +198,7 @@ def test_unreachable_host_is_refused_by_the_ssh_preflight():
     assert done.stdout == ""  # mpirun never started
     assert done.stderr.splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith(
-        "asyncddp: error: SSH preflight failed, mpirun not started: nonexistent.invalid (-H nonexistent.invalid): dns:"
+        "asyncddp: error: SSH preflight failed for 1 of 1 remote hosts, mpirun not started: nonexistent.invalid (-H nonexistent.invalid): dns:"
     )
     assert "--no-preflight" in done.stderr
 

@@ -74,6 +74,9 @@ def _install_abort_hook(comm) -> None:
         previous(exc_type, exc, tb)
         sys.stderr.flush()
         if comm.Get_size() > 1:
+            from asyncddp.comm.timeline import write_armed
+
+            write_armed()  # Abort skips atexit, where the timeline of a script without shutdown() is written
             comm.Abort(1)
 
     sys.excepthook = hook

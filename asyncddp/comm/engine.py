@@ -140,7 +140,7 @@ class Engine:
         self.nccl = nccl.maybe_start(self.world, self.local)  # None unless ASYNCDDP_BACKEND=nccl works
         self.counters = _Counters()
         path = timeline_path_from_env()
-        self.timeline = Timeline(path, self.rank) if path else None
+        self.timeline = Timeline(path, self.rank, self.world.Get_size(), at_exit=True) if path else None
         self.threaded = MPI.Query_thread() == MPI.THREAD_MULTIPLE and env_flag(THREAD_ENV, True)
         self._queue: deque = deque()
         # A plain lock, entered directly: ``with`` on a Condition runs two Python-level calls,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import getpass
 import hashlib
+import logging
 import os
 import shlex
 import socket
@@ -31,6 +32,12 @@ from asyncddp.launcher.validation import check_seconds
 __all__ = ["SshOptions", "Connection", "connect", "fingerprint", "run_remote"]
 
 _known_hosts_lock = threading.Lock()
+
+# paramiko logs each failed handshake as an ERROR with its traceback from the transport's thread;
+# with no logging set up, Python prints those on stderr (thousands of lines for a few hundred
+# hosts). Every stage's outcome is already one result line here: paramiko's own log stays quiet
+# unless the program configures logging itself.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)
@@ -238,15 +245,28 @@ def _handshake(host, user, port, sock, options: SshOptions, done: Connection) ->
             "authorized_keys"))
         return
     except (paramiko.SSHException, OSError, EOFError) as error:
+        reason = _handshake_failure(client, error, options.timeout)
         client.close()
         sock.close()
         done.checks.append(CheckResult(
-            "ssh", FAIL, f"SSH handshake with {name} failed: {error or type(error).__name__}",
+            "ssh", FAIL, f"SSH handshake with {name} failed: {reason}",
             "check that an SSH server (not another service) listens on that port"))
         return
     done.checks.append(_host_key_ok(client, policy, name, path))
     done.checks.append(CheckResult("auth", OK, f"{user}@{host.name}, public key"))
     done.client = client
+
+
+def _handshake_failure(client: paramiko.SSHClient, error: BaseException, timeout: float) -> str:
+    """What went wrong in a handshake, from the transport rather than from ``error``: when the
+    server never sends its banner, paramiko's connect gives up at the same moment and fails later
+    with the unrelated "No existing session"."""
+    transport = client.get_transport()
+    if transport is not None and not transport.remote_version:
+        return (f"no SSH banner within {timeout:g} s: the port accepts connections but sends nothing "
+                "(not an SSH server, or one too busy to answer)")
+    saved = transport.get_exception() if transport is not None else None
+    return str(saved or error) or type(saved or error).__name__
 
 
 def _host_key_ok(client, policy, name, path) -> CheckResult:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from asyncddp.launcher.emulate_spec import EmulateSpec, parse_emulate_spec
 from asyncddp.launcher.hosts import HostSpec, check_host_count, check_unique, is_local_host
 from asyncddp.launcher.input_files import read_input_file
 from asyncddp.launcher.yaml_tree import MAX_NODES, Map as _Map, load_yaml
-from asyncddp.launcher.validation import (MAX_SLOTS, check_env_name, check_host_name, check_port,
+from asyncddp.launcher.validation import (MAX_SLOTS, check_env_name, check_host_name, check_network, check_port,
                                           check_ssh_path, check_text, check_user, quote)
 
 __all__ = ["SshSettings", "ClusterConfig", "load_config", "parse_config_text", "MAX_CONFIG_BYTES", "MAX_NODES"]
@@ -84,6 +84,7 @@ class ClusterConfig:
     network: str | None = None
     mpi_args: tuple[str, ...] = ()
     working_dir: str | None = None
+    working_dir_where: str = field(default="", compare=False)  # "file:line: working_dir", for its errors
     python: str | None = None
     num_ranks: int | None = None
     emulate: EmulateSpec | None = None
@@ -212,11 +213,24 @@ def _read_env(reader: _Reader, top: _Map) -> tuple[tuple[str, ...], tuple[tuple[
     pairs = env.get("set") or _Map()
     if not isinstance(pairs, _Map) or any(isinstance(v, (dict, list)) for v in pairs.values()):
         raise reader.fail(env.key_lines.get("set", env.line), "env.set", "expected a mapping NAME: value")
+    values = []
     for name, value in pairs.items():
         where = f"{reader.source}:{pairs.key_lines[name]}: env.set"
         check_env_name(str(name), where)
-        check_text("" if value is None else str(value), f"{where}.{name}", allow_newlines=True)
-    return forward, tuple((str(name), "" if value is None else str(value)) for name, value in pairs.items())
+        values.append((str(name), check_text(_env_text(value, pairs.texts.get(name)), f"{where}.{name}",
+                                             allow_newlines=True)))
+    return forward, tuple(values)
+
+
+def _env_text(value: Any, written: str | None) -> str:
+    """An ``env.set`` value as the ranks see it: a boolean or number exactly as the file spells it
+    (``true``, ``010``, ``1.50``), not as Python would print the value YAML read (``True``, 8, 1.5);
+    no value (``NAME:``) is the empty string."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, int, float)) and written is not None:
+        return written
+    return str(value)
 
 
 def parse_config_text(text: str, source: str) -> ClusterConfig:
@@ -244,9 +258,10 @@ def parse_config_text(text: str, source: str) -> ClusterConfig:
         ssh=ssh,
         env_forward=forward,
         env_set=pairs,
-        network=reader.get(top, "network", str, ""),
+        network=_read_network(reader, top),
         mpi_args=tuple(reader.get(top, "mpi_args", list, "", [])),
         working_dir=reader.get(top, "working_dir", str, ""),
+        working_dir_where=reader.where(top, "working_dir", "") if "working_dir" in top else "",
         python=reader.get(top, "python", str, ""),
         num_ranks=reader.get(top, "np", int, ""),
         emulate=emulate,
@@ -254,6 +269,11 @@ def parse_config_text(text: str, source: str) -> ClusterConfig:
         min_ranks=reader.get(top, "min_ranks", int, ""),
         max_restarts=reader.get(top, "max_restarts", int, ""),
     )
+
+
+def _read_network(reader: _Reader, top: _Map) -> str | None:
+    value = reader.get(top, "network", str, "")
+    return None if value is None else check_network(value, reader.where(top, "network", ""))
 
 
 def _read_emulate(reader: _Reader, top: _Map) -> EmulateSpec | None:

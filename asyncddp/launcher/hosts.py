@@ -112,13 +112,13 @@ def check_unique(hosts: list[HostSpec]) -> None:
     """Refuse a host listed twice: the two slot counts would silently add up or override."""
     seen: dict[str, HostSpec] = {}
     for host in hosts:
-        first = seen.get(host.name)
+        first = seen.get(host.name.lower())  # host names are case-insensitive: NODE1 is node1
         if first is not None:
             raise HostfileError(
                 f"{host.source}: host {host.name!r} is already listed at {first.source}; "
                 "list each host once with its total slots"
             )
-        seen[host.name] = host
+        seen[host.name.lower()] = host
 
 
 def parse_hostfile_text(text: str, source: str) -> list[HostSpec]:
@@ -148,8 +148,11 @@ def parse_host_list(text: str, source: str = "-H") -> list[HostSpec]:
     for index, item in enumerate(text.split(","), start=1):
         item = item.strip()
         where = f"{source} entry {index} ({quote(item)})"
-        # A bare IPv6 address is all colons: take it whole (one slot).
-        name, colon, count = (item, "", "") if _is_ip(item) or ":" not in item else item.rpartition(":")
+        # A bare IPv6 address is all colons: take it whole (one slot); [::1]:2 gives it slots.
+        if item.startswith("["):
+            name, colon, count = _bracketed(item, where)
+        else:
+            name, colon, count = (item, "", "") if _is_ip(item) or ":" not in item else item.rpartition(":")
         if not name:
             raise HostfileError(f"{where}: empty host name; write -H host1:4,host2:4")
         check_host_name(name, where, HostfileError)
@@ -158,6 +161,20 @@ def parse_host_list(text: str, source: str = "-H") -> list[HostSpec]:
         check_host_count(hosts, source)
     check_unique(hosts)
     return hosts
+
+
+def _bracketed(item: str, where: str) -> tuple[str, str, str]:
+    """``[fd00::2]:4`` -> ("fd00::2", ":", "4"); ``[fd00::2]`` -> one slot. Only an IPv6 address
+    goes in brackets, as in URLs and ssh."""
+    address, bracket, rest = item[1:].partition("]")
+    if not bracket or (rest and not rest.startswith(":")):
+        raise HostfileError(f"{where}: write an IPv6 address with slots as [fd00::2]:4")
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        raise HostfileError(f"{where}: {quote(address)} is not an IPv6 address; brackets are for IPv6 "
+                            "addresses only ([fd00::2]:4)") from None
+    return address, rest[:1], rest[1:]
 
 
 def _is_ip(text: str) -> bool:
@@ -178,8 +195,9 @@ _LOCAL_NAMES = ("localhost", "localhost.localdomain", "127.0.0.1", "::1")
 
 
 def is_local_host(name: str) -> bool:
-    """True for names that mean this machine to mpirun (it starts those ranks without ssh)."""
-    return name in _LOCAL_NAMES or name == socket.gethostname()
+    """True for names that mean this machine to mpirun (it starts those ranks without ssh); host
+    names are case-insensitive, so LOCALHOST is one of them."""
+    return name.lower() in _LOCAL_NAMES or name.lower() == socket.gethostname().lower()
 
 
 def launches_over_ssh(host: HostSpec) -> bool:
@@ -194,8 +212,11 @@ def mpirun_host_name(host: HostSpec) -> str:
     is reached over ssh, where mpirun would start the ranks locally and skip ssh. That one gets an
     alias mpirun cannot take for this machine, which the generated ssh_config maps back to the
     host's address and port (``.invalid`` never resolves, RFC 6761)."""
-    if not is_local_host(host.name) or not launches_over_ssh(host):
+    if not is_local_host(host.name):
         return host.name
+    if not launches_over_ssh(host):
+        # mpirun recognises this machine by its exact spelling: LOCALHOST would go through ssh.
+        return host.name.lower() if host.name.lower() in _LOCAL_NAMES else socket.gethostname()
     label = host.name.replace(".", "-").replace(":", "-")
     return f"asyncddp-{label}-port{host.ssh_port or 22}.invalid"
 

@@ -13,6 +13,7 @@ fault-tolerant plan's job goes on when ranks are lost, and its summary and code 
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -37,6 +38,8 @@ TIMEOUT_EXIT = 124
 FAILURE_GRACE_S = 3.0
 # On timeout: SIGUSR1 first (ranks that called asyncddp.init() print their Python stacks), then kill.
 STACKS_GRACE_S = 1.5
+# Linux's limit on one argument or one NAME=value string handed to exec (32 pages).
+MAX_ARG_STRLEN = 32 * 4096
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,23 @@ def _write_files(plan: LaunchPlan) -> None:
         os.symlink(target, path)
 
 
+def start_failure(error: OSError, plan: LaunchPlan, environment: dict[str, str]) -> str:
+    """Why mpirun could not be started, in one line that names the real cause: the working
+    directory, an argument list or environment too large for ``exec``, or mpirun itself."""
+    program = plan.argv[0]
+    if error.errno == errno.E2BIG:
+        items = [(len(value.encode(errors="surrogateescape")), f"the variable {name}") for name, value in
+                 environment.items()] + [(len(arg.encode(errors="surrogateescape")), "an argument") for arg in plan.argv]
+        size, what = max(items)
+        return (f"cannot start {program}: its arguments and environment are too large to pass to a program "
+                f"(Argument list too long); the largest is {what} ({size} bytes; Linux takes at most "
+                f"{MAX_ARG_STRLEN >> 10} KiB for one): pass large values in a file instead")
+    if plan.cwd is not None and error.filename == plan.cwd:
+        return (f"cannot start {program} in the working directory {plan.cwd}: {error.strerror}; "
+                "create it or fix working_dir")
+    return f"cannot start {program} ({error}); check the mpirun installation (ASYNCDDP_MPIRUN, PATH)"
+
+
 def _summary(plan: LaunchPlan, output: _Output, returncode: int) -> JobResult:
     failure = find_failure("\n".join(output.diagnostics), plan.flavor)
     if output.ends is not None and output.ends.ends and failure is None:
@@ -213,13 +233,14 @@ def run_plan(plan: LaunchPlan, *, output_dir: str | None = None, timeout: float 
         output = _Output(plan.flavor, output_dir, out, err)
         if plan.fault_tolerant:
             output.ends = RankEnds(len(plan.rank_hosts), started)
+        environment = {**os.environ, **plan.env}
         try:
-            process = subprocess.Popen(list(plan.argv), env={**os.environ, **plan.env}, cwd=plan.cwd,
+            process = subprocess.Popen(list(plan.argv), env=environment, cwd=plan.cwd,
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        start_new_session=True)
         except OSError as error:
             output.close()
-            raise LaunchError(f"cannot start {plan.argv[0]} ({error}); check the mpirun installation") from None
+            raise LaunchError(start_failure(error, plan, environment)) from None
         guard = session_guard.start(process.pid)
         pumps = [threading.Thread(target=_pump, args=(pipe, name, output), daemon=True)
                  for pipe, name in ((process.stdout, "stdout"), (process.stderr, "stderr"))]

@@ -12,7 +12,6 @@ import fnmatch
 import hashlib
 import ipaddress
 import os
-import shlex
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,9 @@ from pathlib import Path
 from asyncddp.launcher.run_config import RunConfig
 from asyncddp.errors import LaunchError
 from asyncddp.launcher.hosts import HostSpec, launches_over_ssh, mpirun_host_name, rank_hosts
+from asyncddp.comm.timeline import PARTS_ENV as TIMELINE_PARTS_ENV
+from asyncddp.launcher.argv_text import json_safe, shell_join, shell_quote
+from asyncddp.launcher.validation import as_operand, check_script
 from asyncddp.launcher.mpi import DETECTOR, MpiFlavor, MpiImplementation, MpiInstall, library_env
 
 __all__ = ["LaunchPlan", "resolve_command", "ssh_config_text", "build_plan", "format_plan"]
@@ -46,10 +48,10 @@ class LaunchPlan:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["argv"] = list(self.argv)
-        data["command_line"] = shlex.join(self.argv)
+        data["command_line"] = shell_join(self.argv)  # exact, also for arguments that are not UTF-8
         data["rank_hosts"] = list(self.rank_hosts)
         del data["groups"]
-        return data
+        return json_safe(data)
 
 
 def resolve_command(command: tuple[str, ...], python: str, check_dir: str | None = None) -> tuple[str, ...]:
@@ -67,12 +69,18 @@ def resolve_command(command: tuple[str, ...], python: str, check_dir: str | None
             raise LaunchError("-m needs a module name: asyncddp run -np 2 -m package.module")
         return (python, "-m", "mpi4py", "-m", *rest)
     if head.endswith(".py"):
-        if check_dir is not None and not (Path(check_dir) / head).is_file():
-            raise LaunchError(f"script {head} not found (looked in {check_dir}); check the path")
-        return (python, "-m", "mpi4py", head, *rest)
-    if check_dir is not None and shutil.which(head) is None and not (Path(check_dir) / head).is_file():
-        raise LaunchError(f"command {head!r} not found on PATH; give a script path, -m module or an installed command")
-    return tuple(command)
+        if check_dir is not None:
+            check_script(Path(check_dir) / head, head, check_dir)
+        return (python, "-m", "mpi4py", as_operand(head), *rest)
+    if shutil.which(head) is not None:
+        return tuple(command)
+    if check_dir is not None:
+        if (Path(check_dir) / head).is_dir():
+            check_script(Path(check_dir) / head, head, check_dir)
+        if not (Path(check_dir) / head).is_file():
+            raise LaunchError(f"command {head!r} not found on PATH; give a script path, -m module or an installed "
+                              "command")
+    return (as_operand(head), *rest)
 
 
 def ssh_config_text(hosts: tuple[HostSpec, ...], known_hosts: str | None) -> str:
@@ -217,6 +225,8 @@ def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executab
         groups.append((impl.wdir_flag, config.working_dir))
     if config.timeline:
         env["ASYNCDDP_TIMELINE"] = config.timeline
+        if not remote:  # where ranks that skip shutdown() leave their events for the launcher to merge
+            env[TIMELINE_PARTS_ENV] = os.path.join(private_dir, "timeline")
     if config.fault_tolerant:
         groups += impl.fault_tolerance_flags(DETECTOR)  # refuses, in one line, where the MPI cannot
         env["ASYNCDDP_FAULT_TOLERANT"] = "1"
@@ -247,9 +257,9 @@ def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executab
 
 def format_plan(plan: LaunchPlan) -> str:
     """The ``--dry-run`` text: the command one flag a line, the variables set, the rank map."""
-    lines = [" \\\n    ".join(shlex.join(group) for group in plan.groups)]
+    lines = [" \\\n    ".join(shell_join(group) for group in plan.groups)]
     lines += ["", "environment set for every rank:"]
-    lines += [f"    {name}={shlex.quote(value)}" for name, value in plan.env.items()]
+    lines += [f"    {name}={shell_quote(value)}" for name, value in plan.env.items()]
     for path, text in plan.files.items():
         lines += ["", f"file {path}:"] + [f"    {line}" for line in text.splitlines()]
     for path, target in plan.links.items():

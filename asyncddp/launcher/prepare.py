@@ -27,7 +27,7 @@ from asyncddp.launcher.plan import LaunchPlan, build_plan
 if TYPE_CHECKING:
     from asyncddp.launcher.emulate import EmulatedCluster
 
-__all__ = ["PlannedJob", "plan_job", "check_ssh", "job_running"]
+__all__ = ["PlannedJob", "plan_job", "check_ssh", "job_running", "preflight_failure", "finish_timeline"]
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,26 @@ class PlannedJob:
         return {**self.plan.to_dict(), **({"emulate": self.emulated.to_dict()} if self.emulated else {})}
 
 
-def _check_dir(working_dir: str | None) -> str | None:
-    # A working directory that exists only on the remote hosts cannot be checked from here.
-    if working_dir is None:
+def _check_dir(config: RunConfig, cluster) -> str | None:
+    """Where the ranks start, when it is on this machine: a local job's ``working_dir`` must be a
+    directory here (else mpirun could not even be started there). One that may exist only on the
+    remote hosts cannot be checked from here: None, no script checks."""
+    from asyncddp.launcher.hosts import launches_over_ssh
+    from asyncddp.launcher.input_files import file_kind
+
+    path = config.working_dir
+    if path is None:
         return os.getcwd()
-    return working_dir if os.path.isdir(working_dir) else None
+    if os.path.isdir(path):
+        return path
+    if any(launches_over_ssh(host) for host in config.hosts):
+        return None
+    try:
+        why = f"is {file_kind(os.stat(path).st_mode)}, not a directory"
+    except OSError as error:
+        why = "does not exist" if isinstance(error, FileNotFoundError) else f"cannot be used ({error.strerror})"
+    where = (cluster.working_dir_where if cluster is not None else "") or "working_dir"
+    raise ConfigError(f"{where} {path} {why} on this machine, where the ranks start; create it or fix working_dir")
 
 
 def plan_job(options: RunOptions, private_dir: str, *, mpi: MpiInstall | None = None,
@@ -68,7 +83,7 @@ def plan_job(options: RunOptions, private_dir: str, *, mpi: MpiInstall | None = 
     if emulated is not None:
         config = replace(config, host_source=f"--emulate {emulated.spec.describe()}")
     plan = build_plan(config, mpi or detect_mpi(python=python), python=python, euid=os.geteuid(),
-                      private_dir=str(Path(private_dir).absolute()), check_dir=_check_dir(config.working_dir),
+                      private_dir=str(Path(private_dir).absolute()), check_dir=_check_dir(config, cluster),
                       cpu_count=os.cpu_count())
     if emulated is not None:
         from asyncddp.launcher.emulate import emulate_plan
@@ -89,14 +104,65 @@ def _emulated_cluster(options: RunOptions, cluster):
     return new_cluster(parse_emulate_spec(options.emulate) if options.emulate is not None else cluster.emulate)
 
 
+@contextlib.contextmanager
 def job_running(job: PlannedJob):
-    """The context a planned job runs in: its emulated cluster built and torn down around it, or
-    nothing to do for a real cluster."""
+    """The context a planned job runs in: its emulated cluster built and torn down around it (for a
+    real cluster, nothing to build), and its timeline completed after it however it ended."""
     if job.emulated is None:
-        return contextlib.nullcontext()
-    from asyncddp.launcher.emulate import emulated_cluster
+        cluster = contextlib.nullcontext()
+    else:
+        from asyncddp.launcher.emulate import emulated_cluster
 
-    return emulated_cluster(job.emulated)
+        cluster = emulated_cluster(job.emulated)
+    before = _modified(job.plan.env.get("ASYNCDDP_TIMELINE"))
+    with cluster:
+        try:
+            yield
+        finally:
+            note = finish_timeline(job.plan.env, before)
+            if note:
+                print(note, file=sys.stderr, flush=True)
+
+
+def _modified(path: str | None) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except OSError:
+        return None
+
+
+def finish_timeline(env: dict[str, str], before: int | None = None) -> str | None:
+    """After a job on this machine with ``--timeline``: the events of ranks that ended without
+    ``shutdown()`` merged into the timeline file; a line to show when that happened or when no
+    rank recorded anything (None: nothing to say). ``before``: the file's modification time
+    before the job (None: there was none), to tell this job's file from an older one."""
+    from asyncddp.comm.timeline import PARTS_ENV, TIMELINE_ENV, merge_parts
+
+    parts, path = env.get(PARTS_ENV), env.get(TIMELINE_ENV)
+    if not parts or not path:
+        return None
+    try:
+        written, ranks = merge_parts(Path(parts), Path(path))
+    except OSError as error:
+        return f"asyncddp: --timeline {path}: the ranks' events could not be merged ({error.strerror or error})"
+    if written is not None:
+        return (f"asyncddp: timeline of rank{'s' if len(ranks) > 1 else ''} {_ranges(ranks)} written to {path} "
+                "(the script did not call asyncddp.shutdown())")
+    if _modified(path) in (None, before):
+        return (f"asyncddp: --timeline {path}: no rank recorded a timeline (the script ran no asyncddp "
+                "operation after asyncddp.init())")
+    return None
+
+
+def _ranges(ranks: list[int]) -> str:
+    """0,1,2,5 -> "0-2, 5"."""
+    runs: list[list[int]] = []
+    for rank in ranks:
+        if runs and rank == runs[-1][1] + 1:
+            runs[-1][1] = rank
+        else:
+            runs.append([rank, rank])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def check_ssh(job: PlannedJob, requested: bool | None = None) -> None:
@@ -113,5 +179,19 @@ def check_ssh(job: PlannedJob, requested: bool | None = None) -> None:
 
     problems = ssh_preflight(remote, known_hosts=config.known_hosts)
     if problems:
-        raise LaunchError("SSH preflight failed, mpirun not started: " + "; ".join(problems)
-                          + " (details: asyncddp doctor; skip the check: --no-preflight)")
+        raise LaunchError(preflight_failure(problems, len(remote)))
+
+
+# Hosts named in full when the preflight fails: the rest are counted, so a cluster of hundreds of
+# unreachable hosts still gets one readable line (asyncddp doctor lists every host).
+PREFLIGHT_SHOWN = 3
+
+
+def preflight_failure(problems: list[str], checked: int) -> str:
+    """The one line of a failed SSH preflight: the first hosts' problems, then how many more."""
+    shown = "; ".join(problems[:PREFLIGHT_SHOWN])
+    more = len(problems) - PREFLIGHT_SHOWN
+    if more > 0:
+        shown += f"; and {more} more host{'s' if more > 1 else ''}"
+    return (f"SSH preflight failed for {len(problems)} of {checked} remote hosts, mpirun not started: {shown} "
+            "(details for every host: asyncddp doctor; skip the check: --no-preflight)")

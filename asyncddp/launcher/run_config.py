@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import shlex
-import tempfile
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 from asyncddp.errors import ConfigError
 from asyncddp.launcher.config import ClusterConfig
 from asyncddp.launcher.hosts import HostSpec, is_local_host
-from asyncddp.launcher.validation import MAX_SLOTS, check_env_name, check_seconds, check_text, quote
+from asyncddp.launcher.validation import (MAX_SLOTS, check_env_name, check_network, check_output_file,
+                                          check_seconds, check_text, quote)
 
 __all__ = ["RunOptions", "RunConfig", "merge_run_config", "parse_env_flag", "MAX_RESTARTS"]
 
@@ -105,24 +104,6 @@ def _hosts_from_flags(options: RunOptions, cluster: ClusterConfig | None) -> tup
     return (), "default", True
 
 
-def _check_output_file(path: str, flag: str) -> str:
-    """``path`` made absolute, refused when it is a folder or no folder above it can be written:
-    rank 0 writes it when the job ends, too late to learn that it cannot."""
-    target = Path(os.path.abspath(path))
-    if target.is_dir():
-        raise ConfigError(f"{flag} {path}: is a folder; give a file name such as {target / 'timeline.json'}")
-    ancestor = target.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    try:  # a real file, not os.access: root passes access checks on read-only and virtual filesystems
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
-    except OSError as error:
-        raise ConfigError(f"{flag} {path}: cannot write in {ancestor} ({error.strerror or error}); "
-                          "give a path you can write") from None
-    return str(target)
-
-
 def _timeline(path: str | None, hosts: tuple[HostSpec, ...], num_ranks: int) -> str | None:
     if not path:
         return None
@@ -131,7 +112,7 @@ def _timeline(path: str | None, hosts: tuple[HostSpec, ...], num_ranks: int) -> 
 
     # Rank 0 writes the file on its own host: only a path on this machine can be checked here.
     first = next(host for host in hosts if host.name == rank_hosts(list(hosts), 1)[0])
-    return os.path.abspath(path) if launches_over_ssh(first) else _check_output_file(path, "--timeline")
+    return os.path.abspath(path) if launches_over_ssh(first) else check_output_file(path, "--timeline")
 
 
 def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
@@ -188,7 +169,7 @@ def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
     if options.timeout is not None:
         check_seconds(options.timeout, "--timeout")
     if options.network is not None:
-        check_text(options.network, "--network-interface")
+        check_network(options.network, "--network-interface")
     fault_tolerant, min_ranks, max_restarts = _survival(options, cluster, num_ranks)
     return RunConfig(
         command=tuple(options.command),

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import reprlib
+import stat
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from asyncddp.errors import ConfigError
+from asyncddp.errors import ConfigError, LaunchError
 
 __all__ = ["MAX_SLOTS", "MAX_HOSTS", "MAX_SECONDS", "quote", "check_host_name", "check_user", "check_port",
-           "check_count", "check_ssh_path", "check_text", "check_env_name", "check_seconds"]
+           "check_count", "check_ssh_path", "check_text", "check_env_name", "check_seconds", "as_operand",
+           "check_script", "check_output_file", "check_network"]
 
 # Ranks on one host or in one job, hosts in one job: far above any real cluster, low enough that a
 # typo like slots=4000000000 is refused instead of building a rank map of that many entries.
@@ -127,3 +132,75 @@ def check_seconds(value: Any, flag: str, error: type[ConfigError] = ConfigError)
         shown = f"{value:g}" if isinstance(value, (int, float)) else quote(value)
         raise error(f"{flag} {shown}: give a positive number of seconds, at most {MAX_SECONDS:.0f}")
     return float(value)
+
+
+def as_operand(path: str) -> str:
+    """``path`` spelled so that no option parser takes it for an option: a script named ``-dash.py``
+    would be read as a flag by python and by mpirun (``Unknown option``); ``./-dash.py`` is the same
+    file to every one of them."""
+    return os.path.join(".", path) if path.startswith("-") else path
+
+
+def check_script(path: Path, shown: str, folder: str) -> None:
+    """Refuse a script that is missing or not a file (a directory, a FIFO), naming which."""
+    from asyncddp.launcher.input_files import file_kind
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise LaunchError(f"script {shown} not found (looked in {folder}); check the path") from None
+    if not stat.S_ISREG(mode):
+        raise LaunchError(f"script {shown} is {file_kind(mode)}, not a file (looked in {folder}); give the script's path")
+
+
+def check_output_file(path: str, flag: str, error: type[ConfigError] = ConfigError) -> str:
+    """``path`` made absolute, refused when the job could not write it there: a folder or another
+    non-file in its place, a folder that does not exist, or one this user cannot write. A rank
+    writes it when the job ends, too late to learn that it cannot."""
+    from asyncddp.launcher.input_files import file_kind
+
+    target = Path(os.path.abspath(path))
+    if target.is_dir():
+        raise error(f"{flag} {path}: is a folder; give a file name such as {target / 'timeline.json'}")
+    if target.exists() and not target.is_file():
+        raise error(f"{flag} {path}: is {file_kind(target.stat().st_mode)}; give the path of a file to write")
+    folder = target.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise error(f"{flag} {path}: the folder {folder} {what}; create it first or give another path")
+    try:  # a real file, not os.access: root passes access checks on read-only and virtual filesystems
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as problem:
+        raise error(f"{flag} {path}: cannot write in {folder} ({problem.strerror or problem}); "
+                    "give a path you can write") from None
+    return str(target)
+
+
+# Linux interface names: at most 15 bytes (IFNAMSIZ 16), no '/', blanks or ':' (alias labels are
+# not interfaces MPI or NCCL can bind to).
+_INTERFACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}")
+
+
+def check_network(value: str, where: str, error: type[ConfigError] = ConfigError) -> str:
+    """``--network-interface`` / ``network:``: one subnet in CIDR form (10.0.0.0/24, fd00::/64) or
+    one or more interface names separated by commas (eth0, ib0,eth1)."""
+    check_text(value, where, error)
+    if "/" in value:
+        try:
+            ipaddress.ip_network(value, strict=False)
+            return value
+        except ValueError as problem:
+            raise error(f"{where} {quote(value)}: not a subnet ({problem}); write one like 10.0.0.0/24") from None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        raise error(f"{where} {quote(value)}: an address, not an interface or subnet; write the subnet it is "
+                    "in (like 10.0.0.0/24) or the interface's name")
+    bad = [name for name in value.split(",") if not _INTERFACE.fullmatch(name) or set(name) <= {"."}]
+    if bad:
+        raise error(f"{where} {quote(value)}: {quote(bad[0])} is not an interface name (letters, digits, '_', '.', "
+                    "'@', '-', at most 15); give names like eth0 or ib0,eth1, or a subnet like 10.0.0.0/24")
+    return value

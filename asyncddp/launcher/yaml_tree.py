@@ -22,10 +22,12 @@ MAX_NODES = 1_000_000
 
 
 class Map(dict):
-    """A YAML mapping that remembers the line of itself and of each key."""
+    """A YAML mapping that remembers the line of itself and of each key, and each scalar value's
+    text as written (``texts``: ``true``, ``010``, ``1.50``; None for a list or mapping)."""
 
     line: int = 0
     key_lines: dict
+    texts: dict
 
 
 class _Loader(yaml.SafeLoader):
@@ -36,6 +38,7 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Map:
     result = Map()
     result.line = node.start_mark.line + 1
     result.key_lines = {}
+    result.texts = {}
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
             # A list as a key cannot be hashed, and no key of a config is ever one.
@@ -44,6 +47,7 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Map:
         key = loader.construct_object(key_node, deep=True)
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = key_node.start_mark.line + 1
+        result.texts[key] = value_node.value if isinstance(value_node, yaml.ScalarNode) else None
     return result
 
 
