@@ -234,5 +234,6 @@ def load_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any = None) 
         try:
             target.load_state_dict(state[name])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
-            raise CheckpointError(f"cannot load checkpoint {path}: it does not fit the {name}: {_one_line(error)}") from None
+            raise CheckpointError(f"cannot load checkpoint {path}: it does not fit the {name}: "
+                                  f"{_one_line(error)}") from None
     return state["step"]

@@ -103,4 +103,5 @@ def test_failure_after_the_result_keeps_stdout_one_document():
     assert done.returncode == 1, done.stderr
     result = json.loads(done.stdout)
     assert [row["op"] for row in result["rows"]] == ["allreduce"]
+    assert (result["status"], result["exit_code"]) == ("error", 1) and "--min-busbw 1e+09" in result["missed_bound"]
     assert done.stderr.splitlines()[-1].startswith("asyncddp: error: bench comm: average busbw ")

@@ -209,6 +209,15 @@ class CommBenchResult:
     def num_wrong(self) -> int:
         return sum(row.num_wrong for row in self.rows)
 
+    @property
+    def num_runs(self) -> int:
+        return len(self.rows)
+
+    def failures(self) -> tuple[str, ...]:
+        """The (op, size) rows with wrong values (see ``asyncddp.bench.outcome``)."""
+        return tuple(f"{row.op} at {row.size_bytes} B: {row.num_wrong} wrong values" for row in self.rows
+                     if row.num_wrong)
+
     def one_peer_vs_allreduce(self) -> tuple[OnePeerComparison, ...]:
         """Per size benchmarked with both ops: allreduce's time over one-peer averaging's."""
         one_peer = {row.size_bytes: row for row in self.rows if row.op == "neighbor_allreduce_one_peer"}
@@ -227,9 +236,11 @@ class CommBenchResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "CommBenchResult":
+        from asyncddp.bench.outcome import without_outcome
+
         rows = tuple(CommRow(**row) for row in data["rows"])
         derived = ("rows", "avg_busbw_gbs", "num_wrong", "one_peer_vs_allreduce")
-        keep = {k: v for k, v in data.items() if k not in derived}
+        keep = {k: v for k, v in without_outcome(data).items() if k not in derived}
         keep["notes"] = tuple(keep.get("notes", ()))
         keep["network"] = BenchNetwork.from_dict(keep.get("network"))
         return cls(**keep, rows=rows)
@@ -320,6 +331,14 @@ class ModelBenchResult:
     host: str = ""
     network: BenchNetwork | None = None  # the emulated cluster, None on real hosts
 
+    @property
+    def num_runs(self) -> int:
+        return len(self.runs)
+
+    def failures(self) -> tuple[str, ...]:
+        """Each failed (method, np) run's error, which names the run (see ``asyncddp.bench.outcome``)."""
+        return tuple(run.error for run in self.runs if run.error is not None)
+
     def find(self, method: str, num_ranks: int) -> ModelRun | None:
         return next((r for r in self.runs if r.method == method and r.num_ranks == num_ranks and r.ok), None)
 
@@ -343,9 +362,11 @@ class ModelBenchResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelBenchResult":
+        from asyncddp.bench.outcome import without_outcome
+
         derived = ("efficiency_vs_np1", "efficiency_vs_local", "speed_vs_ddp")
         runs = tuple(ModelRun.from_dict({k: v for k, v in run.items() if k not in derived}) for run in data["runs"])
-        return cls(**{**data, "runs": runs, "network": BenchNetwork.from_dict(data.get("network"))})
+        return cls(**{**without_outcome(data), "runs": runs, "network": BenchNetwork.from_dict(data.get("network"))})
 
 
 # ---- bench straggler ---------------------------------------------------------------------------
@@ -382,6 +403,11 @@ class StragglerResult:
     notes: tuple[str, ...] = ()
     network: BenchNetwork | None = None  # the emulated cluster, None on real hosts
 
+    num_runs = 1  # one job, both phases; a failed job raises instead of returning a result
+
+    def failures(self) -> tuple[str, ...]:
+        return ()
+
     @property
     def speedup(self) -> float:
         return self.async_fast_img_s / self.sync_fast_img_s if self.sync_fast_img_s > 0 else 0.0
@@ -395,6 +421,8 @@ class StragglerResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "StragglerResult":
-        keep = {k: v for k, v in data.items() if k != "speedup"}
+        from asyncddp.bench.outcome import without_outcome
+
+        keep = {k: v for k, v in without_outcome(data).items() if k != "speedup"}
         return cls(**{**keep, "options": StragglerOptions(**data["options"]),
                       "notes": tuple(data.get("notes", ())), "network": BenchNetwork.from_dict(data.get("network"))})

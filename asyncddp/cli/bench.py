@@ -104,8 +104,6 @@ def comm_command(
     launch=None,
 ) -> None:
     """Time neighbour averaging, collectives and window puts against raw mpi4py, nccl-tests style."""
-    from asyncddp.bench.results import BandwidthBelowBound
-
     if min_busbw is not None and not (math.isfinite(min_busbw) and min_busbw > 0):
         raise ConfigError(f"--min-busbw {min_busbw:g}: give a positive bandwidth in GB/s")
     if num_ranks is None:
@@ -116,10 +114,13 @@ def comm_command(
                             progress=True)
     _check_plot_path(plot)
     result = _run_with_progress(options, launch, quiet=as_json)
-    from asyncddp.bench import render
+    from asyncddp.bench import outcome, render
 
+    missed = None
+    if min_busbw is not None and result.avg_busbw_gbs < min_busbw:
+        missed = f"average busbw {result.avg_busbw_gbs:.4f} GB/s is below --min-busbw {min_busbw:g}"
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        typer.echo(json.dumps(outcome.document(result, missed), indent=2))
     elif plain:
         typer.echo(render.comm_text(result))
     else:
@@ -130,13 +131,7 @@ def comm_command(
     if plot:
         render.comm_plot(result, plot)
         print(f"plot written to {plot}", file=sys.stderr)
-    if result.num_wrong:
-        from asyncddp.bench.results import BenchError
-
-        raise BenchError(f"bench comm: {result.num_wrong} wrong result values (see the #wrong column)")
-    if min_busbw is not None and result.avg_busbw_gbs < min_busbw:
-        raise BandwidthBelowBound(f"bench comm: average busbw {result.avg_busbw_gbs:.4f} GB/s is below "
-                                  f"--min-busbw {min_busbw:g}")
+    outcome.check(result, "bench comm", missed)  # wrong values (the #wrong column), then the bound
 
 
 def _print_table(table) -> None:
@@ -145,15 +140,19 @@ def _print_table(table) -> None:
     Console(width=None if sys.stdout.isatty() else 140).print(table)
 
 
-def _report(result, as_json: bool, table, plot: str | None = None, draw=None) -> None:
-    """Print ``result`` as JSON or as ``table(result)``; with ``plot``, ``draw(result, plot)`` too."""
+def _report(result, as_json: bool, table, plot: str | None = None, draw=None, *, what: str) -> None:
+    """Print ``result`` as JSON or as ``table(result)``; with ``plot``, ``draw(result, plot)`` too.
+    Then fail (``outcome.RunsFailed``, naming ``what``) when any run it was asked for failed."""
+    from asyncddp.bench import outcome
+
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        typer.echo(json.dumps(outcome.document(result), indent=2))
     else:
         _print_table(table(result))
     if plot:
         draw(result, plot)
         print(f"plot written to {plot}", file=sys.stderr)
+    outcome.check(result, what)
 
 
 def _model_command(model: str):
@@ -212,7 +211,7 @@ def _model_command(model: str):
         if sweep_bandwidth is not None:
             return _sweep(base, chosen, rank_counts, sweep_bandwidth, launch, as_json, plot)
         result = _run_models_with_progress(base, chosen, rank_counts, launch, quiet=as_json)
-        _report(result, as_json, render.model_table, plot, render.model_plot)
+        _report(result, as_json, render.model_table, plot, render.model_plot, what=f"bench {model}")
 
     command.__doc__ = (f"Training throughput of {model} on synthetic ImageNet-shaped data, every method side by "
                        "side, one launch per (method, np).")
@@ -221,7 +220,7 @@ def _model_command(model: str):
 
 def _sweep(base, methods, rank_counts, rates_text, launch, as_json: bool, plot: str | None) -> None:
     from asyncddp.bench import render
-    from asyncddp.bench.sweep import parse_bandwidths, require_emulated, run_bandwidth_sweep
+    from asyncddp.bench.sweep import FLAG, parse_bandwidths, require_emulated, run_bandwidth_sweep
 
     require_emulated(launch)
     rates = parse_bandwidths(rates_text)
@@ -231,7 +230,7 @@ def _sweep(base, methods, rank_counts, rates_text, launch, as_json: bool, plot: 
     with _progress_bar(f"bench {base.model} sweep", len(methods) * len(rates), as_json) as update:
         sweep = run_bandwidth_sweep(base, methods, rank_counts[0], rates, launch, lambda event: update(
             event["done"], f"bench {base.model}: {event['method']} at {event['bandwidth']}"))
-    _report(sweep, as_json, render.sweep_table, plot, render.sweep_plot)
+    _report(sweep, as_json, render.sweep_table, plot, render.sweep_plot, what=f"bench {base.model} {FLAG}")
 
 
 def _fault(model, rank_counts, methods_given, chosen, kill_rank, kill_at_step, min_ranks, settings, launch,
@@ -257,7 +256,8 @@ def _fault(model, rank_counts, methods_given, chosen, kill_rank, kill_at_step, m
     with _progress_bar(f"bench {model} --kill-rank {kill_rank}", len(methods), as_json) as update:
         result = run_fault_bench(base, methods, left_out, launch, lambda event: update(
             event["done"], f"bench {model}: {event['method']} -np {event['num_ranks']}, losing rank {kill_rank}"))
-    _report(result, as_json, render.fault_table, plot, render.fault_plot)
+    _report(result, as_json, render.fault_table, plot, render.fault_plot,
+            what=f"bench {model} --kill-rank {kill_rank}")
 
 
 def _run_models_with_progress(base, methods, rank_counts, launch, quiet: bool):
@@ -308,4 +308,4 @@ def straggler_command(
     options = StragglerOptions(num_ranks=num_ranks, slow_rank=slow_rank, slow_factor=slow_factor, model=model,
                                batch_size=batch_size, image_size=image_size, iters=iters, warmup=warmup)
     result = run_straggler_bench(options, launch)
-    _report(result, as_json, render.straggler_table)
+    _report(result, as_json, render.straggler_table, what="bench straggler")
