@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from asyncddp.bench.network import BenchNetwork
 from asyncddp.errors import AsyncDDPError, ConfigError
 
-__all__ = ["BenchError", "BandwidthBelowBound", "OPS", "DTYPES", "CommBenchOptions", "CommRow", "OnePeerComparison",
+__all__ = ["BenchError", "BandwidthBelowBound", "OPS", "DTYPES", "ITEMSIZE", "CommBenchOptions", "CommRow", "OnePeerComparison",
            "CommBenchResult",
            "parse_size", "size_steps", "parse_ops", "bus_factor", "MODELS", "METHODS", "ModelBenchOptions", "ModelRun",
            "ModelBenchResult", "StragglerOptions", "StragglerResult", "parse_methods", "parse_num_ranks"]
@@ -31,6 +31,7 @@ RESULT_TAG = "ASYNCDDP_BENCH_RESULT"
 OPS = ("neighbor_allreduce", "neighbor_allreduce_one_peer", "hierarchical_neighbor_allreduce", "allreduce", "allgather",
        "broadcast", "win_put")
 DTYPES = ("float32", "float64")  # MPI reduces these natively on both sides (ours and raw numpy)
+ITEMSIZE = {"float32": 4, "float64": 8}
 
 
 class BenchError(AsyncDDPError):

@@ -36,6 +36,20 @@ def _check_plot_path(path: str | None) -> None:
         raise ConfigError(f"--plot {path}: directory {parent} does not exist or is not writable")
 
 
+def _refuse_what_cannot_fit(check, num_ranks: int, launch) -> None:
+    """``check(ranks_here, available)`` (``asyncddp.bench.memory``) for this machine's memory: with
+    every rank here first, and when that does not fit, with the ranks the launch really puts here."""
+    from asyncddp.bench.memory import available_bytes
+
+    available = available_bytes()
+    try:
+        check(num_ranks, available)
+    except ConfigError:
+        from asyncddp.bench.runner import ranks_on_this_machine
+
+        check(ranks_on_this_machine(num_ranks, launch), available)
+
+
 def _comm_options(num_ranks, min_bytes, max_bytes, step_factor, iters, warmup, dtype, ops, device, progress):
     from asyncddp.bench.results import DTYPES, CommBenchOptions, parse_ops, parse_size, size_steps
 
@@ -113,6 +127,13 @@ def comm_command(
     options = _comm_options(num_ranks, min_bytes, max_bytes, step_factor, iters, warmup, dtype, ops, device,
                             progress=True)
     _check_plot_path(plot)
+    if device == "cpu":
+        from asyncddp.bench.memory import check_comm_memory
+        from asyncddp.bench.results import ITEMSIZE
+
+        _refuse_what_cannot_fit(lambda ranks_here, available: check_comm_memory(
+            options.ops, max(options.sizes), num_ranks, ITEMSIZE[dtype], ranks_here, available, max_bytes),
+            num_ranks, launch)
     result = _run_with_progress(options, launch, quiet=as_json)
     from asyncddp.bench import outcome, render
 
@@ -202,6 +223,7 @@ def _model_command(model: str):
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {device}: choose cpu or cuda")
         _check_plot_path(plot)
+        _refuse_big_batch(batch_size, image_size, max(rank_counts), launch)
         if kill_rank is not None:
             return _fault(model, rank_counts, bool(methods), chosen, kill_rank, kill_at_step, min_ranks,
                           dict(batch_size=batch_size, image_size=image_size, warmup=warmup, iters=iters,
@@ -216,6 +238,13 @@ def _model_command(model: str):
     command.__doc__ = (f"Training throughput of {model} on synthetic ImageNet-shaped data, every method side by "
                        "side, one launch per (method, np).")
     return command
+
+
+def _refuse_big_batch(batch_size: int, image_size: int, num_ranks: int, launch) -> None:
+    from asyncddp.bench.memory import check_batch_memory
+
+    _refuse_what_cannot_fit(lambda ranks_here, available: check_batch_memory(batch_size, image_size, ranks_here,
+                                                                             available), num_ranks, launch)
 
 
 def _sweep(base, methods, rank_counts, rates_text, launch, as_json: bool, plot: str | None) -> None:
@@ -305,6 +334,7 @@ def straggler_command(
     if batch_size < 1 or image_size < 32 or iters < 1 or warmup < 0:
         raise ConfigError(f"--batch-size {batch_size} --image-size {image_size} --iters {iters} --warmup {warmup}: "
                           "need batch >= 1, image size >= 32, iters >= 1, warmup >= 0")
+    _refuse_big_batch(batch_size, image_size, num_ranks, launch)
     options = StragglerOptions(num_ranks=num_ranks, slow_rank=slow_rank, slow_factor=slow_factor, model=model,
                                batch_size=batch_size, image_size=image_size, iters=iters, warmup=warmup)
     result = run_straggler_bench(options, launch)
