@@ -73,8 +73,11 @@ def size_steps(min_bytes: int, max_bytes: int, step_factor: int) -> tuple[int, .
 
 
 def _parse_subset(items: list[str] | None, choices: tuple[str, ...], flag: str, what: str) -> tuple[str, ...]:
-    """A subset of ``choices`` given comma-separated or repeated, in table order; all when empty."""
+    """A subset of ``choices`` given comma-separated or repeated, in table order; all when not given."""
     names = [part.strip() for item in items or () for part in item.split(",") if part.strip()]
+    if items and not names:  # ``--methods ''`` (an unset variable in a script) must not mean "all"
+        raise ConfigError(f"{flag} {','.join(items)!r} names no {what.split()[-1]}; choose from {', '.join(choices)} "
+                          f"(leave {flag} out for all)")
     unknown = [name for name in names if name not in choices]
     if unknown:
         raise ConfigError(f"{flag} {unknown[0]!r} is not {what}; choose from {', '.join(choices)}")
@@ -82,7 +85,7 @@ def _parse_subset(items: list[str] | None, choices: tuple[str, ...], flag: str, 
 
 
 def parse_ops(items: list[str] | None) -> tuple[str, ...]:
-    """The ``--ops`` subset (comma-separated or repeated), in table order; all when empty."""
+    """The ``--ops`` subset (comma-separated or repeated), in table order; all when not given."""
     return _parse_subset(items, OPS, "--ops", "a benchmarked op")
 
 
@@ -254,7 +257,7 @@ METHODS = ("local", "ddp", "allreduce", "dear", "neighbor-exp2", "neighbor-one-p
 
 
 def parse_methods(items: list[str] | None) -> tuple[str, ...]:
-    """The ``--methods`` subset (comma-separated or repeated), in table order; all when empty."""
+    """The ``--methods`` subset (comma-separated or repeated), in table order; all when not given."""
     return _parse_subset(items, METHODS, "--methods", "a method")
 
 

@@ -32,6 +32,8 @@ def _check_plot_path(path: str | None) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not path.lower().endswith(".png"):
         raise ConfigError(f"--plot {path}: give a .png file name")
+    if os.path.exists(path) and not os.path.isfile(path):  # found only after the whole bench ran
+        raise ConfigError(f"--plot {path}: exists and is not a file; give a file name")
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise ConfigError(f"--plot {path}: directory {parent} does not exist or is not writable")
 
