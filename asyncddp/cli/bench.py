@@ -4,7 +4,9 @@ Each sub-command parses its flags into an options dataclass, calls one runner fu
 ``asyncddp.bench`` (which launches the ranks through ``asyncddp run``'s code path), and renders the
 result (rich table, ``--plain`` nccl-tests text, ``--json``, ``--plot``). Add a benchmark with a
 function decorated ``@bench_app.command("name")`` whose launch flags are those of
-``asyncddp.cli.launch_flags``, declared once for every command that starts ranks.
+``asyncddp.cli.launch_flags``, declared once for every command that starts ranks, and end it with
+``_report(result, ..., what="bench name")``: its result type has ``num_runs`` and ``failures()``,
+and ``asyncddp.bench.outcome`` turns any failed run into the JSON verdict and a non-zero exit.
 """
 
 from __future__ import annotations
