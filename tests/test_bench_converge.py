@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncddp.bench import converge_render
+from asyncddp.bench import converge_render, outcome
 from asyncddp.bench.converge import (ConvergeEval, ConvergeResult, ConvergeRow, check_target, first_at_target,
                                      parse_split, parse_task, ranked, split_indices)
 from asyncddp.bench.fault import CANNOT_SURVIVE, GUARANTEES, SURVIVING_METHODS
@@ -176,8 +176,10 @@ def test_result_round_trips_and_renders(tmp_path):
             ConvergeRow("win-put", error="bench converge win-put -np 4 failed: boom"))
     result = ConvergeResult(task="digits", split="iid", num_ranks=4, target_accuracy=0.9, steps=30, eval_every=10,
                             batch_size=32, lr=0.05, seed=0, rows=ranked(rows))
-    data = json.loads(json.dumps(result.to_dict()))
-    assert data["status"] == "error" and ConvergeResult.from_dict(data) == result
+    data = json.loads(json.dumps(outcome.document(result)))
+    assert (data["status"], data["num_runs"], data["num_failed"]) == ("error", 3, 1)
+    assert data["failed"] == ["win-put: bench converge win-put -np 4 failed: boom"]
+    assert ConvergeResult.from_dict(data) == result
     cells = converge_render.converge_rows(result)
     assert [c[0] for c in cells] == ["neighbor-one-peer", "ddp", "win-put"]
     assert cells[0][-1] == "0.50x" and cells[1][7] == "4.00 (computed)" and cells[2][1] == "failed"

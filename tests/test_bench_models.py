@@ -60,12 +60,15 @@ def test_straggler_bench_reports_both_phases():
 
 
 @pytest.mark.timeout(60)
-def test_a_failed_run_is_a_row_not_fatal():
+def test_a_failed_run_is_a_row_then_a_failed_command():
     proc = asyncddp("bench", "mlp", "--image-size", "32", "--np", "1", "--methods", "local", "--timeout", "0.5", "--json")
-    assert proc.returncode == 0, proc.stderr
-    (run,) = json.loads(proc.stdout)["runs"]
+    assert proc.returncode == 2, proc.stderr
+    data = json.loads(proc.stdout)
+    (run,) = data["runs"]
     assert run["method"] == "local" and run["img_s_total"] == 0.0
-    assert "failed" in run["error"]
+    assert run["error"].startswith("bench mlp local -np 1 failed: ")
+    assert (data["status"], data["exit_code"], data["num_runs"], data["failed"]) == ("error", 2, 1, [run["error"]])
+    assert proc.stderr.strip().splitlines()[-1] == f"asyncddp: error: bench mlp: 1 of 1 requested runs failed: {run['error']}"
 
 
 @pytest.mark.parametrize("args, message", [

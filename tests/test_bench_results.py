@@ -172,3 +172,25 @@ def test_network_with_a_slow_node_is_recorded_per_node_and_round_trips():
     assert CommBenchResult.from_dict(data) == result
     assert f"# network: {network.describe()}" in render.comm_text(result).splitlines()
     assert _result().to_dict()["network"] is None
+
+
+def test_an_empty_subset_is_refused_not_read_as_all():
+    """``--methods ''`` or ``--ops ,`` (an unset shell variable) must not run everything."""
+    from asyncddp.bench.results import METHODS, parse_methods
+
+    assert parse_ops(None) == OPS and parse_methods(None) == METHODS
+    with pytest.raises(ConfigError, match=r"^--methods '' names no method; choose from local, ddp, .* \(leave "
+                                          r"--methods out for all\)$"):
+        parse_methods([""])
+    with pytest.raises(ConfigError, match=r"^--ops ',' names no op; choose from neighbor_allreduce, "):
+        parse_ops([","])
+
+
+def test_a_plot_path_that_is_a_folder_is_refused_before_the_bench(tmp_path):
+    from asyncddp.cli.bench import _check_plot_path
+
+    folder = tmp_path / "plot.png"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=rf"^--plot {folder}: exists and is not a file; give a file name$"):
+        _check_plot_path(str(folder))
+    _check_plot_path(str(tmp_path / "new.png"))

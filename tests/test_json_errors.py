@@ -30,6 +30,8 @@ CASES = [
     (["run", "--dry-run", "--json", "-np", "1", "missing.py"], 2, "LaunchError", "script missing.py not found"),
     (["bench", "comm", "--json", "--iters", "0"], 2, "ConfigError", "--iters 0 --warmup 5: need iters >= 1"),
     (["bench", "mlp", "--json", "--hostfile", "{bad}"], 2, "HostfileError", "{bad}:2: unknown token 'cpus=4'"),
+    (["bench", "NOSUCHMODEL", "--json"], 2, "UsageError", "No such command 'NOSUCHMODEL'"),
+    (["bench", "--json"], 2, "UsageError", "No such option: --json"),
     (["bench", "straggler", "--json", "-np", "1"], 2, "ConfigError", "-np 1 --slow-rank 1: need at least 2 ranks"),
     (["run", "--dry-run", "--json", "-np", "1", "--timeline", "{tmp}", "examples/hello.py"], 2, "ConfigError",
      "--timeline {tmp}: is a folder; give a file name"),
@@ -101,4 +103,5 @@ def test_failure_after_the_result_keeps_stdout_one_document():
     assert done.returncode == 1, done.stderr
     result = json.loads(done.stdout)
     assert [row["op"] for row in result["rows"]] == ["allreduce"]
+    assert (result["status"], result["exit_code"]) == ("error", 1) and "--min-busbw 1e+09" in result["missed_bound"]
     assert done.stderr.splitlines()[-1].startswith("asyncddp: error: bench comm: average busbw ")

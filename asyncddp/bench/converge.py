@@ -23,6 +23,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 
 from asyncddp.bench.network import BenchNetwork
+from asyncddp.bench.outcome import without_outcome
 from asyncddp.bench.results import BenchError
 from asyncddp.errors import ConfigError
 
@@ -244,8 +245,12 @@ class ConvergeResult:
     network: BenchNetwork | None = None  # the emulated cluster, None on real hosts
 
     @property
-    def failed(self) -> tuple[str, ...]:
-        return tuple(row.method for row in self.rows if not row.ok)
+    def num_runs(self) -> int:
+        return len(self.rows)
+
+    def failures(self) -> list[str]:
+        """One line per method whose run failed (``asyncddp.bench.outcome``'s rule)."""
+        return [f"{row.method}: {row.error}" for row in self.rows if not row.ok]
 
     def find(self, method: str) -> ConvergeRow | None:
         return next((row for row in self.rows if row.method == method and row.ok), None)
@@ -256,13 +261,11 @@ class ConvergeResult:
         for name in ("shard_sizes", "shard_classes", "notes"):
             data[name] = list(getattr(self, name))
         data["network"] = self.network.to_dict() if self.network else None
-        data["status"] = "error" if self.failed else "ok"
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ConvergeResult":
-        keep = {k: v for k, v in data.items() if k != "status"}
-        return cls(**{**keep, "rows": tuple(ConvergeRow.from_dict(row) for row in data["rows"]),
+        return cls(**{**without_outcome(data), "rows": tuple(ConvergeRow.from_dict(row) for row in data["rows"]),
                       "shard_sizes": tuple(data["shard_sizes"]), "shard_classes": tuple(data["shard_classes"]),
                       "notes": tuple(data.get("notes", ())), "network": BenchNetwork.from_dict(data.get("network"))})
 

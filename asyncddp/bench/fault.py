@@ -144,6 +144,14 @@ class FaultBenchResult:
     host: str = ""
     network: BenchNetwork | None = None  # the emulated cluster, None on real hosts
 
+    @property
+    def num_runs(self) -> int:
+        return len(self.runs)
+
+    def failures(self) -> tuple[str, ...]:
+        """Each failed method's error, which names the run (see ``asyncddp.bench.outcome``)."""
+        return tuple(run.error for run in self.runs if run.error is not None)
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["runs"] = [run.to_dict() for run in self.runs]
@@ -153,6 +161,8 @@ class FaultBenchResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FaultBenchResult":
-        return cls(**{**data, "runs": tuple(FaultRun.from_dict(run) for run in data["runs"]),
+        from asyncddp.bench.outcome import without_outcome
+
+        return cls(**{**without_outcome(data), "runs": tuple(FaultRun.from_dict(run) for run in data["runs"]),
                       "left_out": tuple(data.get("left_out", ())),
                       "network": BenchNetwork.from_dict(data.get("network"))})

@@ -17,7 +17,7 @@ from asyncddp.bench.methods import METHOD_NAMES
 from asyncddp.bench.network import BenchNetwork
 from asyncddp.errors import AsyncDDPError, ConfigError
 
-__all__ = ["BenchError", "BandwidthBelowBound", "OPS", "DTYPES", "CommBenchOptions", "CommRow", "OnePeerComparison",
+__all__ = ["BenchError", "BandwidthBelowBound", "OPS", "DTYPES", "ITEMSIZE", "CommBenchOptions", "CommRow", "OnePeerComparison",
            "CommBenchResult",
            "parse_size", "size_steps", "parse_ops", "bus_factor", "MODELS", "METHODS", "ModelBenchOptions", "ModelRun",
            "ModelBenchResult", "StragglerOptions", "StragglerResult", "parse_methods", "parse_num_ranks"]
@@ -32,6 +32,7 @@ RESULT_TAG = "ASYNCDDP_BENCH_RESULT"
 OPS = ("neighbor_allreduce", "neighbor_allreduce_one_peer", "hierarchical_neighbor_allreduce", "allreduce", "allgather",
        "broadcast", "win_put")
 DTYPES = ("float32", "float64")  # MPI reduces these natively on both sides (ours and raw numpy)
+ITEMSIZE = {"float32": 4, "float64": 8}
 
 
 class BenchError(AsyncDDPError):
@@ -73,8 +74,11 @@ def size_steps(min_bytes: int, max_bytes: int, step_factor: int) -> tuple[int, .
 
 
 def _parse_subset(items: list[str] | None, choices: tuple[str, ...], flag: str, what: str) -> tuple[str, ...]:
-    """A subset of ``choices`` given comma-separated or repeated, in table order; all when empty."""
+    """A subset of ``choices`` given comma-separated or repeated, in table order; all when not given."""
     names = [part.strip() for item in items or () for part in item.split(",") if part.strip()]
+    if items and not names:  # ``--methods ''`` (an unset variable in a script) must not mean "all"
+        raise ConfigError(f"{flag} {','.join(items)!r} names no {what.split()[-1]}; choose from {', '.join(choices)} "
+                          f"(leave {flag} out for all)")
     unknown = [name for name in names if name not in choices]
     if unknown:
         raise ConfigError(f"{flag} {unknown[0]!r} is not {what}; choose from {', '.join(choices)}")
@@ -82,7 +86,7 @@ def _parse_subset(items: list[str] | None, choices: tuple[str, ...], flag: str, 
 
 
 def parse_ops(items: list[str] | None) -> tuple[str, ...]:
-    """The ``--ops`` subset (comma-separated or repeated), in table order; all when empty."""
+    """The ``--ops`` subset (comma-separated or repeated), in table order; all when not given."""
     return _parse_subset(items, OPS, "--ops", "a benchmarked op")
 
 
@@ -210,6 +214,15 @@ class CommBenchResult:
     def num_wrong(self) -> int:
         return sum(row.num_wrong for row in self.rows)
 
+    @property
+    def num_runs(self) -> int:
+        return len(self.rows)
+
+    def failures(self) -> tuple[str, ...]:
+        """The (op, size) rows with wrong values (see ``asyncddp.bench.outcome``)."""
+        return tuple(f"{row.op} at {row.size_bytes} B: {row.num_wrong} wrong values" for row in self.rows
+                     if row.num_wrong)
+
     def one_peer_vs_allreduce(self) -> tuple[OnePeerComparison, ...]:
         """Per size benchmarked with both ops: allreduce's time over one-peer averaging's."""
         one_peer = {row.size_bytes: row for row in self.rows if row.op == "neighbor_allreduce_one_peer"}
@@ -228,9 +241,11 @@ class CommBenchResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "CommBenchResult":
+        from asyncddp.bench.outcome import without_outcome
+
         rows = tuple(CommRow(**row) for row in data["rows"])
         derived = ("rows", "avg_busbw_gbs", "num_wrong", "one_peer_vs_allreduce")
-        keep = {k: v for k, v in data.items() if k not in derived}
+        keep = {k: v for k, v in without_outcome(data).items() if k not in derived}
         keep["notes"] = tuple(keep.get("notes", ()))
         keep["network"] = BenchNetwork.from_dict(keep.get("network"))
         return cls(**keep, rows=rows)
@@ -244,7 +259,7 @@ METHODS = METHOD_NAMES
 
 
 def parse_methods(items: list[str] | None) -> tuple[str, ...]:
-    """The ``--methods`` subset (comma-separated or repeated), in table order; all when empty."""
+    """The ``--methods`` subset (comma-separated or repeated), in table order; all when not given."""
     return _parse_subset(items, METHODS, "--methods", "a method")
 
 
@@ -322,6 +337,14 @@ class ModelBenchResult:
     host: str = ""
     network: BenchNetwork | None = None  # the emulated cluster, None on real hosts
 
+    @property
+    def num_runs(self) -> int:
+        return len(self.runs)
+
+    def failures(self) -> tuple[str, ...]:
+        """Each failed (method, np) run's error, which names the run (see ``asyncddp.bench.outcome``)."""
+        return tuple(run.error for run in self.runs if run.error is not None)
+
     def find(self, method: str, num_ranks: int) -> ModelRun | None:
         return next((r for r in self.runs if r.method == method and r.num_ranks == num_ranks and r.ok), None)
 
@@ -345,9 +368,11 @@ class ModelBenchResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelBenchResult":
+        from asyncddp.bench.outcome import without_outcome
+
         derived = ("efficiency_vs_np1", "efficiency_vs_local", "speed_vs_ddp")
         runs = tuple(ModelRun.from_dict({k: v for k, v in run.items() if k not in derived}) for run in data["runs"])
-        return cls(**{**data, "runs": runs, "network": BenchNetwork.from_dict(data.get("network"))})
+        return cls(**{**without_outcome(data), "runs": runs, "network": BenchNetwork.from_dict(data.get("network"))})
 
 
 # ---- bench straggler ---------------------------------------------------------------------------
@@ -384,6 +409,11 @@ class StragglerResult:
     notes: tuple[str, ...] = ()
     network: BenchNetwork | None = None  # the emulated cluster, None on real hosts
 
+    num_runs = 1  # one job, both phases; a failed job raises instead of returning a result
+
+    def failures(self) -> tuple[str, ...]:
+        return ()
+
     @property
     def speedup(self) -> float:
         return self.async_fast_img_s / self.sync_fast_img_s if self.sync_fast_img_s > 0 else 0.0
@@ -397,6 +427,8 @@ class StragglerResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "StragglerResult":
-        keep = {k: v for k, v in data.items() if k != "speedup"}
+        from asyncddp.bench.outcome import without_outcome
+
+        keep = {k: v for k, v in without_outcome(data).items() if k != "speedup"}
         return cls(**{**keep, "options": StragglerOptions(**data["options"]),
                       "notes": tuple(data.get("notes", ())), "network": BenchNetwork.from_dict(data.get("network"))})

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from asyncddp.bench.fault import FaultBenchOptions, FaultBenchResult
     from asyncddp.launcher.job import JobResult
 
-__all__ = ["run_comm_bench", "run_model_bench", "run_straggler_bench", "run_fault_bench", "fault_launch", "JobFailed"]
+__all__ = ["run_comm_bench", "run_model_bench", "run_straggler_bench", "run_fault_bench", "fault_launch", "JobFailed",
+           "ranks_on_this_machine"]
 
 YIELD_ENV = "OMPI_MCA_mpi_yield_when_idle"  # set by the plan when local ranks outnumber cores
 FAILURE_TAIL_LINES = 60
@@ -182,6 +183,19 @@ def run_straggler_bench(options: StragglerOptions, launch: RunOptions = RunOptio
                              "bench straggler")
     result = StragglerResult.from_dict(data)
     return replace(result, notes=(*result.notes, *notes), network=network_of(launch, options.num_ranks))
+
+
+def ranks_on_this_machine(num_ranks: int, launch: RunOptions) -> int:
+    """How many of a ``num_ranks`` job's ranks ``launch`` places on this machine (every rank of an
+    emulated cluster; the ranks of hosts reached without ssh otherwise). Plans, starts nothing."""
+    from asyncddp.launcher.hosts import launches_over_ssh
+
+    with stop_signals.private_dir("asyncddp-bench-") as workdir:
+        planned = _plan("comm", (), num_ranks, launch, workdir)
+    if planned.emulated is not None:
+        return len(planned.plan.rank_hosts)
+    remote = {host.name for host in planned.plan.hosts if launches_over_ssh(host)}
+    return sum(host not in remote for host in planned.plan.rank_hosts)
 
 
 def fault_launch(options: FaultBenchOptions, launch: RunOptions) -> RunOptions:

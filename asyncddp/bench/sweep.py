@@ -73,6 +73,14 @@ class BandwidthSweep:
                 return next((run for run in point.result.runs if run.method == method), None)
         return None
 
+    @property
+    def num_runs(self) -> int:
+        return sum(point.result.num_runs for point in self.points)
+
+    def failures(self) -> tuple[str, ...]:
+        """One line per failed run, at its rate (see ``asyncddp.bench.outcome``)."""
+        return tuple(f"at {point.bandwidth}: {line}" for point in self.points for line in point.result.failures())
+
     def to_dict(self) -> dict:
         return {"model": self.model, "num_ranks": self.num_ranks, "methods": list(self.methods),
                 "points": [point.to_dict() for point in self.points]}

@@ -4,7 +4,9 @@ Each sub-command parses its flags into an options dataclass, calls one runner fu
 ``asyncddp.bench`` (which launches the ranks through ``asyncddp run``'s code path), and renders the
 result (rich table, ``--plain`` nccl-tests text, ``--json``, ``--plot``). Add a benchmark with a
 function decorated ``@bench_app.command("name")`` whose launch flags are those of
-``asyncddp.cli.launch_flags``, declared once for every command that starts ranks.
+``asyncddp.cli.launch_flags``, declared once for every command that starts ranks, and end it with
+``_report(result, ..., what="bench name")``: its result type has ``num_runs`` and ``failures()``,
+and ``asyncddp.bench.outcome`` turns any failed run into the JSON verdict and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -32,8 +34,24 @@ def _check_plot_path(path: str | None) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not path.lower().endswith(".png"):
         raise ConfigError(f"--plot {path}: give a .png file name")
+    if os.path.exists(path) and not os.path.isfile(path):  # found only after the whole bench ran
+        raise ConfigError(f"--plot {path}: exists and is not a file; give a file name")
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise ConfigError(f"--plot {path}: directory {parent} does not exist or is not writable")
+
+
+def _refuse_what_cannot_fit(check, num_ranks: int, launch) -> None:
+    """``check(ranks_here, available)`` (``asyncddp.bench.memory``) for this machine's memory: with
+    every rank here first, and when that does not fit, with the ranks the launch really puts here."""
+    from asyncddp.bench.memory import available_bytes
+
+    available = available_bytes()
+    try:
+        check(num_ranks, available)
+    except ConfigError:
+        from asyncddp.bench.runner import ranks_on_this_machine
+
+        check(ranks_on_this_machine(num_ranks, launch), available)
 
 
 def _comm_options(num_ranks, min_bytes, max_bytes, step_factor, iters, warmup, dtype, ops, device, progress):
@@ -104,8 +122,6 @@ def comm_command(
     launch=None,
 ) -> None:
     """Time neighbour averaging, collectives and window puts against raw mpi4py, nccl-tests style."""
-    from asyncddp.bench.results import BandwidthBelowBound
-
     if min_busbw is not None and not (math.isfinite(min_busbw) and min_busbw > 0):
         raise ConfigError(f"--min-busbw {min_busbw:g}: give a positive bandwidth in GB/s")
     if num_ranks is None:
@@ -115,11 +131,21 @@ def comm_command(
     options = _comm_options(num_ranks, min_bytes, max_bytes, step_factor, iters, warmup, dtype, ops, device,
                             progress=True)
     _check_plot_path(plot)
-    result = _run_with_progress(options, launch, quiet=as_json)
-    from asyncddp.bench import render
+    if device == "cpu":
+        from asyncddp.bench.memory import check_comm_memory
+        from asyncddp.bench.results import ITEMSIZE
 
+        _refuse_what_cannot_fit(lambda ranks_here, available: check_comm_memory(
+            options.ops, max(options.sizes), num_ranks, ITEMSIZE[dtype], ranks_here, available, max_bytes),
+            num_ranks, launch)
+    result = _run_with_progress(options, launch, quiet=as_json)
+    from asyncddp.bench import outcome, render
+
+    missed = None
+    if min_busbw is not None and result.avg_busbw_gbs < min_busbw:
+        missed = f"average busbw {result.avg_busbw_gbs:.4f} GB/s is below --min-busbw {min_busbw:g}"
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        typer.echo(json.dumps(outcome.document(result, missed), indent=2))
     elif plain:
         typer.echo(render.comm_text(result))
     else:
@@ -130,13 +156,7 @@ def comm_command(
     if plot:
         render.comm_plot(result, plot)
         print(f"plot written to {plot}", file=sys.stderr)
-    if result.num_wrong:
-        from asyncddp.bench.results import BenchError
-
-        raise BenchError(f"bench comm: {result.num_wrong} wrong result values (see the #wrong column)")
-    if min_busbw is not None and result.avg_busbw_gbs < min_busbw:
-        raise BandwidthBelowBound(f"bench comm: average busbw {result.avg_busbw_gbs:.4f} GB/s is below "
-                                  f"--min-busbw {min_busbw:g}")
+    outcome.check(result, "bench comm", missed)  # wrong values (the #wrong column), then the bound
 
 
 def _print_table(table) -> None:
@@ -145,15 +165,19 @@ def _print_table(table) -> None:
     Console(width=None if sys.stdout.isatty() else 140).print(table)
 
 
-def _report(result, as_json: bool, table, plot: str | None = None, draw=None) -> None:
-    """Print ``result`` as JSON or as ``table(result)``; with ``plot``, ``draw(result, plot)`` too."""
+def _report(result, as_json: bool, table, plot: str | None = None, draw=None, *, what: str) -> None:
+    """Print ``result`` as JSON or as ``table(result)``; with ``plot``, ``draw(result, plot)`` too.
+    Then fail (``outcome.RunsFailed``, naming ``what``) when any run it was asked for failed."""
+    from asyncddp.bench import outcome
+
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        typer.echo(json.dumps(outcome.document(result), indent=2))
     else:
         _print_table(table(result))
     if plot:
         draw(result, plot)
         print(f"plot written to {plot}", file=sys.stderr)
+    outcome.check(result, what)
 
 
 def _model_command(model: str):
@@ -203,6 +227,7 @@ def _model_command(model: str):
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {device}: choose cpu or cuda")
         _check_plot_path(plot)
+        _refuse_big_batch(batch_size, image_size, max(rank_counts), launch)
         if kill_rank is not None:
             return _fault(model, rank_counts, bool(methods), chosen, kill_rank, kill_at_step, min_ranks,
                           dict(batch_size=batch_size, image_size=image_size, warmup=warmup, iters=iters,
@@ -212,16 +237,23 @@ def _model_command(model: str):
         if sweep_bandwidth is not None:
             return _sweep(base, chosen, rank_counts, sweep_bandwidth, launch, as_json, plot)
         result = _run_models_with_progress(base, chosen, rank_counts, launch, quiet=as_json)
-        _report(result, as_json, render.model_table, plot, render.model_plot)
+        _report(result, as_json, render.model_table, plot, render.model_plot, what=f"bench {model}")
 
     command.__doc__ = (f"Training throughput of {model} on synthetic ImageNet-shaped data, every method side by "
                        "side, one launch per (method, np).")
     return command
 
 
+def _refuse_big_batch(batch_size: int, image_size: int, num_ranks: int, launch) -> None:
+    from asyncddp.bench.memory import check_batch_memory
+
+    _refuse_what_cannot_fit(lambda ranks_here, available: check_batch_memory(batch_size, image_size, ranks_here,
+                                                                             available), num_ranks, launch)
+
+
 def _sweep(base, methods, rank_counts, rates_text, launch, as_json: bool, plot: str | None) -> None:
     from asyncddp.bench import render
-    from asyncddp.bench.sweep import parse_bandwidths, require_emulated, run_bandwidth_sweep
+    from asyncddp.bench.sweep import FLAG, parse_bandwidths, require_emulated, run_bandwidth_sweep
 
     require_emulated(launch)
     rates = parse_bandwidths(rates_text)
@@ -231,7 +263,7 @@ def _sweep(base, methods, rank_counts, rates_text, launch, as_json: bool, plot: 
     with _progress_bar(f"bench {base.model} sweep", len(methods) * len(rates), as_json) as update:
         sweep = run_bandwidth_sweep(base, methods, rank_counts[0], rates, launch, lambda event: update(
             event["done"], f"bench {base.model}: {event['method']} at {event['bandwidth']}"))
-    _report(sweep, as_json, render.sweep_table, plot, render.sweep_plot)
+    _report(sweep, as_json, render.sweep_table, plot, render.sweep_plot, what=f"bench {base.model} {FLAG}")
 
 
 def _fault(model, rank_counts, methods_given, chosen, kill_rank, kill_at_step, min_ranks, settings, launch,
@@ -257,7 +289,8 @@ def _fault(model, rank_counts, methods_given, chosen, kill_rank, kill_at_step, m
     with _progress_bar(f"bench {model} --kill-rank {kill_rank}", len(methods), as_json) as update:
         result = run_fault_bench(base, methods, left_out, launch, lambda event: update(
             event["done"], f"bench {model}: {event['method']} -np {event['num_ranks']}, losing rank {kill_rank}"))
-    _report(result, as_json, render.fault_table, plot, render.fault_plot)
+    _report(result, as_json, render.fault_table, plot, render.fault_plot,
+            what=f"bench {model} --kill-rank {kill_rank}")
 
 
 def _run_models_with_progress(base, methods, rank_counts, launch, quiet: bool):
@@ -305,10 +338,11 @@ def straggler_command(
     if batch_size < 1 or image_size < 32 or iters < 1 or warmup < 0:
         raise ConfigError(f"--batch-size {batch_size} --image-size {image_size} --iters {iters} --warmup {warmup}: "
                           "need batch >= 1, image size >= 32, iters >= 1, warmup >= 0")
+    _refuse_big_batch(batch_size, image_size, num_ranks, launch)
     options = StragglerOptions(num_ranks=num_ranks, slow_rank=slow_rank, slow_factor=slow_factor, model=model,
                                batch_size=batch_size, image_size=image_size, iters=iters, warmup=warmup)
     result = run_straggler_bench(options, launch)
-    _report(result, as_json, render.straggler_table)
+    _report(result, as_json, render.straggler_table, what="bench straggler")
 
 
 from asyncddp.cli import bench_converge  # noqa: E402,F401  (registers ``bench converge`` on bench_app)

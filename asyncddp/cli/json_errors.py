@@ -21,8 +21,9 @@ __all__ = ["json_requested", "StdoutWatch", "error_document", "print_error_docum
 def json_requested(command: Any, args: list[str]) -> bool:
     """Whether ``args`` ask the leaf sub-command of ``command`` (a click command) for ``--json``.
 
-    Parses without callbacks or errors (click's resilient parsing, as shell completion does); an
-    unparseable line falls back to a plain search for ``--json``.
+    Parses without callbacks or errors (click's resilient parsing, as shell completion does); a
+    line naming no sub-command that exists (``bench NOSUCHMODEL --json``), or one the parser cannot
+    read, falls back to a plain search for ``--json``: no command will run to own the flag.
     """
     from typer.core import TyperGroup
 
@@ -30,11 +31,9 @@ def json_requested(command: Any, args: list[str]) -> bool:
         ctx = command.make_context("asyncddp", list(args), resilient_parsing=True)
         while isinstance(ctx.command, TyperGroup):
             rest = [*ctx._protected_args, *ctx.args]
-            if not rest:
-                return False
-            name, sub, rest = ctx.command.resolve_command(ctx, rest)
-            if sub is None:
-                return False
+            name, sub, rest = ctx.command.resolve_command(ctx, rest) if rest else (None, None, [])
+            if sub is None:  # no such command (or none given): nothing runs, so no script owns the flag
+                return "--json" in args
             ctx = sub.make_context(name, rest, parent=ctx, resilient_parsing=True)
         flags = [param.name for param in ctx.command.params if "--json" in getattr(param, "opts", ())]
         return any(ctx.params.get(name) for name in flags)
