@@ -85,6 +85,7 @@ def test_the_plan_wraps_every_rank_and_sets_the_job_variables():
     # An arbitrary command is wrapped too, under MPICH as under Open MPI.
     mpich = plan(config((HostSpec("localhost", 2),), 2, command=("hostname", "-s")), flavor=MPICH)
     assert list(mpich.argv[-5:]) == [PY, "-m", "asyncddp.launcher.torch_env", "hostname", "-s"]
+    assert plan(config((HostSpec("a", 1),), 1, max_restarts=3)).env["TORCHELASTIC_MAX_RESTARTS"] == "3"
     assert mpich.env["MASTER_ADDR"] == "127.0.0.1" and "MASTER_ADDR" in mpich.argv[mpich.argv.index("-genvlist") + 1]
 
 
