@@ -17,7 +17,9 @@ from tests.mpi_helpers import ROOT
 ALIAS = ["-m", "asyncddp.compat.run_bluefog"]
 
 
-def test_bfrun_strips_python_and_runs_the_script_under_the_alias():
+def test_bfrun_strips_python_and_runs_the_script_under_the_alias(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.py").write_text("")
     assert bfrun_command(["-np", "4", "python", "train.py", "--lr", "0.1"]) == [
         "run", "-np", "4", *ALIAS, "train.py", "--lr", "0.1"]
     assert bfrun_command(["-np", "2", "/usr/bin/python3.11", "-m", "pkg.mod", "-x"]) == [
@@ -27,7 +29,9 @@ def test_bfrun_strips_python_and_runs_the_script_under_the_alias():
     assert bfrun_command(["-np", "2", "hostname"]) == ["run", "-np", "2", "hostname"]
 
 
-def test_bfrun_maps_every_bluefog_flag():
+def test_bfrun_maps_every_bluefog_flag(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.py").write_text("")
     argv = ["-np", "8", "-H", "a:4,b:4", "-p", "2222", "--network-interface", "eth1", "--use-infiniband",
             "--extra-mpi-flags", "--mca btl_tcp_eager_limit 65536", "--timeline-filename", "tl.json",
             "--verbose", "python", "train.py", "--epochs", "3"]
@@ -35,7 +39,7 @@ def test_bfrun_maps_every_bluefog_flag():
         "run", "-np", "8", "-H", "a:4,b:4", "-p", "2222", "--network-interface", "eth1",
         "--mpi-args", "--mca btl_tcp_eager_limit 65536", "--use-infiniband", "-x", "BLUEFOG_LOG_LEVEL=debug",
         "--timeline-filename", "tl.json", *ALIAS, "train.py", "--epochs", "3"]
-    assert bfrun_command(["-np", "2", "-hostfile", "h.txt", "t.py"])[:5] == ["run", "-np", "2", "--hostfile", "h.txt"]
+    assert bfrun_command(["-np", "2", "-hostfile", "h.txt", "python", "-m", "t"])[:5] == ["run", "-np", "2", "--hostfile", "h.txt"]
     assert bfrun_command(["-v"]) == ["--version"]
 
 
@@ -50,15 +54,16 @@ def test_bfrun_prefix_picks_that_mpirun(tmp_path, monkeypatch):
     monkeypatch.setenv("ASYNCDDP_MPIRUN", "")  # restored after the test: bfrun sets it for its run
     (tmp_path / "mpirun").write_text("#!/bin/sh\n")
     (tmp_path / "mpirun").chmod(0o755)
-    bfrun_command(["--prefix", f"{tmp_path}/", "-np", "2", "t.py"])
+    bfrun_command(["--prefix", f"{tmp_path}/", "-np", "2", "python", "-m", "t"])
     assert os.environ["ASYNCDDP_MPIRUN"] == f"{tmp_path}/mpirun"
     with pytest.raises(SystemExit, match=r"^bfrun: error: --prefix /nowhere/: no mpirun at /nowhere/mpirun; "):
-        bfrun_command(["--prefix", "/nowhere/", "-np", "2", "t.py"])
+        bfrun_command(["--prefix", "/nowhere/", "-np", "2", "python", "-m", "t"])
 
 
 @pytest.mark.parametrize("argv, message", [
     (["-np", "2", "python"], "bfrun: error: 'python' needs a script or -m module"),
     (["-np", "2"], "bfrun: error: no command to run"),
+    (["-np", "2", "python", "missing.py"], "bfrun: error: script missing.py not found (looked in "),
 ])
 def test_bfrun_without_a_command_is_one_line(argv, message):
     with pytest.raises(SystemExit, match=re.escape(message)):

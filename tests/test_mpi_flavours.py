@@ -129,7 +129,7 @@ def test_dry_run_names_the_flavours_mpirun_and_flags(flavour):
     lines = done.stdout.splitlines()
     assert lines[0] == f"{flavour['mpirun']} \\"
     assert any(line.strip().startswith(flavour["tag_flag"]) for line in lines), done.stdout
-    assert f"    {sys.executable} -m asyncddp.launcher.torch_env {sys.executable} -m mpi4py examples/hello.py" in lines
+    assert f"    {sys.executable} -m asyncddp.launcher.torch_shim -m mpi4py examples/hello.py" in lines
 
 
 def test_a_plain_ddp_script_gets_torchruns_variables(flavour, tmp_path):

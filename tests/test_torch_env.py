@@ -1,4 +1,5 @@
-"""torchrun's variables: the launcher's job-wide half, each rank's own half, and the plan they go in."""
+"""torchrun's variables: the launcher's job-wide half (``torch_env``), each rank's own half (the
+``torch_shim`` every rank starts through), and the plan they go in."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from asyncddp.launcher.hosts import HostSpec
 from asyncddp.launcher.mpi import MpiFlavor, MpiInstall
 from asyncddp.launcher.plan import build_plan, format_plan
 from asyncddp.launcher.run_config import RunConfig, RunOptions, merge_run_config
-from asyncddp.launcher.torch_env import TorchJob, master_addr, mpi_ranks, rank_env
+from asyncddp.launcher.torch_env import TorchJob, master_addr
+from asyncddp.launcher.torch_shim import mpi_ranks, rank_env
 from tests.mpi_helpers import ROOT
 
 PY = "/venv/bin/python"
@@ -71,7 +73,8 @@ def test_master_addr_is_rank_0s_host_as_the_others_reach_it():
 
 def test_the_plan_wraps_every_rank_and_sets_the_job_variables():
     result = plan(config((HostSpec("node1", 2), HostSpec("node2", 1)), 3))
-    assert list(result.argv[-7:]) == [PY, "-m", "asyncddp.launcher.torch_env", PY, "-m", "mpi4py", "train.py"]
+    # A Python rank goes on in the shim's interpreter (-m mpi4py), any other command is exec'd.
+    assert list(result.argv[-6:]) == [PY, "-m", "asyncddp.launcher.torch_shim", "-m", "mpi4py", "train.py"]
     assert {name: result.env[name] for name in torch_env.JOB_NAMES} == {
         "MASTER_ADDR": "node1", "MASTER_PORT": "29500", "ROLE_NAME": "default",
         "TORCHELASTIC_RUN_ID": "asyncddp-abc", "TORCHELASTIC_MAX_RESTARTS": "0"}
@@ -84,7 +87,7 @@ def test_the_plan_wraps_every_rank_and_sets_the_job_variables():
     assert "   2  node2                             0                1          1" in text.splitlines()
     # An arbitrary command is wrapped too, under MPICH as under Open MPI.
     mpich = plan(config((HostSpec("localhost", 2),), 2, command=("hostname", "-s")), flavor=MPICH)
-    assert list(mpich.argv[-5:]) == [PY, "-m", "asyncddp.launcher.torch_env", "hostname", "-s"]
+    assert list(mpich.argv[-5:]) == [PY, "-m", "asyncddp.launcher.torch_shim", "hostname", "-s"]
     assert plan(config((HostSpec("a", 1),), 1, max_restarts=3)).env["TORCHELASTIC_MAX_RESTARTS"] == "3"
     assert mpich.env["MASTER_ADDR"] == "127.0.0.1" and "MASTER_ADDR" in mpich.argv[mpich.argv.index("-genvlist") + 1]
 
@@ -103,13 +106,13 @@ def test_the_users_own_values_win():
 
 def test_fault_tolerant_and_per_host_pythons_keep_the_shim_inside():
     guarded = plan(config((HostSpec("localhost", 2),), 2, fault_tolerant=True))
-    assert list(guarded.argv[-10:]) == [PY, "-m", "asyncddp.launcher.rank_guard", PY, "-m",
-                                        "asyncddp.launcher.torch_env", PY, "-m", "mpi4py", "train.py"]
+    assert list(guarded.argv[-9:]) == [PY, "-m", "asyncddp.launcher.rank_guard", PY, "-m",
+                                       "asyncddp.launcher.torch_shim", "-m", "mpi4py", "train.py"]
     hosts = (HostSpec("node1", 1, python="/a/python"), HostSpec("node2", 1))
     split = plan(config(hosts, 2, command=("hostname",)))
     line = list(split.argv)
-    assert line[line.index(":") - 4:line.index(":")] == ["/a/python", "-m", "asyncddp.launcher.torch_env", "hostname"]
-    assert line[-4:] == [PY, "-m", "asyncddp.launcher.torch_env", "hostname"]
+    assert line[line.index(":") - 4:line.index(":")] == ["/a/python", "-m", "asyncddp.launcher.torch_shim", "hostname"]
+    assert line[-4:] == [PY, "-m", "asyncddp.launcher.torch_shim", "hostname"]
 
 
 @pytest.mark.parametrize("port", [0, 65536, -1])
@@ -134,7 +137,7 @@ def test_plan_job_picks_a_free_port_and_a_run_id_once(tmp_path):
 def _shim(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     base = {key: value for key, value in os.environ.items()
             if not key.startswith(("OMPI_", "PMI_", "PMIX_", "MPI_LOCAL"))}
-    return subprocess.run([sys.executable, "-m", "asyncddp.launcher.torch_env", *command], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "asyncddp.launcher.torch_shim", *command], cwd=ROOT,
                           env={**base, **env}, capture_output=True, text=True, timeout=60)
 
 
@@ -150,6 +153,17 @@ def test_the_shim_sets_the_variables_and_execs_the_command():
                                        "MASTER_PORT": "1"}
     kept = _shim(show, {**env, torch_env.KEEP_ENV: "RANK"})
     assert json.loads(kept.stdout)["RANK"] == "99"
+
+
+
+def test_a_module_runs_in_the_shims_interpreter_as_python_m_would(tmp_path):
+    (tmp_path / "probe.py").write_text("import os, sys\nprint(os.environ['RANK'], __name__, sys.argv[1:], os.getpid())\n"
+                                       "sys.exit(3)\n")
+    env = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+           "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    done = _shim(["-m", "probe", "--flag", "x"], env)
+    rank, name, args, _ = done.stdout.split(" ", 3)
+    assert (done.returncode, rank, name, args) == (3, "1", "__main__", "['--flag',"), done.stderr
 
 
 def test_the_shim_outside_mpirun_or_without_its_command_is_one_line():

@@ -86,6 +86,8 @@ def rank_command(command: list[str]) -> list[str]:
         raise SystemExit("bfrun: error: no command to run: bfrun -np 4 python train.py ARGS")
     head = command[0]
     if head.endswith(".py"):
+        if not os.path.isfile(head):  # else every rank would say so, after the job started
+            raise SystemExit(f"bfrun: error: script {head} not found (looked in {os.getcwd()}); check the path")
         return [*ALIAS, *command]
     program = head if os.sep in head else shutil.which(head)
     if program and _is_python_program(program):

@@ -141,8 +141,10 @@ def _app_contexts(config: RunConfig, ranks: list[str], python: str, check_dir: s
     is_python = config.command[0] == "-m" or config.command[0].endswith(".py")
 
     def guarded(command: tuple[str, ...], host_python: str) -> tuple[str, ...]:
-        if config.torch is not None:  # torchrun's variables from the rank's own MPI ranks, then exec
-            command = (host_python, *torch_env.SHIM, *command)
+        if config.torch is not None:  # torchrun's variables from the rank's own MPI ranks first
+            # A Python rank (python -m mpi4py ...) continues in the shim's interpreter.
+            python_rank = command[:2] == (host_python, "-m")
+            command = (host_python, *torch_env.SHIM, *(command[1:] if python_rank else command))
         # The guard reports how its rank ended (mpirun under ULFM does not); it runs on the rank's Python.
         return (host_python, "-m", "asyncddp.launcher.rank_guard", *command) if config.fault_tolerant else command
 

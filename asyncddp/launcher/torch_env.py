@@ -8,38 +8,29 @@ arguments, Lightning's and Accelerate's world detection), before any MPI call. T
   rank: ``MASTER_ADDR`` (rank 0's host as the other hosts reach it), ``MASTER_PORT`` (chosen once
   per job), ``TORCHELASTIC_RUN_ID``/``TORCHELASTIC_MAX_RESTARTS``, and tells the ranks the planned
   ranks per node and which names the user set himself;
-- each rank starts as ``python -m asyncddp.launcher.torch_env COMMAND...`` (``main``): it reads its
-  own world and local rank from what mpirun gave the process (``OMPI_COMM_WORLD_*`` under Open MPI
-  4 and 5, ``PMI_RANK``/``MPI_LOCALRANKID`` under MPICH's Hydra), sets torchrun's per-rank names
-  and ``exec``s the command, the same path for scripts, ``-m module`` and any other program.
+- each rank starts as ``python -m asyncddp.launcher.torch_shim COMMAND...``, which reads its own
+  world and local rank from what mpirun gave the process, sets torchrun's per-rank names and
+  ``exec``s the command (``asyncddp.launcher.torch_shim``, kept apart so a rank's start imports
+  nothing but ``os`` and ``sys``).
 
-A name the user set with ``-x`` or the config's ``env:`` is never overwritten. ``GROUP_RANK`` (the
-node index) is not among mpirun's variables: it comes from the planned by-slot layout, and only
-when the rank's own local rank and local size agree with that layout (a ``--mpi-args`` mapping
-that places ranks otherwise leaves it unset rather than wrong).
+A name the user set with ``-x`` or the config's ``env:`` is never overwritten.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import os
 import socket
-import sys
 import uuid
 from dataclasses import dataclass
 
-__all__ = ["TorchJob", "PER_RANK", "JOB_NAMES", "NODES_ENV", "KEEP_ENV", "new_run_id", "free_port", "user_set",
-           "master_addr", "job_env", "node_layout", "mpi_ranks", "rank_env", "planned_ranks", "main"]
+from asyncddp.launcher.torch_shim import KEEP_ENV, NODES_ENV, PER_RANK, rank_env
 
-# Set on each rank from its own MPI rank (``rank_env``).
-PER_RANK = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
-            "ROLE_RANK", "ROLE_WORLD_SIZE", "TORCHELASTIC_RESTART_COUNT")
+__all__ = ["TorchJob", "PER_RANK", "JOB_NAMES", "NODES_ENV", "KEEP_ENV", "SHIM", "new_run_id", "free_port",
+           "user_set", "master_addr", "job_env", "node_layout", "planned_ranks"]
+
 # The same on every rank, set by the launcher (``job_env``).
 JOB_NAMES = ("MASTER_ADDR", "MASTER_PORT", "ROLE_NAME", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_MAX_RESTARTS")
-NODES_ENV = "ASYNCDDP_TORCH_NODES"  # the planned ranks per node, in node order: "2,2"
-KEEP_ENV = "ASYNCDDP_TORCH_KEEP"  # per-rank names the user set (-x, env:), left as they are
-RESTART_ENV = "ASYNCDDP_RESTART_COUNT"  # asyncddp.launcher.restart's count of this launch
-SHIM = ("-m", "asyncddp.launcher.torch_env")
+SHIM = ("-m", "asyncddp.launcher.torch_shim")  # each rank's command follows
 
 
 @dataclass(frozen=True)
@@ -108,46 +99,6 @@ def job_env(job: TorchJob, hosts, rank_hosts, max_restarts: int, user: set[str])
     return env
 
 
-def mpi_ranks(environ) -> tuple[int, int, int, int] | None:
-    """(rank, world size, local rank, local size) from mpirun's own variables, or None."""
-    for names in (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
-                   "OMPI_COMM_WORLD_LOCAL_SIZE"),
-                  ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS")):
-        raw = [environ.get(name, "") for name in names]
-        if all(value.isdigit() for value in raw):
-            rank, size, local_rank, local_size = (int(value) for value in raw)
-            return rank, size, local_rank, local_size
-    return None
-
-
-def _node_of(rank: int, local_rank: int, local_size: int, layout: list[int]) -> int | None:
-    start = 0
-    for node, count in enumerate(layout):
-        if rank < start + count:
-            return node if (rank - start, count) == (local_rank, local_size) else None
-        start += count
-    return None
-
-
-def _layout(text: str) -> list[int]:
-    parts = text.split(",") if text else []
-    return [int(part) for part in parts] if all(part.isdigit() for part in parts) else []
-
-
-def rank_env(ranks: tuple[int, int, int, int], environ) -> dict[str, str]:
-    """torchrun's per-rank names for a rank whose MPI ranks are ``ranks``, less the user's own."""
-    rank, size, local_rank, local_size = ranks
-    values = {"RANK": rank, "WORLD_SIZE": size, "LOCAL_RANK": local_rank, "LOCAL_WORLD_SIZE": local_size,
-              "ROLE_RANK": rank, "ROLE_WORLD_SIZE": size,
-              "TORCHELASTIC_RESTART_COUNT": environ.get(RESTART_ENV, "0")}
-    layout = _layout(environ.get(NODES_ENV, ""))
-    node = _node_of(rank, local_rank, local_size, layout)
-    if node is not None:
-        values.update(GROUP_RANK=node, GROUP_WORLD_SIZE=len(layout))
-    keep = set(environ.get(KEEP_ENV, "").split(","))
-    return {name: str(value) for name, value in values.items() if name not in keep}
-
-
 def planned_ranks(rank_hosts, env: dict[str, str]) -> list[dict[str, str]]:
     """What each rank will be given when mpirun maps the ranks as planned (``--dry-run``)."""
     layout = node_layout(rank_hosts)
@@ -157,24 +108,3 @@ def planned_ranks(rank_hosts, env: dict[str, str]) -> list[dict[str, str]]:
             rank = sum(layout[:node]) + local
             out.append(rank_env((rank, len(rank_hosts), local, count), env))
     return out
-
-
-def main(argv: list[str]) -> int:
-    if not argv:
-        print("usage: python -m asyncddp.launcher.torch_env COMMAND [ARGS]", file=sys.stderr)
-        return 2
-    ranks = mpi_ranks(os.environ)
-    if ranks is None:
-        print("asyncddp: torch_env: not started by mpirun (no OMPI_COMM_WORLD_RANK or PMI_RANK); "
-              "launch with asyncddp run", file=sys.stderr)
-        return 2
-    os.environ.update(rank_env(ranks, os.environ))
-    try:
-        os.execvp(argv[0], argv)
-    except OSError as error:
-        print(f"asyncddp: rank {ranks[0]}: cannot start {argv[0]} ({error.strerror or error})", file=sys.stderr)
-        return 127
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
