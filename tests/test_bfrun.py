@@ -101,3 +101,23 @@ def test_bfrun_runs_a_bluefog_script_unchanged(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     match = re.search(r"^\[0\] consensus static ring ranks=3 iters=150 total_error=(\S+)$", done.stdout, re.M)
     assert match and float(match[1]) < 1e-9, done.stdout
+
+
+@pytest.mark.timeout(240)
+def test_ibfrun_starts_and_stops_engines_under_bluefogs_profile(tmp_path):
+    ibfrun = Path(sys.executable).parent / "ibfrun"
+    assert ibfrun.exists(), "ibfrun is one of the package's console scripts: pip install -e ."
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path)}
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(ibfrun), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=150,
+                              stdin=subprocess.DEVNULL)
+
+    started = call("start", "-np", "2")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert started.stdout.startswith("started 2 engines (profile bluefog)"), started.stdout
+        assert (tmp_path / "profile_bluefog").is_dir()
+    finally:
+        stopped = call("stop")
+    assert stopped.returncode == 0 and "stopped the interactive cluster of profile bluefog" in stopped.stdout
