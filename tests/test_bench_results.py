@@ -118,7 +118,8 @@ def test_oversubscribed_launch_is_noted_beside_the_results(monkeypatch):
     monkeypatch.delenv(YIELD_ENV, raising=False)
     plan = _plan("comm", ("{}", "/tmp/r.json"), 4, RunOptions(), "/tmp").plan
     assert plan.env[YIELD_ENV] == "1"
-    assert plan.argv[-8:] == (sys.executable, "-m", "mpi4py", "-m", "asyncddp.bench_ranks", "comm", "{}", "/tmp/r.json")
+    assert plan.argv[-10:] == (sys.executable, "-m", "asyncddp.launcher.torch_shim", "-m", "mpi4py",
+                               "-m", "asyncddp.bench_ranks", "comm", "{}", "/tmp/r.json")
     assert _launch_notes(plan, 4) == (f"4 ranks on 2 cores: oversubscribed, launched with {YIELD_ENV}=1",)
     plan = _plan("comm", ("{}", "/tmp/r.json"), 2, RunOptions(), "/tmp").plan
     assert YIELD_ENV not in plan.env and _launch_notes(plan, 2) == ()

@@ -190,7 +190,8 @@ def test_dry_run_shows_ulfm_the_detector_and_the_guard():
     for flag in ("--with-ft ulfm", "--mca mpi_ft_detector false", "-x ASYNCDDP_FAULT_TOLERANT", "ASYNCDDP_FAULT_TOLERANT=1",
                  "MPI4PY_RC_FINALIZE=false"):
         assert flag in lines, done.stdout
-    assert f"{sys.executable} -m asyncddp.launcher.rank_guard {sys.executable} -m mpi4py examples/hello.py" in lines
+    assert (f"{sys.executable} -m asyncddp.launcher.rank_guard {sys.executable} -m asyncddp.launcher.torch_shim "
+            "-m mpi4py examples/hello.py") in lines
 
 
 @pytest.mark.parametrize("mpirun, says", [

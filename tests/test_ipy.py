@@ -112,3 +112,7 @@ def test_engines_are_launched_with_the_users_launch_flags(tmp_path):
         sys.executable, "-m", "asyncddp", "run", "-np", "3", "-H", "localhost:2", "--config", "c.yaml",
         "--mpi-args", "--mca btl self", "-x", "A=1", "-x", "B", "--oversubscribe",
         "-m", "ipyparallel.engine", f"--profile-dir={tmp_path}", "--log-level=WARN"]
+    # ibfrun's (and ipy start's) network flags reach the engines' job too.
+    bluefog = RunOptions(network="eth1", ssh_port=2222, use_infiniband=True)
+    assert interactive._engine_argv(2, tmp_path, bluefog)[6:12] == [
+        "--network-interface", "eth1", "-p", "2222", "--use-infiniband", "-m"]

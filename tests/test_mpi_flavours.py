@@ -129,7 +129,16 @@ def test_dry_run_names_the_flavours_mpirun_and_flags(flavour):
     lines = done.stdout.splitlines()
     assert lines[0] == f"{flavour['mpirun']} \\"
     assert any(line.strip().startswith(flavour["tag_flag"]) for line in lines), done.stdout
-    assert f"    {sys.executable} -m mpi4py examples/hello.py" in lines
+    assert f"    {sys.executable} -m asyncddp.launcher.torch_shim -m mpi4py examples/hello.py" in lines
+
+
+def test_a_plain_ddp_script_gets_torchruns_variables(flavour, tmp_path):
+    # The rank's world and local rank come from each MPI's own variables (OMPI_COMM_WORLD_*, PMI_*).
+    from tests.test_torch_run import REPORT, check_job
+
+    (tmp_path / "report.py").write_text(REPORT)
+    done = asyncddp(flavour, "-H", "localhost:2", str(tmp_path / "report.py"), timeout=180)
+    check_job(done, [2], "127.0.0.1")
 
 
 def test_the_default_mpirun_is_the_one_beside_python_even_with_a_system_mpi(tmp_path):

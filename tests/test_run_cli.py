@@ -144,7 +144,8 @@ def test_dry_run_json_runs_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
     assert plan["argv"][1:9] == ["-np", "3", "--host", "localhost:2", "--map-by", "slot:OVERSUBSCRIBE", "--bind-to", "none"]
-    assert plan["argv"][-6:] == [sys.executable, "-m", "mpi4py", "examples/hello.py", "--x", "1"]
+    assert plan["argv"][-8:] == [sys.executable, "-m", "asyncddp.launcher.torch_shim", "-m", "mpi4py",
+                                 "examples/hello.py", "--x", "1"]
     assert plan["rank_hosts"] == ["localhost"] * 3
 
 

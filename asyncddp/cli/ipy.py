@@ -7,6 +7,7 @@ Thin layer over ``asyncddp.launcher.interactive``: parse flags, call one functio
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import typer
 
@@ -33,6 +34,10 @@ def start_command(
     env: list[str] = flags.ENV,
     mpi_args: str = flags.MPI_ARGS,
     oversubscribe: bool = flags.OVERSUBSCRIBE,
+    network: str = typer.Option(None, "--network-interface", help="Interface name or CIDR subnet for MPI traffic."),
+    ssh_port: int = typer.Option(None, "-p", "--ssh-port", help="ssh port for hosts that set none (ibfrun's -p)."),
+    use_infiniband: bool = typer.Option(False, "--use-infiniband",
+                                        help="ibfrun's flag: use Open MPI's UCX transport (--mca pml ucx)."),
     profile: str = _PROFILE,
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for every engine to register."),
     as_json: bool = _JSON,
@@ -46,6 +51,7 @@ def start_command(
         raise ConfigError(f"--timeout {timeout}: give a positive number of seconds")
     launch = flags.launch_options({"hostfile": hostfile, "hosts": hosts, "config": config, "env": env,
                                    "mpi_args": mpi_args, "oversubscribe": oversubscribe})
+    launch = replace(launch, network=network, ssh_port=ssh_port, use_infiniband=use_infiniband)
     status = interactive.start(num_ranks, profile, launch=launch, timeout=timeout)
     _show(status, as_json, f"started {status.num_engines} engines (profile {profile}); in Python: "
           f"ipyparallel.Client(profile={profile!r}), or %%px cells after "

@@ -1,7 +1,7 @@
 """The launch flags every command that starts ranks accepts, declared once.
 
 ``@with_launch_flags`` adds ``--hostfile``, ``-H``, ``--config``, ``-x``, ``--mpi-args``,
-``--oversubscribe``, ``--timeout`` and ``--emulate`` to a Typer command (``asyncddp run`` and each ``asyncddp bench``
+``--oversubscribe``, ``--timeout``, ``--emulate`` and ``--master-port`` to a Typer command (``asyncddp run`` and each ``asyncddp bench``
 command) and hands them to it as one ``launch: RunOptions``, the input of
 ``asyncddp.launcher.prepare.plan_job``; so they are spelled, explained and checked the same
 everywhere. ``asyncddp ipy start`` reuses the single option objects it shares.
@@ -25,6 +25,8 @@ TIMEOUT = typer.Option(None, "--timeout", help="Kill the ranks after this many s
 EMULATE = typer.Option(None, "--emulate",
                        help="Run on an emulated cluster on this machine (root and iproute2): "
                             "nodes=N[,ranks_per_node=K][,bandwidth=RATE][,latency=T][,loss=P][,slow_node=I:RATE].")
+MASTER_PORT = typer.Option(None, "--master-port",
+                           help="torchrun's MASTER_PORT for every rank (default: a free port chosen per job).")
 
 # (parameter, type, option, RunOptions field)
 _FLAGS = (
@@ -36,6 +38,7 @@ _FLAGS = (
     ("oversubscribe", bool, OVERSUBSCRIBE, "oversubscribe"),
     ("timeout", float, TIMEOUT, "timeout"),
     ("emulate", str, EMULATE, "emulate"),
+    ("master_port", int, MASTER_PORT, "master_port"),
 )
 
 

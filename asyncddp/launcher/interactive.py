@@ -116,13 +116,16 @@ def _engine_argv(num_ranks: int, directory: Path, launch: RunOptions) -> list[st
     """``asyncddp run`` with the user's launch options, starting one engine per rank."""
     argv = [sys.executable, "-m", "asyncddp", "run", "-np", str(num_ranks)]
     for flag, value in (("--hostfile", launch.hostfile), ("-H", launch.host_list), ("--config", launch.config),
-                        ("--mpi-args", launch.mpi_args)):
+                        ("--mpi-args", launch.mpi_args), ("--network-interface", launch.network),
+                        ("-p", launch.ssh_port and str(launch.ssh_port))):
         if value:
             argv += [flag, value]
     for item in launch.env:
         argv += ["-x", item]
     if launch.oversubscribe:
         argv.append("--oversubscribe")
+    if launch.use_infiniband:
+        argv.append("--use-infiniband")
     return argv + ["-m", "ipyparallel.engine", f"--profile-dir={directory}", "--log-level=WARN"]
 
 

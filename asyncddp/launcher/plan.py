@@ -24,6 +24,7 @@ from asyncddp.comm.timeline import PARTS_ENV as TIMELINE_PARTS_ENV
 from asyncddp.launcher.argv_text import json_safe, shell_join, shell_quote
 from asyncddp.launcher.validation import as_operand, check_script
 from asyncddp.launcher.mpi import DETECTOR, MpiFlavor, MpiImplementation, MpiInstall, library_env
+from asyncddp.launcher import torch_env
 
 __all__ = ["LaunchPlan", "resolve_command", "ssh_config_text", "build_plan", "format_plan"]
 
@@ -50,6 +51,8 @@ class LaunchPlan:
         data["argv"] = list(self.argv)
         data["command_line"] = shell_join(self.argv)  # exact, also for arguments that are not UTF-8
         data["rank_hosts"] = list(self.rank_hosts)
+        if torch_env.NODES_ENV in self.env:
+            data["torch_env"] = torch_env.planned_ranks(self.rank_hosts, self.env)
         del data["groups"]
         return json_safe(data)
 
@@ -146,10 +149,15 @@ def _app_contexts(config: RunConfig, ranks: list[str], python: str, check_dir: s
     is_python = config.command[0] == "-m" or config.command[0].endswith(".py")
 
     def guarded(command: tuple[str, ...], host_python: str) -> tuple[str, ...]:
+        if config.torch is not None:  # torchrun's variables from the rank's own MPI ranks first
+            # A Python rank (python -m mpi4py ...) continues in the shim's interpreter.
+            python_rank = command[:2] == (host_python, "-m")
+            command = (host_python, *torch_env.SHIM, *(command[1:] if python_rank else command))
         # The guard reports how its rank ended (mpirun under ULFM does not); it runs on the rank's Python.
         return (host_python, "-m", "asyncddp.launcher.rank_guard", *command) if config.fault_tolerant else command
 
-    if not is_python or len(set(pythons[name] for name in ranks)) == 1:
+    wrapped = config.torch is not None or config.fault_tolerant
+    if (not is_python and not wrapped) or len(set(pythons[name] for name in ranks)) == 1:
         command = resolve_command(config.command, pythons[ranks[0]] if is_python else python, check_dir)
         return [guarded(command, pythons[ranks[0]])]
     contexts: list[tuple[str, ...]] = []
@@ -236,6 +244,9 @@ def build_plan(config: RunConfig, mpi: MpiInstall, *, python: str = sys.executab
             env["MPI4PY_RC_FINALIZE"] = "false"
     if config.max_restarts:
         env["ASYNCDDP_RESTART_COUNT"] = "0"  # each relaunch sets its own count (asyncddp.launcher.restart)
+    if config.torch is not None:
+        user = torch_env.user_set(config.env_forward, config.env_set)
+        env.update(torch_env.job_env(config.torch, config.hosts, ranks, config.max_restarts, user))
     env.update(dict(config.env_set))
 
     groups += impl.forward_flags(_forwarded_names(config, environ, env))
@@ -264,9 +275,25 @@ def format_plan(plan: LaunchPlan) -> str:
         lines += ["", f"file {path}:"] + [f"    {line}" for line in text.splitlines()]
     for path, target in plan.links.items():
         lines += ["", f"link {path} -> {target}"]
+    if torch_env.NODES_ENV in plan.env:
+        return "\n".join(lines + _torch_table(plan))
     lines += ["", f"{'rank':>4}  {'host':<24} local rank"]
     seen: dict[str, int] = {}
     for rank, host in enumerate(plan.rank_hosts):
         lines.append(f"{rank:>4}  {host:<24} {seen.get(host, 0)}")
         seen[host] = seen.get(host, 0) + 1
     return "\n".join(lines)
+
+
+def _torch_table(plan: LaunchPlan) -> list[str]:
+    """The rank map with torchrun's per-rank variables as each rank will set them."""
+    lines = ["", "torchrun's variables, set on each rank from its own MPI ranks (as planned here):",
+             f"{'rank':>4}  {'host':<24} {'LOCAL_RANK':>10} {'LOCAL_WORLD_SIZE':>16} {'GROUP_RANK':>10}"]
+    for rank, (host, values) in enumerate(zip(plan.rank_hosts, torch_env.planned_ranks(plan.rank_hosts, plan.env))):
+        lines.append(f"{rank:>4}  {host:<24} {values.get('LOCAL_RANK', '(yours)'):>10} "
+                     f"{values.get('LOCAL_WORLD_SIZE', '(yours)'):>16} {values.get('GROUP_RANK', '(yours)'):>10}")
+    lines.append(f"every rank: RANK = its rank, WORLD_SIZE={len(plan.rank_hosts)}, ROLE_RANK = RANK, "
+                 f"ROLE_WORLD_SIZE = WORLD_SIZE, GROUP_WORLD_SIZE = the number of hosts, "
+                 f"TORCHELASTIC_RESTART_COUNT = the launch's restart count"
+                 + (f"; kept as you set them: {plan.env[torch_env.KEEP_ENV]}" if torch_env.KEEP_ENV in plan.env else ""))
+    return lines

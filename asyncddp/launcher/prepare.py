@@ -82,6 +82,7 @@ def plan_job(options: RunOptions, private_dir: str, *, mpi: MpiInstall | None = 
     config = merge_run_config(options, cluster)
     if emulated is not None:
         config = replace(config, host_source=f"--emulate {emulated.spec.describe()}")
+    config = _torch_job(config, emulated)
     plan = build_plan(config, mpi or detect_mpi(python=python), python=python, euid=os.geteuid(),
                       private_dir=str(Path(private_dir).absolute()), check_dir=_check_dir(config, cluster),
                       cpu_count=os.cpu_count())
@@ -90,6 +91,19 @@ def plan_job(options: RunOptions, private_dir: str, *, mpi: MpiInstall | None = 
 
         plan = emulate_plan(plan, emulated, cpu_count=os.cpu_count())
     return PlannedJob(plan, config, emulated)
+
+
+def _torch_job(config: RunConfig, emulated) -> RunConfig:
+    """The job's torchrun choices made here: a free MASTER_PORT unless pinned, a run id, and on an
+    emulated cluster node 0's address (its hostname resolves only inside the nodes)."""
+    if config.torch is None:
+        return config
+    from asyncddp.launcher import torch_env
+
+    torch = replace(config.torch, master_port=config.torch.master_port or torch_env.free_port(),
+                    run_id=config.torch.run_id or torch_env.new_run_id(),
+                    master_addr=emulated.nodes[0].address if emulated is not None else config.torch.master_addr)
+    return replace(config, torch=torch)
 
 
 def _emulated_cluster(options: RunOptions, cluster):

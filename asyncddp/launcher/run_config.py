@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from asyncddp.errors import ConfigError
 from asyncddp.launcher.config import ClusterConfig
 from asyncddp.launcher.hosts import HostSpec, is_local_host
+from asyncddp.launcher.torch_env import TorchJob
 from asyncddp.launcher.validation import (MAX_SLOTS, check_env_name, check_network, check_output_file,
                                           check_seconds, check_text, quote)
 
@@ -48,6 +49,7 @@ class RunOptions:
     fault_tolerant: bool | None = None  # --fault-tolerant / --no-fault-tolerant
     min_ranks: int | None = None
     max_restarts: int | None = None
+    master_port: int | None = None  # torchrun's MASTER_PORT pinned (None: a free port per job)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class RunConfig:
     fault_tolerant: bool = False  # survivors of a lost rank go on (ULFM)
     min_ranks: int | None = None  # with fault_tolerant: fewer finishing ranks fail the job
     max_restarts: int = 0  # whole-job relaunches after a failure
+    torch: TorchJob | None = None  # torchrun's variables on every rank (asyncddp.launcher.torch_env)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,6 +174,8 @@ def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
     if options.network is not None:
         check_network(options.network, "--network-interface")
     fault_tolerant, min_ranks, max_restarts = _survival(options, cluster, num_ranks)
+    if options.master_port is not None and not 0 < options.master_port < 65536:
+        raise ConfigError(f"--master-port {options.master_port}: give a port between 1 and 65535")
     return RunConfig(
         command=tuple(options.command),
         num_ranks=num_ranks,
@@ -190,6 +195,7 @@ def merge_run_config(options: RunOptions, cluster: ClusterConfig | None = None,
         fault_tolerant=fault_tolerant,
         min_ranks=min_ranks,
         max_restarts=max_restarts,
+        torch=TorchJob(master_port=options.master_port),
     )
 
 
