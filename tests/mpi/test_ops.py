@@ -239,6 +239,57 @@ def test_collectives_every_dtype(dtype):
         assert torch.equal(rs, mine.to(dtype))
 
 
+INT_DTYPES = [torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64]
+# Near the top of each integer range, so that a sum over ranks in the tensor's own dtype wraps;
+# for int64, past float64's 2^53, so that a float64 sum would round.
+_BIG = {torch.int8: 100, torch.uint8: 200, torch.int16: 20000, torch.int32: 2**30 + 7, torch.int64: 2**53 + 1}
+
+
+def _int_columns(r, dtype):
+    """Rank r's values: ties both ways, equal values near the top of the range, and values that
+    differ per rank near both ends."""
+    big = _BIG[dtype]
+    if dtype == torch.uint8:
+        return [r, 1 + r, big, big - r]
+    return [r, 1 + r, -1 - r, big, big - r, -big + r]
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+def test_integer_averages_are_exact_in_every_collective(dtype):
+    r, n = addp.rank(), addp.size()
+    x = torch.tensor(_int_columns(r, dtype), dtype=dtype)
+    columns = zip(*[_int_columns(j, dtype) for j in range(n)])
+    want = torch.tensor([round(Fraction(sum(c), n)) for c in columns], dtype=dtype)
+    assert torch.equal(addp.allreduce(x), want)
+    assert torch.equal(addp.allreduce(x, local=True), want)  # one machine: local is the world
+    y = x.clone()
+    ptr = y.data_ptr()
+    assert addp.allreduce_(y) is y and y.data_ptr() == ptr and torch.equal(y, want)
+    assert torch.equal(addp.synchronize(addp.allreduce_nonblocking(x)), want)
+    z = x.clone()
+    assert addp.synchronize(addp.allreduce_nonblocking_(z)) is z and torch.equal(z, want)
+    with _held(get_engine()):  # fused into one buffer: the same rule
+        handles = [addp.allreduce_nonblocking(x + 0) for _ in range(3)]
+    assert all(torch.equal(addp.synchronize(h), want) for h in handles)
+    rows = x.repeat(n, 1)  # rank r keeps row r: the average of every rank's row r
+    assert torch.equal(addp.reduce_scatter(rows), want.unsqueeze(0))
+    assert torch.equal(addp.synchronize(addp.reduce_scatter_nonblocking(rows)), want.unsqueeze(0))
+
+
+def test_integer_average_repro_from_the_issue():
+    r, n = addp.rank(), addp.size()
+    if n == 2:  # the neighbour average and the allreduce average agree
+        x = torch.tensor([r, 1 + r, -1 - r, 64 + 63 * r], dtype=torch.int8)
+        assert addp.allreduce(x).tolist() == [0, 2, -2, 96]
+        assert addp.neighbor_allreduce(x).tolist() == [0, 2, -2, 96]
+    if n == 3:
+        for dtype, value in ((torch.int8, 100), (torch.uint8, 200), (torch.int16, 20000),
+                             (torch.int32, 2**30 + 7)):
+            equal = torch.full((2,), value, dtype=dtype)
+            assert addp.allreduce(equal).tolist() == [value] * 2
+            assert addp.reduce_scatter(equal.repeat(3)).tolist() == [value] * 2
+
+
 def test_bool_broadcast_and_allgather():
     r, n = addp.rank(), addp.size()
     x = torch.tensor([r % 2 == 0, True])
