@@ -118,3 +118,28 @@ def test_large_reduce_scatter_and_allgather_across_machines_run_rings():
     assert messages == 1 + (n - 1)  # the header round, then the ring's steps
     out = torch.empty_like(gathered)
     assert addp.allgather(mine, out=out) is out and torch.equal(out, gathered)
+
+
+def test_set_machine_topology_settles_ops_and_every_rank_agrees():
+    import time
+
+    import networkx as nx
+
+    from asyncddp.topology.graphs import exponential_two_graph
+
+    r, n = addp.rank(), addp.size()
+    means = _machine_means(n)
+    graph = exponential_two_graph(addp.machine_size())
+    for _ in range(3):
+        handle = addp.hierarchical_neighbor_allreduce_nonblocking(torch.full((4,), float(r)))
+        if r == 1:
+            time.sleep(0.02)
+        assert addp.set_machine_topology(graph) is True
+        assert addp.load_machine_topology() is graph
+        assert torch.equal(addp.synchronize(handle), torch.full((4,), sum(means) / len(means)))
+    # Machine 0's ranks alone pass a graph without edges: every rank raises, nothing changes.
+    lonely = nx.DiGraph()
+    lonely.add_nodes_from(range(addp.machine_size()))
+    with pytest.raises(addp.TopologyError, match="different graphs as the machine topology"):
+        addp.set_machine_topology(lonely if addp.machine_rank() == 0 else graph)
+    assert addp.load_machine_topology() is graph

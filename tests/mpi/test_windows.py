@@ -214,6 +214,14 @@ def test_errors():
         addp.win_put(torch.zeros(2), "e", dst_weights={addp.rank(): 1.0})
     with pytest.raises(addp.CommError, match="together"):
         addp.win_update("e", self_weight=0.5)
+    with pytest.raises(addp.CommError, match="win_update: self_weight=nan is not a weight"):
+        addp.win_update("e", self_weight=float("nan"), neighbor_weights={})
+    with pytest.raises(addp.CommError, match="win_put: self_weight=inf is not a weight"):
+        addp.win_put(torch.zeros(2), "e", self_weight=float("inf"), dst_weights={})
+    if addp.out_neighbor_ranks():
+        out = addp.out_neighbor_ranks()[0]
+        with pytest.raises(addp.CommError, match=rf"win_put: weight of rank {out}=nan is not a weight"):
+            addp.win_put(torch.zeros(2), "e", dst_weights={out: float("nan")})
     # shapes that differ between ranks are caught collectively at creation
     if addp.size() > 1:
         with pytest.raises(addp.CommError, match="disagree"):
