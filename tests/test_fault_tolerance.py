@@ -109,19 +109,22 @@ def _open_mpi_5():
 
 @pytest.mark.parametrize("transport", [(), ("--mpi-args", "--mca btl tcp,self")], ids=["sm", "tcp"])
 def test_survivors_finish_and_the_summary_names_the_lost_rank(transport):
-    started = time.monotonic()
+    launched = time.monotonic()
     process = _start("-np", "4", "--fault-tolerant", *transport, sys.executable, "-c", LOOP, "60")
     lines, _ = _kill_when(process, {2}, 5)
-    out, err = process.communicate(timeout=60)
+    killed = time.monotonic()  # start-up, however slow a loaded machine makes it, is behind us
+    out, err = process.communicate(timeout=120)
     lines += out.splitlines()
     assert process.returncode == 0, err
-    assert time.monotonic() - started < 30
+    # The survivors carry on at once: 55 steps of 50 ms and one recovery, not a detector's timeout.
+    assert time.monotonic() - killed < 30
     done = sorted(line for line in lines if " done " in line)
     assert done == [f"[{rank}] done size=3 step=60 total=7" for rank in (0, 1, 3)], "\n".join(lines)
     summary = err.splitlines()[-1]
     assert summary.startswith("asyncddp: job finished on 3 of 4 ranks; lost 1: rank 2 on localhost at "), err
     match = LOST.search(summary)
-    assert match and (int(match[1]), match[2]) == (2, "localhost") and 0 < float(match[3]) < 30, summary
+    assert match and (int(match[1]), match[2]) == (2, "localhost"), summary
+    assert 0 < float(match[3]) < time.monotonic() - launched, summary  # while the job ran
     assert "[2] asyncddp: rank 2 lost: killed by SIGKILL" in err.splitlines()
     assert "asyncddp-rank-end" not in out + err  # the guards' reports are read, not shown
 

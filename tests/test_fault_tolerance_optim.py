@@ -15,7 +15,9 @@ import pytest
 
 from tests.ft.killer import run_and_kill, run_cli_and_kill
 
-pytestmark = pytest.mark.timeout(150)
+# A last resort only: the harness fails a job as soon as it stops making progress (see
+# tests/ft/killer.py), however long a loaded machine takes to start it.
+pytestmark = pytest.mark.timeout(900)
 
 NUM_STEPS = 12
 REPLICAS = ("grad", "dear")  # optimizers whose replicas must stay identical
@@ -53,10 +55,10 @@ def test_dear_and_winput_optimizers_survive(tmp_path):
 
 def test_an_optimizer_survives_under_asyncddp_run(tmp_path):
     """The whole path a user takes: asyncddp run --fault-tolerant (ULFM, heartbeat detector, rank
-    guards), static neighbour averaging, rank 2 killed from outside at step 3."""
-    results, code, err = run_cli_and_kill("ft_train.py", 4, [[2]], tmp_path, "nar:3")
+    guards), static neighbour averaging, rank 2 of 3 killed from outside at step 3."""
+    results, code, err = run_cli_and_kill("ft_train.py", 3, [[2]], tmp_path, "nar:3")
     assert code == 0, err
-    assert sorted(results) == [0, 1, 3]
-    _check(results, ["nar"], [3])
-    assert re.fullmatch(r"asyncddp: job finished on 3 of 4 ranks; lost 1: rank 2 on \S+ at \d+\.\d s "
+    assert sorted(results) == [0, 1]
+    _check(results, ["nar"], [2])
+    assert re.fullmatch(r"asyncddp: job finished on 2 of 3 ranks; lost 1: rank 2 on \S+ at \d+\.\d s "
                         r"\(killed by SIGKILL\)", err.splitlines()[-1]), err

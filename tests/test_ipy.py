@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import ipyparallel  # in the test extra: a missing install fails here, it is not skipped
 import pytest
@@ -116,3 +118,68 @@ def test_engines_are_launched_with_the_users_launch_flags(tmp_path):
     bluefog = RunOptions(network="eth1", ssh_port=2222, use_infiniband=True)
     assert interactive._engine_argv(2, tmp_path, bluefog)[6:12] == [
         "--network-interface", "eth1", "-p", "2222", "--use-infiniband", "-m"]
+
+
+def _record(directory, controller, runner, identities):
+    """A state file as start() writes it, naming ``controller`` and ``runner``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {"controller_pid": controller, "runner_pid": runner, "num_ranks": 2, "log": None,
+             "controller_pid_identity": identities[0], "runner_pid_identity": identities[1]}
+    (directory / interactive.STATE_FILE).write_text(json.dumps(state))
+
+
+def test_stop_and_status_never_signal_a_process_that_now_holds_a_recorded_pid(tmp_path):
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path)}
+    directory = tmp_path / "profile_asyncddp"
+    strangers = [subprocess.Popen(["sleep", "300"], start_new_session=True) for _ in range(2)]
+    try:
+        pids = [p.pid for p in strangers]
+        exact = [interactive._identity(pid) for pid in pids]
+        # Their real identities (only the profile directory is missing from their command lines),
+        # an older process's (same PID, earlier start), and none at all (a record from before
+        # identities were kept).
+        for identities in (exact, [{**i, "start_time": i["start_time"] - 1} for i in exact], [None, None]):
+            _record(directory, *pids, identities)
+            status = json.loads(ipy("status", "--json", env=env).stdout)
+            assert not status["running"] and status["stale"] and sorted(status["stale_pids"]) == sorted(pids)
+            assert not (directory / interactive.STATE_FILE).exists()  # removed: it names nothing of ours
+            _record(directory, *pids, identities)
+            assert "record was stale" in ipy("status", env=env).stdout
+            _record(directory, *pids, identities)
+            stopped = ipy("stop", env=env)
+            assert "nothing of profile asyncddp was running: its record was stale" in stopped.stdout
+            assert not (directory / interactive.STATE_FILE).exists()
+            assert [p.poll() for p in strangers] == [None, None]  # never signalled
+    finally:
+        for p in strangers:
+            p.kill()
+            p.wait()
+
+
+def test_a_dead_pid_is_stale_and_a_live_cluster_process_is_still_stopped(tmp_path):
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path)}
+    directory = tmp_path / "profile_asyncddp"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    # A stand-in for the controller: a session leader naming the profile directory, as start() makes.
+    controller = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)",
+                                   f"--profile-dir={directory}"], start_new_session=True)
+    try:
+        # Popen returns once the child closed its close-on-exec pipe, which is a moment before
+        # the kernel shows the new command line.
+        while f"--profile-dir={directory}".encode() not in Path(f"/proc/{controller.pid}/cmdline").read_bytes():
+            time.sleep(0.01)
+        _record(directory, controller.pid, dead.pid, [interactive._identity(controller.pid), None])
+        status = interactive.status(ipython_dir=str(tmp_path), count_engines=False)
+        assert not status.running and status.stale_pids == (dead.pid,) and not status.all_stale
+        assert (directory / interactive.STATE_FILE).exists()  # the controller still needs stopping
+        assert "ended or now belong to other processes; asyncddp ipy stop" in ipy("status", env=env).stdout
+        stopped = ipy("stop", "--json", env=env)
+        assert json.loads(stopped.stdout)["stale_pids"] == [dead.pid]
+        assert controller.wait(timeout=30) == -15  # SIGTERM, verified first
+        assert not (directory / interactive.STATE_FILE).exists()
+        _record(directory, dead.pid, dead.pid, [None, None])
+        assert json.loads(ipy("status", "--json", env=env).stdout)["stale"]
+    finally:
+        controller.kill()
+        controller.wait()

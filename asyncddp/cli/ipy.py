@@ -64,7 +64,14 @@ def stop_command(profile: str = _PROFILE, as_json: bool = _JSON) -> None:
     from asyncddp.launcher import interactive
 
     status = interactive.stop(profile)
-    _show(status, as_json, f"stopped the interactive cluster of profile {profile}")
+    if status.all_stale:
+        text = (f"nothing of profile {profile} was running: its record was stale (pid(s) {_pids(status)} "
+                "ended or now belong to other processes, which were left alone); removed it")
+    else:
+        text = f"stopped the interactive cluster of profile {profile}"
+        if status.stale:
+            text += f" (recorded pid(s) {_pids(status)} were stale and left alone)"
+    _show(status, as_json, text)
 
 
 @ipy_app.command("status")
@@ -74,9 +81,21 @@ def status_command(profile: str = _PROFILE, as_json: bool = _JSON) -> None:
 
     interactive.require_ipyparallel()
     status = interactive.status(profile)
-    text = (f"running: {status.num_engines} engines (profile {profile}, controller pid {status.controller_pid})"
-            if status.running else f"not running (profile {profile})")
+    if status.running:
+        text = f"running: {status.num_engines} engines (profile {profile}, controller pid {status.controller_pid})"
+    elif status.all_stale:
+        text = (f"not running (profile {profile}): its record was stale (pid(s) {_pids(status)} ended or now "
+                "belong to other processes); removed it")
+    elif status.stale:
+        text = (f"not running (profile {profile}): recorded pid(s) {_pids(status)} ended or now belong to other "
+                f"processes; asyncddp ipy stop --profile {profile} ends the rest")
+    else:
+        text = f"not running (profile {profile})"
     _show(status, as_json, text)
+
+
+def _pids(status) -> str:
+    return ", ".join(str(pid) for pid in status.stale_pids)
 
 
 def register(app: typer.Typer) -> None:

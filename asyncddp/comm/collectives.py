@@ -20,7 +20,7 @@ import torch
 
 from asyncddp import exported_by
 from asyncddp.comm import device
-from asyncddp.comm.averaging import mean_
+from asyncddp.comm.averaging import as_dtype, mean_, work_dtype
 from asyncddp.comm.buffers import byte_view, check_dtype, host_empty, is_direct_cpu, numpy_view, plain, reduction_dtype
 from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor_plan import as_rank
@@ -100,13 +100,21 @@ def _reduce_in_place(engine, comm, work: torch.Tensor, op: str, local: bool) -> 
         work.copy_(host)
 
 
+def _sum_dtype(dtype: torch.dtype, average: bool) -> torch.dtype:
+    """The dtype values of ``dtype`` are summed in over the ranks: an average takes the averaging
+    core's exact sum (integers in int64, where their own dtype would wrap), a plain reduction
+    the dtype MPI reduces (half precision in float32)."""
+    return work_dtype(dtype, exact_sum=True) if average else reduction_dtype(dtype)
+
+
 def _allreduce_direct(engine, tensor: torch.Tensor, op: str, average: bool, local: bool) -> torch.Tensor:
-    """Reduce ``tensor`` in its own memory, then divide for an average."""
+    """Reduce ``tensor`` in its own memory, then divide for an average (floats only: an integer
+    average sums in int64, through the copying path)."""
     comm = engine.local if local else engine.world
     mine = tensor.numpy()
     _reduce_host(engine, comm, mine, op, local)
     if average and op == "sum":
-        mean_(mine if tensor.dtype.is_floating_point else tensor, comm.Get_size())
+        mean_(mine, comm.Get_size())
     return tensor
 
 
@@ -128,17 +136,19 @@ def _agree_allreduce(engine, comm, batch: list[Op]) -> None:
 def _run_allreduce(engine, batch: list[Op]) -> list:
     first = batch[0].args
     target = first["inplace"]
+    average = first["average"] and first["op"] == "sum"
     _agree_allreduce(engine, engine.local if first["local"] else engine.world, batch)
-    if len(batch) == 1 and target is not None and is_direct_cpu(target, _REDUCE_DIRECT):
+    if len(batch) == 1 and target is not None and is_direct_cpu(target, _REDUCE_DIRECT) \
+            and not (average and not target.dtype.is_floating_point):
         return [_allreduce_direct(engine, target, first["op"], first["average"], first["local"])]
     xs = [op.args["x"] for op in batch]
     flat = xs[0].reshape(-1) if len(xs) == 1 else torch.cat([x.reshape(-1) for x in xs])
-    work = flat.to(reduction_dtype(flat.dtype), copy=True)
+    work = flat.to(_sum_dtype(flat.dtype, average), copy=True)
     comm = engine.local if first["local"] else engine.world
     _reduce_in_place(engine, comm, work, first["op"], first["local"])
-    if first["average"] and first["op"] == "sum":
+    if average:
         work = mean_(work, comm.Get_size())
-    work = work.to(flat.dtype)
+    work = as_dtype(work, flat.dtype)
     pieces = work.split([x.numel() for x in xs])
     return [_finish(op, p.view(x.shape)) for op, p, x in zip(batch, pieces, xs)]
 
@@ -170,7 +180,8 @@ def allreduce(tensor, average=True, op="sum", name=None, local=False):
 
 def allreduce_(tensor, average=True, op="sum", name=None, local=False):
     """In-place ``allreduce``; returns ``tensor`` (a contiguous CPU tensor of an MPI-native dtype
-    is reduced in its own memory: one ``Allreduce(IN_PLACE)``, no copy)."""
+    is reduced in its own memory: one ``Allreduce(IN_PLACE)``, no copy; an integer average is
+    summed in an int64 copy, which cannot wrap)."""
     return _allreduce(tensor, average=average, op=op, name=name, local=local, inplace=True, blocking=True)
 
 
@@ -367,19 +378,21 @@ def _run_reduce_scatter(engine, batch: list[Op]) -> list:
     n, me = engine.size, engine.rank
     starts = chunk_bounds(x.shape[0], n)  # torch.tensor_split's blocks of dim 0
     row = torch.Size(x.shape[1:]).numel()
-    if use_ring(x.numel() * reduction_dtype(x.dtype).itemsize, n, _spans_machines(engine)):
-        work = _host_view(x).to(reduction_dtype(x.dtype), copy=True)  # the ring reduces into it
+    average = average and how == "sum"
+    dtype = _sum_dtype(x.dtype, average)
+    if use_ring(x.numel() * dtype.itemsize, n, _spans_machines(engine)):
+        work = _host_view(x).to(dtype, copy=True)  # the ring reduces into it
         ring_reduce_scatter_(engine, engine.world, numpy_view(work), [s * row for s in starts], how)
         out = work[starts[me]:starts[me + 1]].clone()
     else:
-        work = _host_view(x).to(reduction_dtype(x.dtype))  # MPI only reads it: no copy when it can
+        work = _host_view(x).to(dtype)  # MPI only reads it: no copy when it can
         out = torch.empty((starts[me + 1] - starts[me], *x.shape[1:]), dtype=work.dtype)
         engine.world.Reduce_scatter(numpy_view(work), numpy_view(out),
                                     [(starts[r + 1] - starts[r]) * row for r in range(n)], op=_mpi_op(how))
         engine.count_sent(1, reduce_scatter_bytes(work.nbytes, n))
-    if average and how == "sum":
+    if average:
         out = mean_(out, n)
-    return [out.to(x.dtype).to(x.device)]
+    return [as_dtype(out, x.dtype).to(x.device)]
 
 
 def _reduce_scatter(tensor, *, blocking: bool, average=True, op="sum", name=None):

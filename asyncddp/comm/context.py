@@ -21,7 +21,7 @@ import networkx as nx
 
 from asyncddp import exported_by
 from asyncddp.comm.env import env_int
-from asyncddp.errors import NotInitializedError, TopologyError
+from asyncddp.errors import NotInitializedError
 from asyncddp.topology.analysis import in_neighbors, out_neighbors
 
 __all__ = [*exported_by(__name__), "get_context"]
@@ -46,8 +46,9 @@ class Context:
     windows: dict[str, Any] = field(default_factory=dict)
     # Callbacks run by shutdown() before the communicators are freed (progress threads, windows).
     finalizers: list = field(default_factory=list)
-    # Predicates telling whether communication is still in flight; set_topology waits for none.
-    busy_checks: list = field(default_factory=list)
+    # Callables that return once this rank's queued and running ops have finished: set_topology
+    # settles them before the ranks agree on a new graph.
+    drains: list = field(default_factory=list)
 
 
 _context: Context | None = None
@@ -216,26 +217,20 @@ def is_homogeneous() -> bool:
     return len(set(sizes)) == 1
 
 
-def _validate(graph: nx.DiGraph, num_nodes: int, what: str) -> None:
-    if not isinstance(graph, nx.DiGraph):
-        raise TopologyError(f"{what} must be a networkx.DiGraph, got {type(graph).__name__}")
-    if sorted(graph.nodes) != list(range(num_nodes)):
-        raise TopologyError(
-            f"{what} has nodes {sorted(graph.nodes)[:8]}... ({graph.number_of_nodes()} in all) "
-            f"but the job has {num_nodes}: build it for nodes 0..{num_nodes - 1}"
-        )
-
-
 def set_topology(graph: nx.DiGraph, is_weighted: bool = False) -> bool:
-    """Make ``graph`` the topology used by neighbour ops. Collective.
+    """Make ``graph`` the topology used by neighbour ops. Collective: every rank returns the same
+    value and holds the same graph afterwards (``asyncddp.comm.topology_change``).
 
-    Returns False and changes nothing while one-sided windows exist (their neighbour buffers are
-    laid out for the old topology) or while nonblocking ops are still running (they were issued
-    for the old neighbours).
+    Waits first for this rank's nonblocking ops still in flight (they were issued for the old
+    neighbours). Returns False everywhere, changing nothing, while one-sided windows exist (their
+    neighbour buffers are laid out for the old topology). Raises ``TopologyError`` on every rank
+    when any rank's graph is invalid (wrong nodes; with ``is_weighted``, a weight that is not a
+    finite number) or the ranks passed different graphs.
     """
+    from asyncddp.comm.topology_change import agree_on_graph
+
     ctx = get_context()
-    _validate(graph, ctx.comm.Get_size(), "the topology")
-    if ctx.windows or any(busy() for busy in ctx.busy_checks):
+    if not agree_on_graph(ctx, graph, ctx.comm.Get_size(), is_weighted, "the topology", refuse_with_windows=True):
         return False
     ctx.topology = graph
     ctx.is_weighted = bool(is_weighted)
@@ -263,9 +258,13 @@ def out_neighbor_ranks() -> list[int]:
 
 
 def set_machine_topology(graph: nx.DiGraph, is_weighted: bool = False) -> bool:
-    """The machine-level topology used by hierarchical neighbour averaging. Collective."""
+    """The machine-level topology used by hierarchical neighbour averaging. Collective, with
+    ``set_topology``'s rules (every rank of every machine passes the same graph), except that
+    windows do not stop it; returns True."""
+    from asyncddp.comm.topology_change import agree_on_graph
+
     ctx = get_context()
-    _validate(graph, ctx.machine_size, "the machine topology")
+    agree_on_graph(ctx, graph, ctx.machine_size, is_weighted, "the machine topology", refuse_with_windows=False)
     ctx.machine_topology = graph
     ctx.machine_is_weighted = bool(is_weighted)
     return True

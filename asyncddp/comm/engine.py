@@ -155,7 +155,7 @@ class Engine:
             self._thread = threading.Thread(target=self._loop, name="asyncddp-comm", daemon=True)
             self._thread.start()
         ctx.finalizers.append(self.close)
-        ctx.busy_checks.append(self.has_pending)
+        ctx.drains.append(self.drain)
 
     def rebind(self) -> None:
         """(Re)make this engine's private duplicates of the context's communicators."""
@@ -259,10 +259,14 @@ class Engine:
                 self._paused = False
                 self._cond.notify_all()
 
-    def has_pending(self) -> bool:
-        """True while a submitted op is queued or running."""
+    def drain(self) -> None:
+        """Return once every op submitted so far has finished (a paused queue is resumed: the
+        caller waits for it)."""
+        self.resume()
         with self._lock:
-            return bool(self._queue) or self._busy
+            while self._queue or self._busy:
+                # A blocking op run on another caller's thread ends without notify_all: poll.
+                self._cond.wait(0.05)
 
     def scratch(self, key, make):
         """A receive buffer reused across ops (only one op executes at a time).

@@ -8,6 +8,7 @@ raises ``CommError`` on every rank instead of hanging.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,7 +19,7 @@ from asyncddp.comm.traffic import allgather_bytes
 from asyncddp.errors import CommError
 from asyncddp.topology.analysis import recv_weights
 
-__all__ = ["Plan", "make_plan", "check_pattern", "check_ranks", "as_rank"]
+__all__ = ["Plan", "make_plan", "check_pattern", "check_ranks", "as_rank", "as_weight"]
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,22 @@ def check_ranks(ranks, num_ranks: int, me: int, what: str) -> list[int]:
     return out
 
 
+def as_weight(value, what: str) -> float:
+    """``value`` as a finite float, or ``CommError``: a NaN or infinite weight would spread
+    through every average downstream without a word. Negative weights are allowed (a step may
+    compute a difference such as ``x - mean of neighbours``)."""
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        weight = math.nan
+    if not math.isfinite(weight):
+        raise CommError(f"{what}={value!r} is not a weight: weights must be finite numbers")
+    return weight
+
+
 def _as_weights(value, what: str) -> dict:
     if isinstance(value, dict):
-        return {k: float(w) for k, w in value.items()}
+        return {k: as_weight(w, f"{what}[{k!r}]") for k, w in value.items()}
     if isinstance(value, (list, tuple, set)):
         return {k: 1.0 for k in value}
     raise CommError(f"{what} must be a dict {{rank: weight}} or a list of ranks, got {value!r}")
@@ -161,7 +175,8 @@ def _make_plan(graph, is_weighted, me, num_ranks, self_weight, src_weights, dst_
         dst = _checked(_as_weights(dst_weights, "dst_weights"), num_ranks, me, "dst_weights")
         src = _checked(_as_weights(src_weights, "src_weights"), num_ranks, me, "src_weights")
         return Plan(
-            tuple(sorted(dst.items())), tuple(sorted(src.items())), float(self_weight), False, check
+            tuple(sorted(dst.items())), tuple(sorted(src.items())), as_weight(self_weight, "self_weight"), False,
+            check,
         )
     if self_weight is None:
         cached = _static_plans.get((me, bool(is_weighted)))
@@ -181,7 +196,7 @@ def _make_plan(graph, is_weighted, me, num_ranks, self_weight, src_weights, dst_
                 f"in the current topology (in-neighbours: {ins}); pass dst_weights for a dynamic step"
             )
         recvs = tuple((j, src.get(j, 0.0)) for j in ins)
-        return Plan(sends, recvs, float(self_weight), False, False)
+        return Plan(sends, recvs, as_weight(self_weight, "self_weight"), False, False)
     if is_weighted:
         own, weights = recv_weights(graph, me)
         plan = Plan(sends, tuple(weights.items()), own, False, False)

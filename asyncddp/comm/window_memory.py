@@ -31,7 +31,7 @@ import torch
 
 from asyncddp.comm.averaging import combine, scaled
 from asyncddp.comm.buffers import reduction_dtype
-from asyncddp.comm.neighbor_plan import as_rank
+from asyncddp.comm.neighbor_plan import as_rank, as_weight
 from asyncddp.comm.rank_mutex import RankMutexes
 from asyncddp.comm.traffic import WINDOWS
 from asyncddp.errors import CommError
@@ -66,7 +66,7 @@ def _weights(weights, allowed: list[int], what: str, op: str, size: int) -> dict
     if extra:
         raise CommError(f"{op}: ranks {extra} are not {what} of this rank (those are {allowed}); "
                         "pass weights only for them")
-    return {r: float(w) for r, w in zip(ranks, weights.values())}
+    return {r: as_weight(w, f"{op}: weight of rank {r}") for r, w in zip(ranks, weights.values())}
 
 
 class Window:
@@ -229,6 +229,8 @@ class Window:
         op = "win_accumulate" if accumulate else "win_put"
         self.check_tensor(tensor, op)
         dst = _weights(dst_weights, self.out_ranks, "out-neighbours", op, self.size)
+        if self_weight is not None:
+            self_weight = as_weight(self_weight, f"{op}: self_weight")
         host = to_store(tensor, self.store_dtype)
         # A blocking put that leaves ``tensor`` alone sends straight from its memory; otherwise the
         # caller may change it (nonblocking) or we scale it (self_weight) before the deposits run.
@@ -314,7 +316,8 @@ class Window:
         if (self_weight is None) != (neighbor_weights is None):
             raise CommError("win_update: give self_weight and neighbor_weights together, or neither")
         if self_weight is not None:
-            return float(self_weight), _weights(neighbor_weights, self.in_ranks, "in-neighbours", "win_update", self.size)
+            return (as_weight(self_weight, "win_update: self_weight"),
+                    _weights(neighbor_weights, self.in_ranks, "in-neighbours", "win_update", self.size))
         self_weight, weights = self.default_weights
         return self_weight, dict(weights)
 

@@ -55,12 +55,16 @@ class WinHandle:
         return True
 
 
+def _no_window(name, op: str) -> str:
+    known = ", ".join(sorted(get_context().windows)) or "none"
+    return (f"{op}: no window named {name!r} (live windows: {known}); "
+            "create it with win_create(tensor, name) on every rank first")
+
+
 def _window(name: str, op: str) -> Window:
     windows = get_context().windows
     if name not in windows:
-        known = ", ".join(sorted(windows)) or "none"
-        raise CommError(f"{op}: no window named {name!r} (live windows: {known}); "
-                        "create it with win_create(tensor, name) on every rank first")
+        raise CommError(_no_window(name, op))
     return windows[name]
 
 
@@ -116,16 +120,33 @@ def _drain() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-def win_create(tensor: torch.Tensor, name: str, zero_init: bool = False) -> bool:
-    """Create window ``name`` for ``tensor`` (collective): one buffer per in-neighbour."""
-    ctx = get_context()
+def _agreed(ctx, problem: str | None, what: str) -> None:
+    """Raise on every rank when any rank found a ``problem`` (its own text there, the failing
+    ranks elsewhere): a collective that one rank refuses alone leaves the others waiting in it."""
+    problems = ctx.comm.allgather(problem)
+    if problem:
+        raise CommError(problem)
+    failed = [r for r, text in enumerate(problems) if text]
+    if failed:
+        raise CommError(f"{what}: refused on rank(s) {failed} ({problems[failed[0]]})")
+
+
+def _create_problem(ctx, tensor, name) -> str | None:
     if not isinstance(name, str) or not name:
-        raise CommError(f"win_create: name must be a non-empty string, got {name!r}")
+        return f"win_create: name must be a non-empty string, got {name!r}"
     if name in ctx.windows:
-        raise CommError(f"win_create: a window named {name!r} exists; win_free({name!r}) first")
+        return f"win_create: a window named {name!r} exists; win_free({name!r}) first"
     if not isinstance(tensor, torch.Tensor) or reduction_dtype(tensor.dtype) not in MPI_TYPES:
-        raise CommError(f"win_create({name!r}): windows support float16, bfloat16, float32, "
-                        f"float64 and integer tensors, got {getattr(tensor, 'dtype', tensor)!r}")
+        return (f"win_create({name!r}): windows support float16, bfloat16, float32, "
+                f"float64 and integer tensors, got {getattr(tensor, 'dtype', tensor)!r}")
+    return None
+
+
+def win_create(tensor: torch.Tensor, name: str, zero_init: bool = False) -> bool:
+    """Create window ``name`` for ``tensor`` (collective): one buffer per in-neighbour. A name
+    or tensor refused on any rank raises ``CommError`` on every rank."""
+    ctx = get_context()
+    _agreed(ctx, _create_problem(ctx, tensor, name), "win_create")
     if not ctx.windows and not any(f is _free_all for f in ctx.finalizers):
         ctx.finalizers.append(_free_all)
     ctx.windows[name] = Window(tensor, name, zero_init, ctx)
@@ -152,10 +173,16 @@ def _free_all() -> None:
 
 
 def win_free(name: str | None = None) -> bool:
-    """Free window ``name``, or every window when ``name`` is None (collective)."""
+    """Free window ``name``, or every window when ``name`` is None (collective). A name unknown
+    on any rank raises ``CommError`` on every rank, and nothing is freed."""
     ctx = get_context()
     _drain()
-    names = sorted(ctx.windows) if name is None else [_window(name, "win_free").name]
+    if name is None:  # nothing a rank could refuse alone
+        names = sorted(ctx.windows)
+    else:
+        problem = None if name in ctx.windows else _no_window(name, "win_free")
+        _agreed(ctx, problem, "win_free")
+        names = [name]
     for key in names:
         ctx.windows.pop(key).free()
     return True

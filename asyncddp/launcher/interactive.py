@@ -8,13 +8,22 @@ connects with ``ipyparallel.Client(profile=...)`` and every ``%%px`` cell runs o
 ``asyncddp``) is created for the user; ``asyncddp_ipy.json`` in it records the two processes
 started, so that ``stop`` and ``status`` (another shell, later) find them. ``stop`` interrupts the
 runner with SIGTERM (which stops every rank), ends the controller, and finally ends any process
-still naming the profile directory on its command line — nothing of the cluster is left running.
+of this user still naming the profile directory on its command line — nothing of the cluster is
+left running.
+
+A recorded PID outlives its process (kill -9, OOM killer, reboot) and may since belong to another
+one, so each is recorded with the identity of the process it named: its start time (``/proc``'s
+clock ticks since boot), the boot it started in, and its session (both are started as session
+leaders); before ``stop`` signals a PID, or ``status`` calls it running, that identity and the
+profile directory on its command line must still match. A record none of whose processes match is
+stale: reported as such, and removed. (Identity is read from ``/proc``: Linux.)
 ``start`` itself, stopped by SIGINT, SIGTERM or SIGHUP before every engine registered, ends what
 it started the same way (``stop_signals``); once it returned, the cluster is ``stop``'s to end.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -46,9 +55,20 @@ class IpyStatus:
     controller_pid: int | None = None
     runner_pid: int | None = None
     log: str | None = None
+    # Recorded PIDs whose process has ended or is now another process (never signalled).
+    stale_pids: tuple = ()
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.stale_pids)
+
+    @property
+    def all_stale(self) -> bool:
+        """Every recorded PID is stale: the record named nothing of a cluster any more."""
+        return self.stale and set(self.stale_pids) >= {p for p in (self.controller_pid, self.runner_pid) if p}
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "stale_pids": list(self.stale_pids), "stale": self.stale}
 
 
 def require_ipyparallel() -> None:
@@ -79,6 +99,52 @@ def _alive(pid: int | None) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _identity(pid: int) -> dict | None:
+    """What tells process ``pid`` from a later process given the same PID, or None when none
+    lives (a zombie has ended too)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    # Fields after the command name: state, ppid, pgrp, session, ..., starttime (the 20th).
+    return {"start_time": int(fields[19]), "session": int(fields[3]), "boot_id": _boot_id()}
+
+
+def _marker(directory: Path) -> bytes:
+    return f"--profile-dir={directory}".encode()
+
+
+def _is_ours(pid, recorded, directory: Path) -> bool:
+    """True when ``pid`` still is the process recorded with identity ``recorded``."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not isinstance(recorded, dict):
+        return False
+    if _identity(pid) != recorded:
+        return False
+    try:
+        return _marker(directory) in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _recorded(state: dict) -> list[tuple[int, dict | None]]:
+    """``(pid, identity)`` of every process the record names."""
+    return [(state[key], state.get(f"{key}_identity")) for key in ("runner_pid", "controller_pid")
+            if state.get(key)]
+
+
+def _stale_pids(directory: Path, state: dict) -> tuple:
+    return tuple(pid for pid, identity in _recorded(state) if not _is_ours(pid, identity, directory))
+
+
 def _read_state(directory: Path) -> dict:
     try:
         return json.loads((directory / STATE_FILE).read_text())
@@ -101,7 +167,10 @@ def status(profile: str = DEFAULT_PROFILE, ipython_dir: str | None = None, count
     directory = profile_dir(profile, ipython_dir)
     state = _read_state(directory)
     controller, runner = state.get("controller_pid"), state.get("runner_pid")
-    running = _alive(controller) and _alive(runner)
+    stale = _stale_pids(directory, state)
+    if state and stale and len(stale) == len(_recorded(state)):
+        (directory / STATE_FILE).unlink(missing_ok=True)  # names nothing of ours any more
+    running = bool(controller and runner) and not stale
     engines = 0
     if running and count_engines:
         require_ipyparallel()
@@ -109,7 +178,7 @@ def status(profile: str = DEFAULT_PROFILE, ipython_dir: str | None = None, count
             engines = _count_engines(directory)
         except Exception:  # noqa: BLE001  (controller not answering yet: zero engines known)
             engines = 0
-    return IpyStatus(profile, str(directory), running, engines, controller, runner, state.get("log"))
+    return IpyStatus(profile, str(directory), running, engines, controller, runner, state.get("log"), stale)
 
 
 def _engine_argv(num_ranks: int, directory: Path, launch: RunOptions) -> list[str]:
@@ -169,7 +238,7 @@ def start(num_ranks: int, profile: str = DEFAULT_PROFILE, *, launch: RunOptions 
                 [sys.executable, "-m", "ipyparallel.controller", f"--profile-dir={directory}",
                  f"--ip={'127.0.0.1' if local else '*'}", "--log-level=WARN"],
                 stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-        state["controller_pid"] = controller.pid
+        _record(state, "controller_pid", controller.pid)
         _write_state(directory, state)
         _wait_for(lambda: (directory / "security" / "ipcontroller-engine.json").exists(), controller,
                   timeout, f"the ipyparallel controller did not start within {timeout:g} s; see {log}")
@@ -177,7 +246,7 @@ def start(num_ranks: int, profile: str = DEFAULT_PROFILE, *, launch: RunOptions 
             runner = subprocess.Popen(_engine_argv(num_ranks, directory, launch),
                                       stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
                                       start_new_session=True)
-        state["runner_pid"] = runner.pid
+        _record(state, "runner_pid", runner.pid)
         _write_state(directory, state)
         import ipyparallel
 
@@ -214,6 +283,13 @@ def _make_profile(directory: Path) -> None:
                           "to a directory you can write to, or choose another --profile") from None
 
 
+def _record(state: dict, key: str, pid: int) -> None:
+    """``pid`` and its identity under ``key``. Read once Popen returned: the child has called
+    setsid and exec'd by then, so session and command line are final."""
+    state[key] = pid
+    state[f"{key}_identity"] = _identity(pid)
+
+
 def _write_state(directory: Path, state: dict) -> None:
     (directory / STATE_FILE).write_text(json.dumps(state))
 
@@ -226,59 +302,78 @@ def _wait_for(ready, process: subprocess.Popen, timeout: float, message: str) ->
         time.sleep(0.1)
 
 
-def _processes_naming(directory: Path) -> list[int]:
-    """Pids whose command line names the profile directory (engines, controller, runner)."""
-    marker = f"--profile-dir={directory}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker in (entry / "cmdline").read_bytes() and _alive(int(entry.name)):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def _signal(pid: int, sig: int) -> None:
+def _names(pid: int, directory: Path) -> bool:
+    """True while ``pid`` is a live process of this user naming the profile directory."""
+    entry = Path(f"/proc/{pid}")
     try:
-        os.kill(pid, sig)
+        return entry.stat().st_uid == os.getuid() and _marker(directory) in (entry / "cmdline").read_bytes() \
+            and _alive(pid)
+    except OSError:
+        return False
+
+
+def _processes_naming(directory: Path) -> list[int]:
+    """Pids of this user's processes whose command line names the profile directory (engines,
+    controller, runner)."""
+    return [int(entry.name) for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and int(entry.name) != os.getpid() and _names(int(entry.name), directory)]
+
+
+def _signal(pid: int, sig: int, is_it) -> None:
+    """``sig`` to ``pid`` when ``is_it()`` holds. The check runs after the process is pinned by
+    a pidfd (Linux 5.3 and later), so its PID cannot pass to another process in between."""
+    try:
+        pinned = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # gone already, or no pidfds here: check, then kill
+        pinned = None
+    try:
+        if not is_it():
+            return
+        if pinned is None:
+            os.kill(pid, sig)
+        else:
+            signal.pidfd_send_signal(pinned, sig)
     except (ProcessLookupError, PermissionError):
         pass
+    finally:
+        if pinned is not None:
+            os.close(pinned)
 
 
 def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    """Those of ``pids`` whose process still lives after ``seconds`` (a PID passed to a new
+    process counts as gone)."""
+    known = {pid: _identity(pid) for pid in pids}
+    still = [pid for pid, identity in known.items() if identity is not None]
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        pids = [pid for pid in pids if _alive(pid)]
-        if not pids:
-            break
+    while still and time.monotonic() < deadline:
         time.sleep(0.1)
-    return [pid for pid in pids if _alive(pid)]
+        still = [pid for pid in still if _identity(pid) == known[pid]]
+    return still
 
 
-def _stop_processes(directory: Path, state: dict) -> None:
-    runner, controller = state.get("runner_pid"), state.get("controller_pid")
-    if runner and _alive(runner):
-        # SIGTERM, not SIGINT: a cluster started from a script in the background inherits an
-        # ignored SIGINT, and asyncddp run keeps ignoring what it was started ignoring.
-        _signal(runner, signal.SIGTERM)
-        _wait_gone([runner], 20)
-    if controller and _alive(controller):
-        _signal(controller, signal.SIGTERM)
-        _wait_gone([controller], 10)
+def _stop_processes(directory: Path, state: dict) -> tuple:
+    """End what ``state`` records (only processes that still are the ones recorded) and any
+    leftover naming ``directory``; returns the recorded PIDs found stale (left alone)."""
+    stale = _stale_pids(directory, state)
+    ours = [(pid, identity) for pid, identity in _recorded(state) if pid not in stale]
+    # Runner first: SIGTERM, not SIGINT: a cluster started from a script in the background
+    # inherits an ignored SIGINT, and asyncddp run keeps ignoring what it was started ignoring.
+    for pid, identity in ours:
+        _signal(pid, signal.SIGTERM, functools.partial(_is_ours, pid, identity, directory))
+        _wait_gone([pid], 20 if pid == state.get("runner_pid") else 10)
     leftover = _processes_naming(directory)
     for pid in leftover:
-        _signal(pid, signal.SIGTERM)
+        _signal(pid, signal.SIGTERM, functools.partial(_names, pid, directory))
     for pid in _wait_gone(leftover, 5):
-        _signal(pid, signal.SIGKILL)
-    for pid in (runner, controller):
-        if pid:
-            try:  # reap our own children when start() itself is the parent
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
+        _signal(pid, signal.SIGKILL, functools.partial(_names, pid, directory))
+    for pid, _ in ours:
+        try:  # reap our own children when start() itself is the parent
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
     (directory / STATE_FILE).unlink(missing_ok=True)
+    return stale
 
 
 def stop(profile: str = DEFAULT_PROFILE, ipython_dir: str | None = None) -> IpyStatus:
@@ -288,6 +383,6 @@ def stop(profile: str = DEFAULT_PROFILE, ipython_dir: str | None = None) -> IpyS
     if not state and not _processes_naming(directory):
         raise LaunchError(f"no interactive cluster of profile {profile} is running (nothing recorded in "
                             f"{directory / STATE_FILE}); start one with asyncddp ipy start -np N")
-    _stop_processes(directory, state)
+    stale = _stop_processes(directory, state)
     return IpyStatus(profile, str(directory), False, 0, state.get("controller_pid"), state.get("runner_pid"),
-                     state.get("log"))
+                     state.get("log"), stale)

@@ -7,6 +7,7 @@ installed alias ``import bluefog.torch as bf`` exactly as a BlueFog script would
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 
 import pytest
 import torch
@@ -170,6 +171,19 @@ def test_collectives_and_int_handles():
     # Every rank shares this one machine here, so the machine-local allreduce is the global one.
     assert bf.local_size() == n
     assert torch.equal(bf.allreduce(x, is_hierarchical_local=True), bf.allreduce(x))
+
+
+def test_integer_allreduce_averages_without_wrapping():
+    n, r = bf.size(), bf.rank()
+    x = torch.tensor([100 - r, r, 1 + r], dtype=torch.int8)
+    want = [round(Fraction(sum(v), n)) for v in zip(*[(100 - j, j, 1 + j) for j in range(n)])]
+    assert bf.allreduce(x).tolist() == want
+    y = x.clone()
+    assert bf.allreduce_(y) is y and y.tolist() == want
+    assert bf.synchronize(bf.allreduce_nonblocking(x)).tolist() == want
+    z = x.clone()
+    bf.synchronize(bf.allreduce_nonblocking_(z))
+    assert z.tolist() == want
 
 
 def test_windows_put_update_versions_and_set_topology():

@@ -5,7 +5,10 @@ closed-form sums), never by calling the code under test.
 """
 
 import contextlib
+import re
 import threading
+import time
+import warnings
 from fractions import Fraction
 
 import networkx as nx
@@ -239,6 +242,57 @@ def test_collectives_every_dtype(dtype):
         assert torch.equal(rs, mine.to(dtype))
 
 
+INT_DTYPES = [torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64]
+# Near the top of each integer range, so that a sum over ranks in the tensor's own dtype wraps;
+# for int64, past float64's 2^53, so that a float64 sum would round.
+_BIG = {torch.int8: 100, torch.uint8: 200, torch.int16: 20000, torch.int32: 2**30 + 7, torch.int64: 2**53 + 1}
+
+
+def _int_columns(r, dtype):
+    """Rank r's values: ties both ways, equal values near the top of the range, and values that
+    differ per rank near both ends."""
+    big = _BIG[dtype]
+    if dtype == torch.uint8:
+        return [r, 1 + r, big, big - r]
+    return [r, 1 + r, -1 - r, big, big - r, -big + r]
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+def test_integer_averages_are_exact_in_every_collective(dtype):
+    r, n = addp.rank(), addp.size()
+    x = torch.tensor(_int_columns(r, dtype), dtype=dtype)
+    columns = zip(*[_int_columns(j, dtype) for j in range(n)])
+    want = torch.tensor([round(Fraction(sum(c), n)) for c in columns], dtype=dtype)
+    assert torch.equal(addp.allreduce(x), want)
+    assert torch.equal(addp.allreduce(x, local=True), want)  # one machine: local is the world
+    y = x.clone()
+    ptr = y.data_ptr()
+    assert addp.allreduce_(y) is y and y.data_ptr() == ptr and torch.equal(y, want)
+    assert torch.equal(addp.synchronize(addp.allreduce_nonblocking(x)), want)
+    z = x.clone()
+    assert addp.synchronize(addp.allreduce_nonblocking_(z)) is z and torch.equal(z, want)
+    with _held(get_engine()):  # fused into one buffer: the same rule
+        handles = [addp.allreduce_nonblocking(x + 0) for _ in range(3)]
+    assert all(torch.equal(addp.synchronize(h), want) for h in handles)
+    rows = x.repeat(n, 1)  # rank r keeps row r: the average of every rank's row r
+    assert torch.equal(addp.reduce_scatter(rows), want.unsqueeze(0))
+    assert torch.equal(addp.synchronize(addp.reduce_scatter_nonblocking(rows)), want.unsqueeze(0))
+
+
+def test_integer_average_repro_from_the_issue():
+    r, n = addp.rank(), addp.size()
+    if n == 2:  # the neighbour average and the allreduce average agree
+        x = torch.tensor([r, 1 + r, -1 - r, 64 + 63 * r], dtype=torch.int8)
+        assert addp.allreduce(x).tolist() == [0, 2, -2, 96]
+        assert addp.neighbor_allreduce(x).tolist() == [0, 2, -2, 96]
+    if n == 3:
+        for dtype, value in ((torch.int8, 100), (torch.uint8, 200), (torch.int16, 20000),
+                             (torch.int32, 2**30 + 7)):
+            equal = torch.full((2,), value, dtype=dtype)
+            assert addp.allreduce(equal).tolist() == [value] * 2
+            assert addp.reduce_scatter(equal.repeat(3)).tolist() == [value] * 2
+
+
 def test_bool_broadcast_and_allgather():
     r, n = addp.rank(), addp.size()
     x = torch.tensor([r % 2 == 0, True])
@@ -383,6 +437,13 @@ def test_errors_are_clear():
         addp.allreduce(torch.ones(2, dtype=torch.complex64))
     with pytest.raises(addp.CommError, match="handle"):
         addp.synchronize(42)
+    for bad in (float("nan"), float("-inf"), "half"):
+        with pytest.raises(addp.CommError, match=r"self_weight=.* is not a weight: weights must be finite"):
+            addp.neighbor_allreduce(torch.ones(2), self_weight=bad, src_weights={}, dst_weights={})
+    if n > 1:
+        src = _exp2_in(r, n)[0]
+        with pytest.raises(addp.CommError, match=rf"src_weights\[{src}\]=inf is not a weight"):
+            addp.neighbor_allreduce(torch.ones(2), self_weight=0.5, src_weights={src: float("inf")})
     strangers = sorted(set(range(n)) - set(_exp2_in(r, n)) - {r})
     if strangers:
         with pytest.raises(addp.CommError, match="not in-neighbours"):
@@ -450,14 +511,92 @@ def test_allgather_bad_out_raises_on_every_rank():
     assert torch.equal(addp.allgather(x, out=torch.empty(2 * n)), torch.arange(n).repeat_interleave(2).float())
 
 
-def test_set_topology_refused_while_ops_are_in_flight():
+def _agreed(flag: bool) -> list[bool]:
+    """Every rank's ``flag``, as every rank sees them."""
+    return [bool(v) for v in addp.allgather(torch.tensor([int(flag)])).tolist()]
+
+
+def test_set_topology_settles_ops_in_flight_and_every_rank_agrees():
+    from asyncddp.topology.graphs import exponential_two_graph, ring_graph
+
+    r, n = addp.rank(), addp.size()
+    graphs = [ring_graph(n), exponential_two_graph(n)]
+    # The issue's repro, in a loop: a nonblocking allreduce in flight, one rank late.
+    for k in range(6):
+        handle = addp.allreduce_nonblocking(torch.ones(200_000))
+        if r == 1:
+            time.sleep(0.02)
+        graph = graphs[k % 2]
+        assert _agreed(addp.set_topology(graph)) == [True] * n
+        assert addp.load_topology() is graph
+        assert torch.equal(addp.synchronize(handle), torch.ones(200_000))
+        x = torch.full((3,), float(r), dtype=torch.float64)
+        members = [r, *sorted(j for j in graph.predecessors(r) if j != r)]
+        want = sum(members) / len(members)
+        assert torch.equal(addp.neighbor_allreduce(x), torch.full((3,), want, dtype=torch.float64))
+    # A paused queue (BlueFog's suspend) is resumed and run first, not left waiting.
     engine = get_engine()
-    graph = addp.load_topology()
-    with _held(engine):
-        handle = addp.allreduce_nonblocking(torch.ones(3))
-        assert addp.set_topology(graph) is False  # queued: issued for the current neighbours
-    assert torch.equal(addp.synchronize(handle), torch.ones(3))
-    assert addp.set_topology(graph) is True
+    engine.pause()
+    handle = addp.neighbor_allreduce_nonblocking(torch.full((2,), float(r)))
+    assert addp.set_topology(graphs[0]) is True
+    members = [r, *sorted(j for j in graphs[1].predecessors(r) if j != r)]  # issued before the change
+    assert torch.equal(addp.synchronize(handle), torch.full((2,), sum(members) / len(members)))
+    addp.set_topology(exponential_two_graph(n))
+
+
+def test_set_topology_refuses_on_every_rank_together():
+    from asyncddp.topology.graphs import exponential_two_graph, ring_graph, star_graph
+
+    r, n = addp.rank(), addp.size()
+    before = addp.load_topology()
+    if n > 2:  # rank 0 alone passes another graph: every rank raises, nobody changes
+        mine = star_graph(n) if r == 0 else exponential_two_graph(n)
+        with pytest.raises(addp.TopologyError, match=r"different graphs .*rank\(s\) \[1"):
+            addp.set_topology(mine)
+        assert addp.load_topology() is before
+    if n > 1:  # one rank's graph is invalid: it says why, the others name it
+        mine = nx.DiGraph([(0, n + 5)]) if r == n - 1 else ring_graph(n)
+        pattern = "has nodes" if r == n - 1 else rf"rank\(s\) \[{n - 1}\] passed an invalid graph as the topology"
+        with pytest.raises(addp.TopologyError, match=pattern):
+            addp.set_topology(mine)
+        assert addp.load_topology() is before
+    for bad in (float("nan"), float("inf"), "0.5"):
+        weighted = ring_graph(n)
+        weighted.add_edges_from((j, j) for j in range(n))
+        nx.set_edge_attributes(weighted, 0.5, "weight")
+        weighted.add_edge(0, 0, weight=bad)
+        with pytest.raises(addp.TopologyError, match=r"edge 0->0 has weight .*must be finite numbers"):
+            addp.set_topology(weighted, is_weighted=True)
+    assert addp.set_topology(weighted) is True  # unweighted: the weights are not read
+    assert addp.set_topology(before) is True
+    # The job is in step afterwards.
+    assert torch.equal(addp.allreduce(torch.ones(2), average=False), torch.full((2,), float(n)))
+
+
+def test_set_topology_warns_about_negative_weights_and_separate_groups():
+    from asyncddp.topology.graphs import exponential_two_graph
+
+    r, n = addp.rank(), addp.size()
+    if n == 1:
+        pytest.skip("needs two ranks")
+    lonely = nx.DiGraph()
+    lonely.add_nodes_from(range(n))  # every rank alone: averaging never mixes anything
+    negative = nx.DiGraph()
+    negative.add_nodes_from(range(n))
+    for j in range(n):
+        negative.add_edge(j, j, weight=1.5)
+        negative.add_edge((j - 1) % n, j, weight=-0.5)
+    for graph, weighted, pattern in ((lonely, False, rf"disconnected \({n} separate groups"),
+                                     (negative, True, "1 negative weight|negative weight")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert addp.set_topology(graph, is_weighted=weighted) is True
+        texts = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        if r == 0:
+            assert any(re.search(pattern, t) for t in texts), texts
+        else:
+            assert texts == []
+    assert addp.set_topology(exponential_two_graph(n))
 
 
 def test_shape_and_dtype_mismatch_between_neighbours_last():

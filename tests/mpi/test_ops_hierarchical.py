@@ -1,5 +1,7 @@
 """Hierarchical neighbour averaging with ASYNCDDP_RANKS_PER_MACHINE=2 (machines of two ranks)."""
 
+from fractions import Fraction
+
 import pytest
 import torch
 
@@ -42,6 +44,20 @@ def test_other_dtypes(dtype):
     expected = 4 * sum(_machine_means(n)) / len(_machine_means(n))
     assert out.dtype == dtype
     assert torch.equal(out, torch.full((5,), round(expected) if not dtype.is_floating_point else expected, dtype=dtype))
+
+
+def test_integer_averages_across_machines_never_wrap():
+    r, n = addp.rank(), addp.size()
+    # Large enough that allreduce and reduce_scatter run as rings between the machines: the ring
+    # sums the int64 work buffer too.
+    x = torch.full((300_000,), 100 - r, dtype=torch.int8)
+    want = round(Fraction(sum(100 - j for j in range(n)), n))
+    assert torch.equal(addp.allreduce(x), torch.full_like(x, want))
+    assert torch.equal(addp.reduce_scatter(x), torch.full((300_000 // n,), want, dtype=torch.int8))
+    machines = [[100 - j for j in range(m, min(m + 2, n))] for m in range(0, n, 2)]
+    means = [Fraction(sum(ms), len(ms)) for ms in machines]
+    out = addp.hierarchical_neighbor_allreduce(torch.full((3,), 100 - r, dtype=torch.int8))
+    assert out.tolist() == [round(sum(means) / len(means))] * 3
 
 
 def test_machine_weights_must_name_machines():
@@ -102,3 +118,28 @@ def test_large_reduce_scatter_and_allgather_across_machines_run_rings():
     assert messages == 1 + (n - 1)  # the header round, then the ring's steps
     out = torch.empty_like(gathered)
     assert addp.allgather(mine, out=out) is out and torch.equal(out, gathered)
+
+
+def test_set_machine_topology_settles_ops_and_every_rank_agrees():
+    import time
+
+    import networkx as nx
+
+    from asyncddp.topology.graphs import exponential_two_graph
+
+    r, n = addp.rank(), addp.size()
+    means = _machine_means(n)
+    graph = exponential_two_graph(addp.machine_size())
+    for _ in range(3):
+        handle = addp.hierarchical_neighbor_allreduce_nonblocking(torch.full((4,), float(r)))
+        if r == 1:
+            time.sleep(0.02)
+        assert addp.set_machine_topology(graph) is True
+        assert addp.load_machine_topology() is graph
+        assert torch.equal(addp.synchronize(handle), torch.full((4,), sum(means) / len(means)))
+    # Machine 0's ranks alone pass a graph without edges: every rank raises, nothing changes.
+    lonely = nx.DiGraph()
+    lonely.add_nodes_from(range(addp.machine_size()))
+    with pytest.raises(addp.TopologyError, match="different graphs as the machine topology"):
+        addp.set_machine_topology(lonely if addp.machine_rank() == 0 else graph)
+    assert addp.load_machine_topology() is graph

@@ -214,6 +214,27 @@ def test_errors():
         addp.win_put(torch.zeros(2), "e", dst_weights={addp.rank(): 1.0})
     with pytest.raises(addp.CommError, match="together"):
         addp.win_update("e", self_weight=0.5)
+    with pytest.raises(addp.CommError, match="win_update: self_weight=nan is not a weight"):
+        addp.win_update("e", self_weight=float("nan"), neighbor_weights={})
+    with pytest.raises(addp.CommError, match="win_put: self_weight=inf is not a weight"):
+        addp.win_put(torch.zeros(2), "e", self_weight=float("inf"), dst_weights={})
+    if addp.out_neighbor_ranks():
+        out = addp.out_neighbor_ranks()[0]
+        with pytest.raises(addp.CommError, match=rf"win_put: weight of rank {out}=nan is not a weight"):
+            addp.win_put(torch.zeros(2), "e", dst_weights={out: float("nan")})
+    # a name or tensor refused on one rank only: every rank raises, nobody waits in the collective
+    if addp.size() > 1:
+        refused = "'e' exists" if addp.rank() == 0 else r"refused on rank\(s\) \[0\] \(win_create: a window named 'e'"
+        with pytest.raises(addp.CommError, match=refused):
+            addp.win_create(torch.zeros(2), "e" if addp.rank() == 0 else "fresh")
+        last = addp.size() - 1
+        refused = "windows support" if addp.rank() == last else rf"refused on rank\(s\) \[{last}\]"
+        with pytest.raises(addp.CommError, match=refused):
+            addp.win_create(torch.zeros(2, dtype=torch.complex64 if addp.rank() == last else torch.float32), "c")
+        refused = "no window named 'nope'" if addp.rank() == 0 else r"win_free: refused on rank\(s\) \[0\]"
+        with pytest.raises(addp.CommError, match=refused):
+            addp.win_free("nope" if addp.rank() == 0 else "e")
+        assert sorted(get_context().windows) == ["e"]  # nothing was made or freed anywhere
     # shapes that differ between ranks are caught collectively at creation
     if addp.size() > 1:
         with pytest.raises(addp.CommError, match="disagree"):
