@@ -102,3 +102,26 @@ def test_bad_specs_name_the_option(spec):
     with pytest.raises(OptimizerError, match=r"compressor=") as info:
         parse_compressor(spec)
     assert repr(spec) in str(info.value)
+
+
+def test_topk_on_a_large_tensor_matches_a_full_topk():
+    # Above 4·65536 entries the threshold is guessed from a sample; the result must stay exact,
+    # also when the sample misleads (a periodic tensor whose strided sample sees only zeros).
+    g = torch.Generator().manual_seed(1)
+    c = parse_compressor("topk:0.01")
+    x = torch.randn(400_000, generator=g)
+    periodic = torch.zeros(400_000)
+    periodic[1::6] = torch.arange(1.0, 66668.0)[:periodic[1::6].numel()]
+    for tensor in (x, periodic):
+        dense = c.decompress(c.compress(tensor), tensor.numel(), tensor.dtype)
+        kept = set(dense.nonzero().view(-1).tolist())
+        assert kept == set(tensor.abs().topk(4000).indices.tolist())
+
+
+def test_randk_draws_k_distinct_indices_spread_over_the_tensor():
+    c = parse_compressor("randk:0.01")
+    x = torch.arange(1.0, 100_001.0)
+    dense = c.decompress(c.compress(x, 3), 100_000, torch.float32, 3)
+    kept = dense.nonzero().view(-1)
+    assert kept.numel() == 1000  # distinct: one per stratum of 100
+    assert torch.equal(kept // 100, torch.arange(1000))

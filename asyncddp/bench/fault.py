@@ -20,7 +20,8 @@ __all__ = ["SURVIVING_METHODS", "CANNOT_SURVIVE", "GUARANTEES", "choose_fault_me
            "default_kill_step", "FaultBenchOptions", "FaultRun", "FaultBenchResult"]
 
 # The methods of ``asyncddp bench MODEL`` whose optimizers carry on after a lost rank, in table order.
-SURVIVING_METHODS = ("allreduce", "dear", "neighbor-exp2", "neighbor-one-peer", "hierarchical", "win-put")
+SURVIVING_METHODS = ("allreduce", "dear", "neighbor-exp2", "neighbor-one-peer", "hierarchical", "win-put",
+                     "choco-topk", "choco-int8", "local-sgd", "diloco-gossip", "diloco-allreduce")
 CANNOT_SURVIVE = {
     "local": "no communication, so there is no job-wide loss to survive",
     "ddp": "torch DDP's process group (gloo or NCCL) cannot go on without a rank",
@@ -40,6 +41,16 @@ GUARANTEES = {
                               "machine, close across machines"),
     "win-put": ("close (async)", "asynchronous puts into neighbours' windows, re-created for the survivors: "
                                  "replicas stay close, never exactly equal"),
+    "choco-topk": ("close", "compressed gossip (top-1%) on Exp-2; public copies start again from one dense send "
+                            "per edge of the survivors' topology: replicas approach each other, never exactly equal"),
+    "choco-int8": ("close", "compressed gossip (int8) on Exp-2; public copies start again from one dense send per "
+                            "edge of the survivors' topology: replicas stay close, never exactly equal"),
+    "local-sgd": ("identical at outer steps", "local steps, then the survivors' average every --sync-every steps: "
+                                              "replicas equal after each outer step, apart between them"),
+    "diloco-gossip": ("apart", "local steps, then a one-peer gossip outer step every --sync-every steps: replicas "
+                               "mix slowly and stay apart"),
+    "diloco-allreduce": ("close", "local steps, then DiLoCo's outer step on the survivors' average; outer states "
+                                  "that diverged at the loss converge back geometrically"),
 }
 
 

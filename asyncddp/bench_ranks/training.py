@@ -72,10 +72,29 @@ def _ddp(model, device: torch.device, shared_gpu: bool):
 _NEVER_FREED: list = []
 
 
-def wrap_for_method(method: str, optimizer, model):
-    """``optimizer`` wrapped the way bench method ``method`` trains (not ``local`` or ``ddp``)."""
+# The communication-efficient methods: (constructor, keywords); H comes from ``--sync-every``.
+_EFFICIENT = {
+    "choco-topk": ("DistributedCompressedNeighborOptimizer", {"compressor": "topk:0.01"}),
+    "choco-int8": ("DistributedCompressedNeighborOptimizer", {"compressor": "int8"}),
+    "local-sgd": ("DistributedLocalSGDOptimizer", {"communication": "allreduce"}),
+    "diloco-gossip": ("DistributedLocalSGDOptimizer", {"communication": "one-peer", "outer_lr": 0.7,
+                                                       "outer_momentum": 0.9, "nesterov": True}),
+    "diloco-allreduce": ("DistributedLocalSGDOptimizer", {"communication": "allreduce", "outer_lr": 0.7,
+                                                          "outer_momentum": 0.9, "nesterov": True}),
+}
+
+
+def wrap_for_method(method: str, optimizer, model, sync_every: int = 32):
+    """``optimizer`` wrapped the way bench method ``method`` trains (not ``local`` or ``ddp``);
+    ``sync_every``: local steps per outer step of ``local-sgd`` and the ``diloco`` methods."""
     import asyncddp.optim as optim
     from asyncddp.topology.schedules import one_peer_exponential_two
+
+    if method in _EFFICIENT:
+        name, kwargs = _EFFICIENT[method]
+        if name == "DistributedLocalSGDOptimizer":
+            kwargs = {**kwargs, "sync_every": sync_every}
+        return getattr(optim, name)(optimizer, model, **kwargs)
 
     if method == "allreduce":
         return optim.DistributedGradientAllreduceOptimizer(optimizer, model)
@@ -124,7 +143,7 @@ def run(options: ModelBenchOptions) -> ModelRun | None:
         trained, store = _ddp(model, device, shared_gpu=bool(notes))
         optimizer = torch.optim.SGD(trained.parameters(), lr=1e-3, momentum=0.9)
     elif options.method != "local":
-        optimizer = wrap_for_method(options.method, sgd, model)
+        optimizer = wrap_for_method(options.method, sgd, model, options.sync_every)
     comm.Barrier()
     times = _timed_steps(trained, optimizer, images, labels, options.warmup, options.iters, device)
     if hasattr(optimizer, "flush"):

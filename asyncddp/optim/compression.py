@@ -76,6 +76,26 @@ def _count(fraction: float, numel: int) -> int:
     return min(numel, max(1, round(fraction * numel)))
 
 
+_SAMPLE = 65536  # magnitudes sampled to guess top-k's threshold
+
+
+def _top_index(magnitude: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest magnitudes. A full ``topk`` over millions of entries is slow;
+    a threshold guessed from an evenly strided sample (twice the share asked for) leaves a few
+    times ``k`` candidates, and ``topk`` among those is exact whenever at least ``k`` pass (every
+    one of the ``k`` largest is then at or above the threshold); otherwise the full ``topk``."""
+    n = magnitude.numel()
+    if n < 4 * _SAMPLE or k * 8 > n:
+        return magnitude.topk(k, sorted=False).indices
+    sample = magnitude[:: n // _SAMPLE]
+    keep = min(sample.numel(), max(1, 2 * k * sample.numel() // n))
+    threshold = sample.topk(keep, sorted=False).values.min()
+    candidates = (magnitude >= threshold).nonzero().view(-1)
+    if candidates.numel() < k:
+        return magnitude.topk(k, sorted=False).indices
+    return candidates[magnitude[candidates].topk(k, sorted=False).indices]
+
+
 class TopK(Compressor):
     def __init__(self, fraction: float, spec: str) -> None:
         self.fraction, self.spec = fraction, spec
@@ -84,8 +104,7 @@ class TopK(Compressor):
         return _count(self.fraction, numel) * (_INDEX.itemsize + dtype.itemsize)
 
     def compress(self, x, seed=0):
-        k = _count(self.fraction, x.numel())
-        index = x.detach().abs().topk(k, sorted=False).indices
+        index = _top_index(x.detach().abs(), _count(self.fraction, x.numel()))
         values = x.detach()[index]
         return torch.cat([index.to(_INDEX).view(torch.uint8), values.contiguous().view(torch.uint8)])
 
@@ -102,9 +121,16 @@ class RandK(Compressor):
         self.fraction, self.spec = fraction, spec
 
     def _index(self, numel: int, seed: int, device) -> torch.Tensor:
-        # Drawn on the CPU from the shared seed, so ranks on different devices draw the same ones.
+        """One index drawn in each of ``k`` equal strata of ``0..numel-1``: ``k`` distinct
+        indices, each entry kept with probability about ``k/numel``, at the cost of ``k`` random
+        numbers (a permutation of all ``numel`` costs far more). Drawn on the CPU from the shared
+        seed, so ranks on different devices draw the same ones."""
         k = _count(self.fraction, numel)
-        return torch.randperm(numel, generator=_generator(torch.device("cpu"), seed))[:k].to(device)
+        starts = torch.arange(k + 1, dtype=torch.float64).mul_(numel / k).floor_().long()
+        starts[-1] = numel
+        widths = (starts[1:] - starts[:-1]).double()
+        draw = torch.rand(k, generator=_generator(torch.device("cpu"), seed), dtype=torch.float64)
+        return (starts[:-1] + (draw * widths).long()).to(device)
 
     def nbytes(self, numel, dtype):
         return _count(self.fraction, numel) * dtype.itemsize
@@ -119,11 +145,13 @@ class RandK(Compressor):
 
 
 def _chunks(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in float32, zero-padded to whole chunks, as a (chunks, CHUNK) matrix."""
-    work = x.detach().float()
-    pad = -work.numel() % CHUNK
-    if pad:
-        work = torch.cat([work, work.new_zeros(pad)])
+    """``x`` in float32, zero-padded to whole chunks, as a (chunks, CHUNK) matrix (read only:
+    ``x`` itself when no copy is needed)."""
+    n = x.numel()
+    if x.dtype == torch.float32 and n % CHUNK == 0:
+        return x.detach().reshape(-1, CHUNK)
+    work = torch.zeros(n + (-n % CHUNK), dtype=torch.float32, device=x.device)
+    work[:n].copy_(x.detach().reshape(-1))
     return work.view(-1, CHUNK)
 
 
@@ -143,10 +171,13 @@ class Quantize(Compressor):
     def compress(self, x, seed=0):
         n = x.numel()
         chunks = _chunks(x)
-        scale = chunks.abs().amax(dim=1) / self.levels
+        low, high = torch.aminmax(chunks, dim=1)
+        scale = torch.maximum(-low, high).div_(self.levels)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        noise = torch.rand(chunks.shape, generator=_generator(x.device, seed), device=x.device)
-        q = torch.floor(chunks / safe[:, None] + noise).clamp_(-self.levels, self.levels)
+        # floor(x/scale + u), u uniform in [0, 1): each value rounds up with the probability of
+        # its fractional part. The noise buffer becomes the result (one pass each).
+        q = torch.rand(chunks.shape, generator=_generator(x.device, seed), device=x.device)
+        q.addcdiv_(chunks, safe[:, None]).floor_().clamp_(-self.levels, self.levels)
         q = q.view(-1)[:n].to(torch.int8)
         if self.bits == 4:  # two per byte: low nibble first
             q = (q + 8).to(torch.uint8)
