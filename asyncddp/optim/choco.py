@@ -34,15 +34,24 @@ __all__ = ["DistributedCompressedNeighborOptimizer", "default_consensus_lr", "ch
 
 _WHO = "DistributedCompressedNeighborOptimizer"
 
-# γ by compressor: the finer the compressor, the closer the public copies follow the models and
-# the larger the step toward them can be (CHOCO's theory: γ of the order of the fraction of the
-# signal a round carries). Measured on `bench converge --task digits` (docs/benchmarks.md).
-_DEFAULT_RATE = {"identity": 1.0, "int8": 1.0, "int4": 0.8, "sign": 0.4, "topk": 0.4, "randk": 0.2}
+# γ by compressor. CHOCO converges only for γ of the order of the share of ``x − x̂`` a round
+# carries (Koloskova et al.: γ shrinks with the compressor's contraction δ). Measured on pure
+# consensus (4 ranks, Exp-2, Gaussian differences, the hardest case for top-k): top-1% converges
+# at γ = 0.02 and diverges at 0.1, top-10% converges at 0.05 and diverges at 0.5, rand-1% needs
+# less than 0.01, sign diverges at 1 and settles at 0.5, int8 and int4 converge at 1.
+_FIXED_RATE = {"identity": 1.0, "int8": 1.0, "int4": 1.0, "sign": 0.3}
 
 
 def default_consensus_lr(compressor) -> float:
-    """The default γ for ``compressor`` (a spec or ``Compressor``)."""
-    return _DEFAULT_RATE[parse_compressor(compressor).spec.split(":")[0]]
+    """The default γ for ``compressor`` (a spec or ``Compressor``): 1 for identity, int8 and
+    int4, 0.3 for sign, ``min(0.5, 2F)`` for ``topk:F`` and ``F/2`` for ``randk:F``."""
+    codec = parse_compressor(compressor)
+    kind = codec.spec.split(":")[0]
+    if kind == "topk":
+        return min(0.5, 2 * codec.fraction)
+    if kind == "randk":
+        return codec.fraction / 2
+    return _FIXED_RATE.get(kind, 1.0)
 
 
 def check_rate(value, option: str, who: str) -> float:
@@ -147,7 +156,8 @@ def DistributedCompressedNeighborOptimizer(optimizer, model, compressor="topk:0.
         compressor: ``topk:F`` (default ``topk:0.01``: 1% of the entries, 8 bytes each),
             ``randk:F``, ``int8``, ``int4``, ``sign`` or ``identity``.
         consensus_lr: γ in (0, 1], the step toward the neighbours' public copies; default by
-            compressor (1.0 for identity and int8, 0.8 int4, 0.4 topk and sign, 0.2 randk).
+            compressor (see ``default_consensus_lr``: 1 for identity, int8 and int4, 0.3 for
+            sign, ``min(0.5, 2F)`` for ``topk:F`` (0.02 for the default), ``F/2`` for ``randk:F``).
         schedule: a dynamic topology (factory ``f(size, rank)`` or iterator of ``NeighborStep``),
             e.g. ``addp.one_peer_exponential_two``; default the static topology.
     """

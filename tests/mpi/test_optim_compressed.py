@@ -143,6 +143,24 @@ def test_choco_sends_the_compressed_payload_and_reaches_consensus(spec, monkeypa
     assert (w - average).abs().max().item() < 0.15  # started ~1 apart; non-IID data keeps some
 
 
+@pytest.mark.parametrize(("spec", "steps", "shrink"), [("int8", 20, 1e-4), ("topk:0.2", 60, 1e-2)])
+def test_choco_pure_consensus_keeps_the_mean_and_contracts(spec, steps, shrink):
+    # lr 0: only gossip moves the models. CHOCO keeps the average of the models (the pulls of a
+    # doubly stochastic round cancel) and drives every model to it.
+    torch.manual_seed(addp.rank())
+    model = torch.nn.Linear(20, 20)
+    opt = addp.DistributedCompressedNeighborOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), model, spec)
+    start = _flat(model)
+    mean = addp.allreduce(start, average=True)
+    for _ in range(steps):
+        opt.step()
+    now = _flat(model)
+    assert (addp.allreduce(now, average=True) - mean).abs().max().item() < 1e-5
+    if addp.size() > 1:
+        error = addp.allreduce((now - mean).norm().reshape(1)).item()
+        assert error < shrink * addp.allreduce((start - mean).norm().reshape(1)).item()
+
+
 def test_local_sgd_compressed_allreduce_keeps_replicas_identical(monkeypatch):
     sent = _sent_sizes(monkeypatch)
     x, y = _regression_data()
