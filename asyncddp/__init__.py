@@ -53,7 +53,7 @@ _TABLE: dict[str, tuple[str, ...]] = {
         *_forms("allreduce"), *_forms("broadcast"), *_forms("allgather", in_place=False),
         *_forms("reduce_scatter", in_place=False), *_forms("barrier", in_place=False),
     ),
-    "asyncddp.comm.engine": ("comm_stats",),
+    "asyncddp.comm.engine": ("comm_stats", "reset_comm_stats"),
     "asyncddp.comm.device": ("mpi_is_cuda_aware",),
     # --- one-sided windows: passive-target RMA, BlueFog's window API ---
     "asyncddp.comm.windows": (

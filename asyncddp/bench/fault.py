@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from asyncddp.bench.methods import METHODS
 from asyncddp.bench.network import BenchNetwork
 from asyncddp.bench.results import ModelBenchOptions
 from asyncddp.errors import ConfigError
@@ -19,39 +20,12 @@ from asyncddp.errors import ConfigError
 __all__ = ["SURVIVING_METHODS", "CANNOT_SURVIVE", "GUARANTEES", "choose_fault_methods", "check_kill",
            "default_kill_step", "FaultBenchOptions", "FaultRun", "FaultBenchResult"]
 
-# The methods of ``asyncddp bench MODEL`` whose optimizers carry on after a lost rank, in table order.
-SURVIVING_METHODS = ("allreduce", "dear", "neighbor-exp2", "neighbor-one-peer", "hierarchical", "win-put",
-                     "choco-topk", "choco-int8", "local-sgd", "diloco-gossip", "diloco-allreduce")
-CANNOT_SURVIVE = {
-    "local": "no communication, so there is no job-wide loss to survive",
-    "ddp": "torch DDP's process group (gloo or NCCL) cannot go on without a rank",
-}
-# What each method promises about the survivors' parameters at the end, the measured
-# disagreement's yardstick: (short label for the table, sentence for the notes).
-GUARANTEES = {
-    "allreduce": ("identical", "gradients averaged every step, parameters averaged once over the survivors "
-                               "after the loss: replicas identical up to rounding"),
-    "dear": ("identical", "reduce-scatter + all-gather every step, parameters averaged once over the survivors "
-                          "after the loss: replicas identical up to rounding"),
-    "neighbor-exp2": ("close", "neighbour averaging on Exp-2, rebuilt for the survivors: replicas mix every "
-                               "step and stay close, never exactly equal"),
-    "neighbor-one-peer": ("close", "one peer per step on a one-peer Exp-2 schedule restarted for the survivors: "
-                                   "replicas stay close, never exactly equal"),
-    "hierarchical": ("close", "machine-wide average, then neighbour averaging between machines: equal within a "
-                              "machine, close across machines"),
-    "win-put": ("close (async)", "asynchronous puts into neighbours' windows, re-created for the survivors: "
-                                 "replicas stay close, never exactly equal"),
-    "choco-topk": ("close", "compressed gossip (top-1%) on Exp-2; public copies start again from one dense send "
-                            "per edge of the survivors' topology: replicas approach each other, never exactly equal"),
-    "choco-int8": ("close", "compressed gossip (int8) on Exp-2; public copies start again from one dense send per "
-                            "edge of the survivors' topology: replicas stay close, never exactly equal"),
-    "local-sgd": ("identical at outer steps", "local steps, then the survivors' average every --sync-every steps: "
-                                              "replicas equal after each outer step, apart between them"),
-    "diloco-gossip": ("apart", "local steps, then a one-peer gossip outer step every --sync-every steps: replicas "
-                               "mix slowly and stay apart"),
-    "diloco-allreduce": ("close", "local steps, then DiLoCo's outer step on the survivors' average; outer states "
-                                  "that diverged at the loss converge back geometrically"),
-}
+# The methods of ``asyncddp bench MODEL`` whose optimizers carry on after a lost rank, in table order,
+# why the others cannot, and what each promises about the survivors' parameters at the end (the
+# measured disagreement's yardstick: short label for the table, sentence for the notes).
+SURVIVING_METHODS = tuple(m.name for m in METHODS.values() if m.survives is not None)
+CANNOT_SURVIVE = {m.name: m.cannot_survive for m in METHODS.values() if m.survives is None}
+GUARANTEES = {m.name: m.survives for m in METHODS.values() if m.survives is not None}
 
 
 def choose_fault_methods(given: bool, methods: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from asyncddp.bench.methods import DEFAULT_SYNC_EVERY, METHOD_NAMES
 from asyncddp.bench.network import BenchNetwork
 from asyncddp.errors import AsyncDDPError, ConfigError
 
 __all__ = ["BenchError", "BandwidthBelowBound", "OPS", "DTYPES", "CommBenchOptions", "CommRow", "OnePeerComparison",
            "CommBenchResult",
-           "parse_size", "size_steps", "parse_ops", "bus_factor", "MODELS", "METHODS", "ModelBenchOptions", "ModelRun", "DEFAULT_SYNC_EVERY",
+           "parse_size", "size_steps", "parse_ops", "bus_factor", "MODELS", "METHODS", "ModelBenchOptions", "ModelRun",
            "ModelBenchResult", "StragglerOptions", "StragglerResult", "parse_methods", "parse_num_ranks"]
 
 # The ops ``bench comm`` knows, in table order.
@@ -237,10 +238,9 @@ class CommBenchResult:
 
 # ---- bench MODEL -------------------------------------------------------------------------------
 MODELS = ("resnet18", "resnet50", "vgg16", "mobilenet_v3", "transformer", "mlp")
-# Table order: the compute-only ceiling, the peer a user would pick instead, then ours.
-METHODS = ("local", "ddp", "allreduce", "dear", "neighbor-exp2", "neighbor-one-peer", "hierarchical", "win-put",
-           "choco-topk", "choco-int8", "local-sgd", "diloco-gossip", "diloco-allreduce")
-DEFAULT_SYNC_EVERY = 32  # local steps per outer step of local-sgd and the diloco methods
+# Table order: the compute-only ceiling, the peer a user would pick instead, then ours
+# (the registry of ``asyncddp.bench.methods``).
+METHODS = METHOD_NAMES
 
 
 def parse_methods(items: list[str] | None) -> tuple[str, ...]:
@@ -271,7 +271,7 @@ class ModelBenchOptions:
     warmup: int = 2
     iters: int = 10
     device: str = "cpu"
-    sync_every: int = DEFAULT_SYNC_EVERY
+    sync_every: int = DEFAULT_SYNC_EVERY  # local steps per outer step (local-sgd, diloco-*)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -16,7 +16,8 @@ import sys
 
 from asyncddp.bench.results import RESULT_TAG, BenchError
 
-WORKLOADS = {"comm": "comm_ops", "training": "training", "straggler": "straggler", "fault": "fault"}
+WORKLOADS = {"comm": "comm_ops", "training": "training", "straggler": "straggler", "fault": "fault",
+             "converge": "converge"}
 
 
 def _write_result(data: dict, path: str) -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import asyncddp.comm as addp
 from asyncddp.bench_ranks.models import NUM_CLASSES, build_model
+from asyncddp.bench.methods import DEFAULT_SYNC_EVERY, get_method
 from asyncddp.bench.results import BenchError, ModelBenchOptions, ModelRun
 
 
@@ -72,43 +73,14 @@ def _ddp(model, device: torch.device, shared_gpu: bool):
 _NEVER_FREED: list = []
 
 
-# The communication-efficient methods: (constructor, keywords); H comes from ``--sync-every``.
-_EFFICIENT = {
-    "choco-topk": ("DistributedCompressedNeighborOptimizer", {"compressor": "topk:0.01"}),
-    "choco-int8": ("DistributedCompressedNeighborOptimizer", {"compressor": "int8"}),
-    "local-sgd": ("DistributedLocalSGDOptimizer", {"communication": "allreduce"}),
-    "diloco-gossip": ("DistributedLocalSGDOptimizer", {"communication": "one-peer", "outer_lr": 0.7,
-                                                       "outer_momentum": 0.9, "nesterov": True}),
-    "diloco-allreduce": ("DistributedLocalSGDOptimizer", {"communication": "allreduce", "outer_lr": 0.7,
-                                                          "outer_momentum": 0.9, "nesterov": True}),
-}
-
-
-def wrap_for_method(method: str, optimizer, model, sync_every: int = 32):
-    """``optimizer`` wrapped the way bench method ``method`` trains (not ``local`` or ``ddp``);
-    ``sync_every``: local steps per outer step of ``local-sgd`` and the ``diloco`` methods."""
-    import asyncddp.optim as optim
-    from asyncddp.topology.schedules import one_peer_exponential_two
-
-    if method in _EFFICIENT:
-        name, kwargs = _EFFICIENT[method]
-        if name == "DistributedLocalSGDOptimizer":
-            kwargs = {**kwargs, "sync_every": sync_every}
-        return getattr(optim, name)(optimizer, model, **kwargs)
-
-    if method == "allreduce":
-        return optim.DistributedGradientAllreduceOptimizer(optimizer, model)
-    if method == "dear":
-        return optim.DistributedDeAROptimizer(optimizer, model)
-    if method == "neighbor-exp2":
-        return optim.DistributedNeighborAllreduceOptimizer(optimizer, model)
-    if method == "neighbor-one-peer":
-        return optim.DistributedNeighborAllreduceOptimizer(optimizer, model, schedule=one_peer_exponential_two)
-    if method == "hierarchical":
-        return optim.DistributedHierarchicalNeighborAllreduceOptimizer(optimizer, model)
-    if method == "win-put":
-        return optim.DistributedWinPutOptimizer(optimizer, model)
-    raise BenchError(f"unknown method {method!r}")
+def wrap_for_method(method: str, optimizer, model, sync_every: int = DEFAULT_SYNC_EVERY):
+    """``optimizer`` wrapped the way bench method ``method`` trains (not ``local`` or ``ddp``;
+    the registry ``asyncddp.bench.methods`` says how); ``sync_every``: local steps per outer step
+    of the methods that take local steps."""
+    wrap = get_method(method).wrap
+    if wrap is None:
+        raise BenchError(f"method {method!r} has no optimizer wrapper (local and ddp are set up by the run)")
+    return wrap(optimizer, model, sync_every)
 
 
 def _timed_steps(model, optimizer, images, labels, warmup: int, iters: int, device) -> list[float]:

@@ -314,3 +314,6 @@ def straggler_command(
                                batch_size=batch_size, image_size=image_size, iters=iters, warmup=warmup)
     result = run_straggler_bench(options, launch)
     _report(result, as_json, render.straggler_table)
+
+
+from asyncddp.cli import bench_converge  # noqa: E402,F401  (registers ``bench converge`` on bench_app)

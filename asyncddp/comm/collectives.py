@@ -26,6 +26,7 @@ from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor_plan import as_rank
 from asyncddp.comm.ring import chunk_bounds, ring_allgather_, ring_allreduce_, ring_reduce_scatter_, use_ring
 from asyncddp.comm.shape_check import agree, describe, mismatch_error
+from asyncddp.comm.traffic import allgather_bytes, allreduce_bytes, broadcast_bytes, reduce_scatter_bytes
 from asyncddp.errors import CommError
 
 __all__ = exported_by(__name__)
@@ -83,7 +84,7 @@ def _reduce_host(engine, comm, array: np.ndarray, op: str, local: bool) -> None:
         ring_allreduce_(engine, comm, array, op)
         return
     comm.Allreduce(MPI.IN_PLACE, array, op=_mpi_op(op))
-    engine.count_messages(1)
+    engine.count_sent(1, allreduce_bytes(array.nbytes, comm.Get_size()))
 
 
 def _reduce_in_place(engine, comm, work: torch.Tensor, op: str, local: bool) -> None:
@@ -91,7 +92,7 @@ def _reduce_in_place(engine, comm, work: torch.Tensor, op: str, local: bool) -> 
 
     if device.is_cuda(work) and device.mpi_is_cuda_aware():
         comm.Allreduce(MPI.IN_PLACE, work, op=_mpi_op(op))  # typed via __cuda_array_interface__
-        engine.count_messages(1)
+        engine.count_sent(1, allreduce_bytes(work.nbytes, comm.Get_size()))
         return
     host = _host_view(work)
     _reduce_host(engine, comm, numpy_view(host), op, local)
@@ -188,7 +189,7 @@ def _broadcast_direct(engine, tensor: torch.Tensor, root: int) -> torch.Tensor:
     from mpi4py import MPI
 
     engine.world.Bcast([tensor.numpy(), MPI.BYTE], root=root)
-    engine.count_messages(1)
+    engine.count_sent(1, broadcast_bytes(tensor.nbytes, engine.size))
     return tensor
 
 
@@ -210,7 +211,7 @@ def _run_broadcast(engine, batch: list[Op]) -> list:
         engine.world.Bcast([byte_view(host), MPI.BYTE], root=root)
         if host is not flat:
             flat.copy_(host)
-    engine.count_messages(1)
+    engine.count_sent(1, broadcast_bytes(flat.numel(), engine.size))
     return [_finish(op, out)]
 
 
@@ -299,10 +300,11 @@ def _gather(engine, x: torch.Tensor, out=None) -> torch.Tensor:
     mine = np.array([lead, _signature(rest, x.dtype), _out_code(x, out)], dtype=np.int64)
     heads = np.empty((n, 3), dtype=np.int64)
     comm.Allgather(mine, heads)
-    engine.count_messages(1)
+    engine.count_overhead("shape_check", 1, allgather_bytes(mine.nbytes, n))
     if (heads[:, 1] != mine[1]).any():
-        texts = comm.allgather(f"{str(x.dtype).removeprefix('torch.')} with trailing shape {list(rest)}")
-        engine.count_messages(1)
+        text = f"{str(x.dtype).removeprefix('torch.')} with trailing shape {list(rest)}"
+        texts = comm.allgather(text)
+        engine.count_overhead("shape_check", 1, allgather_bytes(len(text), n))
         raise mismatch_error("allgather", texts, engine.rank, "the same dtype and shape after dim 0")
     leads = heads[:, 0].tolist()
     _check_out(heads, engine.rank, x, out, sum(leads))
@@ -319,10 +321,10 @@ def _gather(engine, x: torch.Tensor, out=None) -> torch.Tensor:
         ring_allgather_(engine, comm, whole, bounds)
     elif min(leads) == max(leads):
         comm.Allgather([send, MPI.BYTE], [recv, MPI.BYTE])
-        engine.count_messages(1)
+        engine.count_sent(1, allgather_bytes(host.nbytes, n))
     else:
         comm.Allgatherv([send, MPI.BYTE], [recv, [h * row for h in leads], MPI.BYTE])
-        engine.count_messages(1)
+        engine.count_sent(1, allgather_bytes(host.nbytes, n))
     if out is not None and not direct:
         with torch.no_grad():
             out.copy_(result)
@@ -374,7 +376,7 @@ def _run_reduce_scatter(engine, batch: list[Op]) -> list:
         out = torch.empty((starts[me + 1] - starts[me], *x.shape[1:]), dtype=work.dtype)
         engine.world.Reduce_scatter(numpy_view(work), numpy_view(out),
                                     [(starts[r + 1] - starts[r]) * row for r in range(n)], op=_mpi_op(how))
-        engine.count_messages(1)
+        engine.count_sent(1, reduce_scatter_bytes(work.nbytes, n))
     if average and how == "sum":
         out = mean_(out, n)
     return [out.to(x.dtype).to(x.device)]
@@ -408,7 +410,7 @@ def reduce_scatter_nonblocking(tensor, average=True, op="sum", name=None):
 
 def _run_barrier(engine, batch: list[Op]) -> list:
     engine.world.Barrier()
-    engine.count_messages(1)
+    engine.count_sent(1, 0)
     return [None]
 
 

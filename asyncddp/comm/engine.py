@@ -21,6 +21,10 @@ with one tiny ``Allreduce(MIN)``. Queue contents differ between ranks with timin
 prefix is identical, so the agreed batch is identical everywhere. Counters in ``comm_stats()``
 show the effect (fewer MPI messages with fusion on).
 
+Bytes: every place that hands data to MPI counts it (``count_sent``; ``asyncddp.comm.traffic``
+says what is measured and what computed), and ``_execute`` files each op's bytes under its kind:
+one integer add per MPI call and two per op, nothing on the hot path that could be seen.
+
 Fault tolerance (``ASYNCDDP_FAULT_TOLERANT=1``): an op that meets a dead peer goes, from this
 one batch runner, to ``asyncddp.comm.recovery``, which rebuilds the world and this engine's
 communicators in place (``rebind``) and returns the ``RankLostError`` to raise. Every op issued
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from asyncddp import exported_by
@@ -42,6 +46,7 @@ from asyncddp.comm.context import get_context
 from asyncddp.comm.handles import OpHandle
 from asyncddp.comm.env import env_flag, env_int
 from asyncddp.comm.timeline import Timeline, now_us, timeline_path_from_env
+from asyncddp.comm.traffic import WINDOWS
 from asyncddp.errors import RankLostError
 
 __all__ = [*exported_by(__name__), "Op", "CommStats", "get_engine", "live_engine", "fusion_threshold"]
@@ -73,14 +78,25 @@ class Op:
 
 @dataclass(frozen=True)
 class CommStats:
-    """Counters kept by the communication thread since ``init()``."""
+    """This rank's communication since ``init()`` or the last ``reset_comm_stats()``.
+
+    ``bytes_sent``: what this rank handed to MPI to send, every op and window op included
+    (point-to-point and one-sided bytes measured, MPI collectives' computed as the
+    bandwidth-optimal volume: ``asyncddp.comm.traffic``); ``bytes_by_kind``: the same per op kind
+    (``allreduce``, ``neighbor_allreduce``, ``win_put``, ...: the payload; the checks every op
+    makes first under ``shape_check`` and ``pattern_check``, fusion's under ``fusion_agreement``);
+    ``bytes_fetched``: data this rank read from others' windows (``win_get``), sent by them.
+    """
 
     num_ops: int
     num_batches: int
-    num_messages: int  # point-to-point sends plus collective calls issued, negotiation included
+    num_messages: int  # point-to-point sends, one-sided calls and collective calls issued, negotiation included
     threaded: bool
     fusion_threshold: int
     backend: str = "mpi"
+    bytes_sent: int = 0
+    bytes_by_kind: dict[str, int] = field(default_factory=dict)
+    bytes_fetched: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +110,9 @@ class _Counters:
     num_ops: int = 0
     num_batches: int = 0
     num_messages: int = 0
+    bytes_sent: int = 0
+    bytes_by_kind: dict[str, int] = field(default_factory=dict)
+    overhead_bytes: int = 0  # the part of bytes_sent filed under a kind of its own (count_overhead)
 
 
 _STOP = object()
@@ -259,8 +278,20 @@ class Engine:
             self._scratch.pop(next(iter(self._scratch)))
         return buf
 
-    def count_messages(self, num: int) -> None:
-        self.counters.num_messages += num
+    def count_sent(self, num_messages: int, nbytes: int) -> None:
+        """``num_messages`` MPI calls sending ``nbytes`` from this rank in all (``comm.traffic``)."""
+        counters = self.counters
+        counters.num_messages += num_messages
+        counters.bytes_sent += nbytes
+
+    def count_overhead(self, kind: str, num_messages: int, nbytes: int) -> None:
+        """``count_sent`` for a check or agreement an op makes besides moving its payload: filed
+        under ``kind`` instead of the op's kind."""
+        counters = self.counters
+        counters.num_messages += num_messages
+        counters.bytes_sent += nbytes
+        counters.overhead_bytes += nbytes
+        counters.bytes_by_kind[kind] = counters.bytes_by_kind.get(kind, 0) + nbytes
 
     # -- the thread -----------------------------------------------------------------------
     def _loop(self) -> None:
@@ -311,14 +342,18 @@ class Engine:
         import numpy as np
         from mpi4py import MPI
 
+        from asyncddp.comm.traffic import allreduce_bytes
+
         buf = np.array([available], dtype=np.int64)
         self.world.Allreduce(MPI.IN_PLACE, buf, op=MPI.MIN)
-        self.count_messages(1)
+        self.count_overhead("fusion_agreement", 1, allreduce_bytes(buf.nbytes, self.size))
         return max(1, int(buf[0]))
 
     def _execute(self, batch: list[Op]) -> list:
         """The one batch runner: run ``batch``, count it, record it on the timeline; raises."""
         start = now_us() if self.timeline is not None else 0.0
+        counters = self.counters
+        sent_before = counters.bytes_sent - counters.overhead_bytes
         try:
             results = batch[0].run(self, batch)
         except BaseException as error:
@@ -326,8 +361,12 @@ class Engine:
                 raise self._recover(error) from None
             raise
         finally:
-            self.counters.num_ops += len(batch)
-            self.counters.num_batches += 1
+            counters.num_ops += len(batch)
+            counters.num_batches += 1
+            sent = counters.bytes_sent - counters.overhead_bytes - sent_before
+            if sent:
+                kind = batch[0].kind
+                counters.bytes_by_kind[kind] = counters.bytes_by_kind.get(kind, 0) + sent
         if self.timeline is not None:
             end = now_us()
             for op in batch:
@@ -386,9 +425,36 @@ def live_engine() -> Engine:
     return get_engine()
 
 
-def comm_stats() -> CommStats:
-    """Counters of the communication thread (ops, fused batches, MPI messages issued)."""
-    engine = get_engine()
+def _totals(engine: Engine) -> tuple[int, int, int, int, dict[str, int], int]:
+    """(ops, batches, messages, bytes sent, bytes per kind, bytes fetched): the engine's counters
+    and every window's, as counted now."""
     c = engine.counters
-    return CommStats(c.num_ops, c.num_batches, c.num_messages, engine.threaded, engine.threshold,
-                     "nccl" if engine.nccl is not None else "mpi")  # fmt: skip
+    win_messages, win_sent, win_fetched, win_kinds = WINDOWS.snapshot()
+    by_kind = dict(c.bytes_by_kind)  # a copy first: the comm thread may add a kind meanwhile
+    for kind, nbytes in win_kinds.items():
+        by_kind[kind] = by_kind.get(kind, 0) + nbytes
+    return c.num_ops, c.num_batches, c.num_messages + win_messages, c.bytes_sent + win_sent, by_kind, win_fetched
+
+
+_baseline: dict = {}  # engine -> its totals at the last reset_comm_stats()
+
+
+def comm_stats() -> CommStats:
+    """This rank's communication counters: ops, fused batches, MPI messages, bytes sent (in all
+    and per op kind) and bytes fetched from windows, since ``init()`` or ``reset_comm_stats()``."""
+    engine = get_engine()
+    ops, batches, messages, sent, by_kind, fetched = _totals(engine)
+    base = _baseline.get(engine)
+    if base is not None:
+        ops, batches, messages, sent = ops - base[0], batches - base[1], messages - base[2], sent - base[3]
+        by_kind = {kind: n - base[4].get(kind, 0) for kind, n in by_kind.items() if n != base[4].get(kind, 0)}
+        fetched -= base[5]
+    return CommStats(ops, batches, messages, engine.threaded, engine.threshold,
+                     "nccl" if engine.nccl is not None else "mpi", sent, by_kind, fetched)  # fmt: skip
+
+
+def reset_comm_stats() -> None:
+    """Start ``comm_stats()`` counting from zero (ops still running count from here on too)."""
+    engine = get_engine()
+    _baseline.clear()  # only the live engine's counts matter
+    _baseline[engine] = _totals(engine)

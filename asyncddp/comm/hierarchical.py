@@ -20,6 +20,7 @@ from asyncddp.comm.engine import Op, live_engine
 from asyncddp.comm.neighbor import check_averagable, run_neighbor_allreduce
 from asyncddp.comm.neighbor_plan import make_plan
 from asyncddp.comm.shape_check import agree, describe
+from asyncddp.comm.traffic import allreduce_bytes, broadcast_bytes
 
 __all__ = exported_by(__name__)
 
@@ -34,12 +35,12 @@ def _run(engine, batch: list[Op]) -> list:
     agree(engine, engine.world, "hierarchical_neighbor_allreduce", (x.shape, x.dtype), lambda: describe(x))
     work = x.detach().to("cpu", work_dtype(x.dtype), copy=True).reshape(-1)
     engine.local.Allreduce(MPI.IN_PLACE, numpy_view(work), op=MPI.SUM)
-    engine.count_messages(1)
+    engine.count_sent(1, allreduce_bytes(work.nbytes, engine.local.Get_size()))
     mean_(work, engine.local.Get_size())
     if engine.local.Get_rank() == 0:
         work = run_neighbor_allreduce(engine, engine.cross, work, plan)
     engine.local.Bcast(numpy_view(work), root=0)
-    engine.count_messages(1)
+    engine.count_sent(1, broadcast_bytes(work.nbytes, engine.local.Get_size()))
     result = as_dtype(work, x.dtype).reshape(x.shape).to(x.device)
     target = op.args["inplace"]
     if target is not None:

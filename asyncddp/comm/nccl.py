@@ -92,7 +92,7 @@ class NcclPath:
         if ops:
             for request in self.dist.batch_isend_irecv(ops):
                 request.wait()
-        engine.count_messages(len(heads) + len(sends))
+        engine.count_sent(len(heads) + len(sends), sum(t.nbytes for t in sends.values()))
         return out
 
 

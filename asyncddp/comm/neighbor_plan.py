@@ -14,6 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
+from asyncddp.comm.traffic import allgather_bytes
 from asyncddp.errors import CommError
 from asyncddp.topology.analysis import recv_weights
 
@@ -204,7 +205,7 @@ def check_pattern(engine, comm, sends, recvs) -> None:
     mine[[n + s for s in recvs]] = 1
     table = np.empty((n, 2 * n), dtype=np.uint8)
     comm.Allgather(mine, table)
-    engine.count_messages(1)
+    engine.count_overhead("pattern_check", 1, allgather_bytes(mine.nbytes, n))
     sends_to, expects = table[:, :n], table[:, n:]
     if not (sends_to != expects.T).any():  # the common case, without a Python loop over n² pairs
         return

@@ -194,7 +194,9 @@ def exchange_one_chunk(engine, comm, sends: dict, like: torch.Tensor, srcs) -> t
     # A typed numpy view is cheaper to take than a byte view; MPI.BYTE sends its bytes all the same.
     outgoing = [([t.numpy() if numpy_typed else byte_view(t), MPI.BYTE], dst) for dst, t in sends.items()]
     early = nbytes > EAGER_BYTES  # rendezvous: every send out before a receive can match (module docstring)
-    engine.counters.num_messages += len(sends)
+    counters = engine.counters  # count_sent inlined: this path is a small step's whole cost
+    counters.num_messages += len(sends)
+    counters.bytes_sent += nbytes * len(sends)
     if len(outgoing) == 1 and len(srcs) == 1 and not early:
         # One peer each way (a one-peer step, a pair): one call into MPI instead of three.
         bufs = [_recv_buffer(engine, 0, nbytes)]
@@ -273,7 +275,7 @@ def exchange(engine, comm, sends: dict, recv_specs: dict, device_like: torch.Ten
             for _index, start, stop in device.ready_chunks(events, ranges):
                 requests.append(comm.Isend([whole[start:stop], MPI.BYTE], dest=dst, tag=tag))
     requests += sent
-    engine.count_messages(len(requests) - num_recvs)
+    engine.count_sent(len(requests) - num_recvs, sum(tensor.nbytes for tensor in sends.values()))
     statuses = wait_all(requests)
     check_received(statuses.failure, expected, statuses[:num_recvs])
     out = {}

@@ -62,8 +62,8 @@ def ring_reduce_scatter_(engine, comm, array: np.ndarray, bounds: list[int], op:
         out, into = _chunk(array, bounds, me - step - 1), _chunk(array, bounds, me - step - 2)
         got = incoming[:into.size]
         _step([comm.Isend(out, right, _TAG), comm.Irecv(got, left, _TAG)])
+        engine.count_sent(1, out.nbytes)
         reduce(into, got, out=into)
-    engine.count_messages(n - 1)
 
 
 def ring_allgather_(engine, comm, array: np.ndarray, bounds: list[int]) -> None:
@@ -73,7 +73,7 @@ def ring_allgather_(engine, comm, array: np.ndarray, bounds: list[int]) -> None:
     for step in range(n - 1):
         out, into = _chunk(array, bounds, me - step), _chunk(array, bounds, me - step - 1)
         _step([comm.Isend(out, right, _TAG), comm.Irecv(into, left, _TAG)])
-    engine.count_messages(n - 1)
+        engine.count_sent(1, out.nbytes)
 
 
 def ring_allreduce_(engine, comm, array: np.ndarray, op: str) -> None:

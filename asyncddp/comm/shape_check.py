@@ -17,6 +17,7 @@ import hashlib
 
 import numpy as np
 
+from asyncddp.comm.traffic import allgather_bytes, allreduce_bytes
 from asyncddp.errors import CommError
 
 __all__ = ["agree", "describe", "mismatch_error"]
@@ -45,11 +46,12 @@ def agree(engine, comm, what: str, spec: tuple, text) -> None:
     h = _hash(spec)
     pair = np.array([h, -h], dtype=np.int64)
     comm.Allreduce(MPI.IN_PLACE, pair, op=MPI.MIN)
-    engine.count_messages(1)
+    engine.count_overhead("shape_check", 1, allreduce_bytes(pair.nbytes, comm.Get_size()))
     if int(pair[0]) == h and int(pair[1]) == -h:
         return
-    texts = comm.allgather(text())
-    engine.count_messages(1)
+    mine = text()
+    texts = comm.allgather(mine)
+    engine.count_overhead("shape_check", 1, allgather_bytes(len(mine), comm.Get_size()))
     raise mismatch_error(what, texts, comm.Get_rank(), "the same shape, dtype and arguments")
 
 

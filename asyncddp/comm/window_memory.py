@@ -33,6 +33,7 @@ from asyncddp.comm.averaging import combine, scaled
 from asyncddp.comm.buffers import reduction_dtype
 from asyncddp.comm.neighbor_plan import as_rank
 from asyncddp.comm.rank_mutex import RankMutexes
+from asyncddp.comm.traffic import WINDOWS
 from asyncddp.errors import CommError
 from asyncddp.topology.analysis import in_neighbors, out_neighbors, recv_weights
 
@@ -174,6 +175,9 @@ class Window:
                 self.win.Accumulate(pbuf, target, (start + 8, 1, MPI.DOUBLE), op)
             self.win.Accumulate([one, MPI.INT64_T], target, (start, 1, MPI.INT64_T), MPI.SUM)
             self.win.Unlock(target)
+        # The data, then the 8-byte p (when carried) and put counter, each one RMA call.
+        WINDOWS.sent("win_accumulate" if accumulate else "win_put", 2 + with_p,
+                      payload.nbytes + 8 * (1 + with_p))
 
     def _fetch_and_op(self, target: int, value: int, op) -> int:
         """One atomic op on ``target``'s put count (block 0's header); returns the old value."""
@@ -183,6 +187,8 @@ class Window:
             self.win.Lock(target, MPI.LOCK_SHARED)
             self.win.Fetch_and_op([origin, MPI.INT64_T], [result, MPI.INT64_T], target, 0, op)
             self.win.Unlock(target)
+        if target != self.rank:  # an atomic on this rank's own window leaves nothing on the wire
+            WINDOWS.sent("win_put_count", 1, origin.nbytes)
         return int(result[0])
 
     def put_count(self, rank: int) -> int:
@@ -200,6 +206,7 @@ class Window:
                          (_HEADER, self.data_bytes, MPI.BYTE))
             self.win.Get([pbuf, MPI.DOUBLE], source, (8, 1, MPI.DOUBLE))
             self.win.Unlock(source)
+        WINDOWS.fetched(2, self.data_bytes + pbuf.nbytes)
         return out, float(pbuf[0])
 
     def publishes(self, tensor: torch.Tensor) -> bool:

@@ -123,6 +123,7 @@ def test_choco_sends_the_compressed_payload_and_reaches_consensus(spec, monkeypa
     sent = _sent_sizes(monkeypatch)
     x, y = _regression_data()
     model = _model(3 + addp.rank())
+    addp.reset_comm_stats()
     opt = addp.DistributedCompressedNeighborOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), model, spec,
                                                       schedule=addp.one_peer_exponential_two)  # fmt: skip
     first = _train_step(opt, model, x, y)
@@ -137,6 +138,8 @@ def test_choco_sends_the_compressed_payload_and_reaches_consensus(spec, monkeypa
     sizes = [size for round_ in sent for size in round_.values()]
     assert len(sizes) == 151
     assert sizes.count(dense) == new_edges and sizes.count(compressed) == 151 - new_edges
+    # The comm core's byte counters see exactly those payloads, nothing dense besides.
+    assert addp.comm_stats().bytes_by_kind["exchange_payloads"] == sum(sizes)
     assert last < 0.5 * first
     w = _flat(model)
     average = addp.allreduce(w, average=True)
