@@ -188,7 +188,8 @@ def test_result_round_trips_and_renders(tmp_path):
 def test_every_registered_method_is_a_converge_method():
     assert METHOD_NAMES == tuple(METHODS)
     assert all(METHODS[name].wrap is not None for name in METHOD_NAMES if name not in ("local", "ddp"))
-    assert SURVIVING_METHODS == ("allreduce", "dear", "neighbor-exp2", "neighbor-one-peer", "hierarchical", "win-put")
+    assert SURVIVING_METHODS == ("allreduce", "dear", "neighbor-exp2", "neighbor-one-peer", "hierarchical", "win-put",
+                                 "choco-topk", "choco-int8", "local-sgd", "diloco-gossip", "diloco-allreduce")
     assert set(CANNOT_SURVIVE) == {"local", "ddp"} and set(GUARANTEES) == set(SURVIVING_METHODS)
 
 
