@@ -93,6 +93,7 @@ def test_a_task_the_ranks_cannot_build_is_one_line():
     (("--target-accuracy", "1.5"), "--target-accuracy 1.5: give an accuracy in (0, 1]"),
     (("--target-accuracy", "nan"), "--target-accuracy nan"),
     (("--methods", "sgd"), "--methods 'sgd' is not a method"),
+    (("--sync-every", "0"), "--sync-every 0: each must be at least 1"),
 ])
 @pytest.mark.parametrize("as_json", [False, True])
 def test_bad_flags_are_one_line_and_json(flags, words, as_json):
