@@ -67,7 +67,8 @@ _TABLE: dict[str, tuple[str, ...]] = {
     "asyncddp.optim": (
         "DistributedNeighborAllreduceOptimizer", "DistributedHierarchicalNeighborAllreduceOptimizer",
         "DistributedAllreduceOptimizer", "DistributedGradientAllreduceOptimizer",
-        "DistributedDeAROptimizer", "DistributedWinPutOptimizer", "broadcast_parameters",
+        "DistributedDeAROptimizer", "DistributedWinPutOptimizer", "DistributedCompressedNeighborOptimizer",
+        "DistributedLocalSGDOptimizer", "broadcast_parameters",
         "allreduce_parameters", "broadcast_optimizer_state",
     ),
 }  # fmt: skip

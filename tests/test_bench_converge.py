@@ -93,6 +93,7 @@ def test_a_task_the_ranks_cannot_build_is_one_line():
     (("--target-accuracy", "1.5"), "--target-accuracy 1.5: give an accuracy in (0, 1]"),
     (("--target-accuracy", "nan"), "--target-accuracy nan"),
     (("--methods", "sgd"), "--methods 'sgd' is not a method"),
+    (("--sync-every", "0"), "--sync-every 0: each must be at least 1"),
 ])
 @pytest.mark.parametrize("as_json", [False, True])
 def test_bad_flags_are_one_line_and_json(flags, words, as_json):
@@ -190,7 +191,8 @@ def test_result_round_trips_and_renders(tmp_path):
 def test_every_registered_method_is_a_converge_method():
     assert METHOD_NAMES == tuple(METHODS)
     assert all(METHODS[name].wrap is not None for name in METHOD_NAMES if name not in ("local", "ddp"))
-    assert SURVIVING_METHODS == ("allreduce", "dear", "neighbor-exp2", "neighbor-one-peer", "hierarchical", "win-put")
+    assert SURVIVING_METHODS == ("allreduce", "dear", "neighbor-exp2", "neighbor-one-peer", "hierarchical", "win-put",
+                                 "choco-topk", "choco-int8", "local-sgd", "diloco-gossip", "diloco-allreduce")
     assert set(CANNOT_SURVIVE) == {"local", "ddp"} and set(GUARANTEES) == set(SURVIVING_METHODS)
 
 

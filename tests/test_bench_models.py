@@ -22,12 +22,12 @@ def asyncddp(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           timeout=timeout, stdin=subprocess.DEVNULL, env=os.environ.copy())
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)  # 13 launches (the five communication-efficient methods included)
 def test_small_model_bench_runs_every_method(tmp_path):
     plot = tmp_path / "models.png"
     proc = asyncddp("bench", "mlp", "--image-size", "32", "--batch-size", "4", "--np", "2", "--iters", "2",
                     "--warmup", "1", "--json", "--plot", str(plot),
-                    "--timeout", "60", timeout=280)  # a hung run becomes an error row, with the ranks' stacks on stderr
+                    "--timeout", "60", timeout=460)  # a hung run becomes an error row, with the ranks' stacks on stderr
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert (data["model"], data["device"], data["batch_size"], data["image_size"], data["iters"]) == ("mlp", "cpu", 4, 32, 2)
@@ -77,6 +77,7 @@ def test_a_failed_run_is_a_row_then_a_failed_command():
     (["bench", "mlp", "--image-size", "8"], "image size >= 32"),
     (["bench", "mlp", "--device", "tpu"], "--device tpu"),
     (["bench", "mlp", "--plot", "x.jpg"], "--plot x.jpg"),
+    (["bench", "mlp", "--sync-every", "0"], "--sync-every 0: give at least 1 local step per outer step"),
     (["bench", "straggler", "-np", "2", "--slow-rank", "2"], "--slow-rank 2"),
     (["bench", "straggler", "--slow-factor", "0.5"], "--slow-factor 0.5"),
     (["bench", "straggler", "--model", "nope"], "choose resnet18, resnet50, vgg16, mobilenet_v3, transformer or mlp"),

@@ -53,6 +53,14 @@ def test_dear_and_winput_optimizers_survive(tmp_path):
     _check(results, ["dear", "winput"], [3, 2])
 
 
+def test_compressed_and_local_sgd_optimizers_survive(tmp_path):
+    """CHOCO-SGD on a one-peer schedule loses rank 3 (its public copies are rebuilt for the
+    survivors), then DiLoCo loses rank 0 at step 3, an outer step (redone on the survivors)."""
+    results = run_and_kill("ft_train.py", 4, [[3], [0]], tmp_path, "choco:3", "diloco:3")
+    assert sorted(results) == [1, 2]
+    _check(results, ["choco", "diloco"], [3, 2])
+
+
 def test_an_optimizer_survives_under_asyncddp_run(tmp_path):
     """The whole path a user takes: asyncddp run --fault-tolerant (ULFM, heartbeat detector, rank
     guards), static neighbour averaging, rank 2 of 3 killed from outside at step 3."""

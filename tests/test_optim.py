@@ -6,16 +6,17 @@ from asyncddp.optim.dear import plan_groups
 from tests.mpi_helpers import run_mpi_pytest
 
 OPTIM = "tests/mpi/test_optim.py"
+COMPRESSED = "tests/mpi/test_optim_compressed.py"  # CHOCO and Local SGD, in the same sessions
 
 
 @pytest.mark.parametrize("num_ranks", [1, 3])
 def test_optimizers_under_mpirun(num_ranks):
-    run_mpi_pytest(num_ranks, OPTIM)
+    run_mpi_pytest(num_ranks, OPTIM, extra_args=(COMPRESSED,))
 
 
 def test_optimizers_at_four_ranks_on_two_fake_machines():
     # Fake machines change only the machine layout, so every test runs, hierarchical included.
-    run_mpi_pytest(4, OPTIM, env={"ASYNCDDP_RANKS_PER_MACHINE": "2"})
+    run_mpi_pytest(4, OPTIM, env={"ASYNCDDP_RANKS_PER_MACHINE": "2"}, extra_args=(COMPRESSED,))
 
 
 def test_gradient_averaging_without_fusion():

@@ -22,6 +22,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field, replace
 
+from asyncddp.bench.methods import DEFAULT_SYNC_EVERY
 from asyncddp.bench.network import BenchNetwork
 from asyncddp.bench.outcome import without_outcome
 from asyncddp.bench.results import BenchError
@@ -144,6 +145,7 @@ class ConvergeOptions:
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
+    sync_every: int = DEFAULT_SYNC_EVERY  # local steps per outer step (local-sgd, diloco-*)
 
     def to_dict(self) -> dict:
         return asdict(self)

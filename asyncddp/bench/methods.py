@@ -15,24 +15,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["Method", "METHODS", "METHOD_NAMES", "get_method"]
+__all__ = ["Method", "METHODS", "METHOD_NAMES", "get_method", "DEFAULT_SYNC_EVERY"]
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    wrap: Callable | None  # (optimizer, model) -> distributed optimizer; None for local and ddp
+    wrap: Callable | None  # (optimizer, model, sync_every) -> distributed optimizer; None for local and ddp
     survives: tuple[str, str] | None = None  # (table label, sentence) after a lost rank
     cannot_survive: str = ""  # why not, when ``survives`` is None
 
 
-def _optim(name: str, **options) -> Callable:
+DEFAULT_SYNC_EVERY = 32  # local steps per outer step of local-sgd and the diloco methods (--sync-every)
+
+
+def _optim(name: str, outer: bool = False, **options) -> Callable:
     """A ``wrap`` building ``asyncddp.optim.<name>(optimizer, model, **options)``; a ``schedule``
-    option given as a name is taken from ``asyncddp.topology.schedules``."""
-    def wrap(optimizer, model):
+    option given as a name is taken from ``asyncddp.topology.schedules``. ``outer``: the method
+    takes local steps, ``sync_every`` of them per outer step (``--sync-every``)."""
+    def wrap(optimizer, model, sync_every: int = DEFAULT_SYNC_EVERY):
         import asyncddp.optim as optim
 
-        kwargs = dict(options)
+        kwargs = dict(options, sync_every=sync_every) if outer else dict(options)
         if isinstance(kwargs.get("schedule"), str):
             from asyncddp.topology import schedules
 
@@ -63,6 +67,24 @@ _ENTRIES = (
     Method("win-put", _optim("DistributedWinPutOptimizer"),
            ("close (async)", "asynchronous puts into neighbours' windows, re-created for the survivors: replicas "
                              "stay close, never exactly equal")),
+    # Communication-efficient: compressed gossip (CHOCO-SGD) and local steps with an outer step.
+    Method("choco-topk", _optim("DistributedCompressedNeighborOptimizer", compressor="topk:0.01"),
+           ("close", "compressed gossip (top-1%) on Exp-2; public copies start again from one dense send per "
+                     "edge of the survivors' topology: replicas approach each other, never exactly equal")),
+    Method("choco-int8", _optim("DistributedCompressedNeighborOptimizer", compressor="int8"),
+           ("close", "compressed gossip (int8) on Exp-2; public copies start again from one dense send per edge "
+                     "of the survivors' topology: replicas stay close, never exactly equal")),
+    Method("local-sgd", _optim("DistributedLocalSGDOptimizer", outer=True, communication="allreduce"),
+           ("equal at outer steps", "local steps, then the survivors' average every --sync-every steps: "
+                                    "replicas equal right after each outer step, apart between them")),
+    Method("diloco-gossip", _optim("DistributedLocalSGDOptimizer", outer=True, communication="one-peer",
+                                   outer_lr=0.7, outer_momentum=0.9, nesterov=True),
+           ("apart", "local steps, then a one-peer gossip outer step every --sync-every steps on a schedule "
+                     "restarted for the survivors: replicas mix slowly and stay apart")),
+    Method("diloco-allreduce", _optim("DistributedLocalSGDOptimizer", outer=True, communication="allreduce",
+                                      outer_lr=0.7, outer_momentum=0.9, nesterov=True),
+           ("close", "local steps, then DiLoCo's outer step on the survivors' average; outer states that parted "
+                     "at the loss come back together geometrically")),
 )
 METHODS: dict[str, Method] = {method.name: method for method in _ENTRIES}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-from asyncddp.bench.methods import METHOD_NAMES
+from asyncddp.bench.methods import DEFAULT_SYNC_EVERY, METHOD_NAMES
 from asyncddp.bench.network import BenchNetwork
 from asyncddp.errors import AsyncDDPError, ConfigError
 
@@ -286,6 +286,7 @@ class ModelBenchOptions:
     warmup: int = 2
     iters: int = 10
     device: str = "cpu"
+    sync_every: int = DEFAULT_SYNC_EVERY  # local steps per outer step (local-sgd, diloco-*)
 
     def to_dict(self) -> dict:
         return asdict(self)

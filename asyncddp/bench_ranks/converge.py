@@ -120,7 +120,7 @@ def _setup(options: ConvergeOptions, model, lr: float, device, notes):
     if options.method == "ddp":
         trained, store = _ddp(model, device, shared_gpu=bool(notes))
         return trained, torch.optim.SGD(trained.parameters(), lr=lr, momentum=0.9), (trained, store)
-    return model, wrap_for_method(options.method, sgd, model), ()
+    return model, wrap_for_method(options.method, sgd, model, options.sync_every), ()
 
 
 def _train(options, trained, optimizer, batches, evaluate, device, computed_step_bytes: int | None):

@@ -85,7 +85,8 @@ def run(options: FaultBenchOptions) -> dict | None:
     g = torch.Generator().manual_seed(1 + me)
     images = torch.randn(options.batch_size, 3, options.image_size, options.image_size, generator=g).to(device)
     labels = torch.randint(0, NUM_CLASSES, (options.batch_size,), generator=g).to(device)
-    optimizer = wrap_for_method(options.method, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9), model)
+    optimizer = wrap_for_method(options.method, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9), model,
+                                options.sync_every)
     addp.barrier()
     ends, versions = _steps(model, optimizer, images, labels, options, me, device)
     _settle()

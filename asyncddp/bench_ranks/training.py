@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import asyncddp.comm as addp
 from asyncddp.bench_ranks.models import NUM_CLASSES, build_model
-from asyncddp.bench.methods import get_method
+from asyncddp.bench.methods import DEFAULT_SYNC_EVERY, get_method
 from asyncddp.bench.results import BenchError, ModelBenchOptions, ModelRun
 
 
@@ -73,13 +73,14 @@ def _ddp(model, device: torch.device, shared_gpu: bool):
 _NEVER_FREED: list = []
 
 
-def wrap_for_method(method: str, optimizer, model):
+def wrap_for_method(method: str, optimizer, model, sync_every: int = DEFAULT_SYNC_EVERY):
     """``optimizer`` wrapped the way bench method ``method`` trains (not ``local`` or ``ddp``;
-    the registry ``asyncddp.bench.methods`` says how)."""
+    the registry ``asyncddp.bench.methods`` says how); ``sync_every``: local steps per outer step
+    of the methods that take local steps."""
     wrap = get_method(method).wrap
     if wrap is None:
         raise BenchError(f"method {method!r} has no optimizer wrapper (local and ddp are set up by the run)")
-    return wrap(optimizer, model)
+    return wrap(optimizer, model, sync_every)
 
 
 def _timed_steps(model, optimizer, images, labels, warmup: int, iters: int, device) -> list[float]:
@@ -114,7 +115,7 @@ def run(options: ModelBenchOptions) -> ModelRun | None:
         trained, store = _ddp(model, device, shared_gpu=bool(notes))
         optimizer = torch.optim.SGD(trained.parameters(), lr=1e-3, momentum=0.9)
     elif options.method != "local":
-        optimizer = wrap_for_method(options.method, sgd, model)
+        optimizer = wrap_for_method(options.method, sgd, model, options.sync_every)
     comm.Barrier()
     times = _timed_steps(trained, optimizer, images, labels, options.warmup, options.iters, device)
     if hasattr(optimizer, "flush"):

@@ -186,7 +186,10 @@ def _model_command(model: str):
         num_ranks: str = typer.Option(None, "-np", "--np", "-n", help="Rank counts, comma-separated, e.g. 1,2,4 "
                                       "(default 1,2, or every slot of the --emulate cluster)."),
         methods: list[str] = typer.Option(None, "--methods", help="Subset, comma-separated or repeated (local, ddp, "
-                                          "allreduce, dear, neighbor-exp2, neighbor-one-peer, hierarchical, win-put)."),
+                                          "allreduce, dear, neighbor-exp2, neighbor-one-peer, hierarchical, win-put, "
+                                          "choco-topk, choco-int8, local-sgd, diloco-gossip, diloco-allreduce)."),
+        sync_every: int = typer.Option(32, "--sync-every", help="Local steps per outer step of local-sgd, "
+                                       "diloco-gossip and diloco-allreduce."),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per rank per step."),
         image_size: int = typer.Option(224, "--image-size", help="Synthetic image side in pixels (at least 32)."),
         warmup: int = typer.Option(2, "--warmup", help="Untimed steps before timing."),
@@ -221,6 +224,8 @@ def _model_command(model: str):
 
             num_ranks = str(default_num_ranks(launch, "1,2" if kill_rank is None else 4))
         rank_counts, chosen = parse_num_ranks(num_ranks), parse_methods(methods)
+        if sync_every < 1:
+            raise ConfigError(f"--sync-every {sync_every}: give at least 1 local step per outer step")
         if batch_size < 1 or image_size < 32 or iters < 1 or warmup < 0:
             raise ConfigError(f"--batch-size {batch_size} --image-size {image_size} --iters {iters} --warmup "
                               f"{warmup}: need batch >= 1, image size >= 32, iters >= 1, warmup >= 0")
@@ -231,9 +236,9 @@ def _model_command(model: str):
         if kill_rank is not None:
             return _fault(model, rank_counts, bool(methods), chosen, kill_rank, kill_at_step, min_ranks,
                           dict(batch_size=batch_size, image_size=image_size, warmup=warmup, iters=iters,
-                               device=device), launch, as_json, plot)
+                               device=device, sync_every=sync_every), launch, as_json, plot)
         base = ModelBenchOptions(model=model, batch_size=batch_size, image_size=image_size, warmup=warmup,
-                                 iters=iters, device=device)
+                                 iters=iters, device=device, sync_every=sync_every)
         if sweep_bandwidth is not None:
             return _sweep(base, chosen, rank_counts, sweep_bandwidth, launch, as_json, plot)
         result = _run_models_with_progress(base, chosen, rank_counts, launch, quiet=as_json)

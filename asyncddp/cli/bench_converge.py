@@ -16,21 +16,23 @@ from asyncddp.cli.bench import _check_plot_path, _progress_bar, _report, bench_a
 from asyncddp.errors import ConfigError
 
 
-def _options(task, split, num_ranks, steps, eval_every, batch_size, lr, width, target_accuracy, seed, device):
+def _options(task, split, num_ranks, steps, eval_every, batch_size, lr, width, target_accuracy, seed, device,
+             sync_every):
     from asyncddp.bench.converge import ConvergeOptions, check_target, parse_split, parse_task
 
     if num_ranks < 1:
         raise ConfigError(f"-np {num_ranks}: give at least 1 rank")
-    if steps < 1 or eval_every < 1 or batch_size < 1 or width < 1:
-        raise ConfigError(f"--steps {steps} --eval-every {eval_every} --batch-size {batch_size} --width {width}: "
-                          "each must be at least 1")
+    if steps < 1 or eval_every < 1 or batch_size < 1 or width < 1 or sync_every < 1:
+        raise ConfigError(f"--steps {steps} --eval-every {eval_every} --batch-size {batch_size} --width {width} "
+                          f"--sync-every {sync_every}: each must be at least 1")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"--lr {lr:g}: give a positive learning rate")
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"--device {device}: choose cpu or cuda")
     return ConvergeOptions(task=parse_task(task), split=parse_split(split), num_ranks=num_ranks, steps=steps,
                            eval_every=eval_every, batch_size=batch_size, lr=lr, width=width,
-                           target_accuracy=check_target(target_accuracy), seed=seed, device=device)
+                           target_accuracy=check_target(target_accuracy), seed=seed, device=device,
+                           sync_every=sync_every)
 
 
 @bench_app.command("converge")
@@ -54,6 +56,8 @@ def converge_command(
                                           "digits 0.9, synthetic 0.8, a user task's own or 0.9)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data split, the batches and the initial weights."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    sync_every: int = typer.Option(32, "--sync-every", help="Local steps per outer step of local-sgd, "
+                                   "diloco-gossip and diloco-allreduce."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     plot: str = typer.Option(None, "--plot", help="Write accuracy against training time and against bytes sent "
                              "per method to this PNG."),
@@ -68,7 +72,8 @@ def converge_command(
         from asyncddp.bench.network import default_num_ranks
 
         num_ranks = default_num_ranks(launch, 4)
-    base = _options(task, split, num_ranks, steps, eval_every, batch_size, lr, width, target_accuracy, seed, device)
+    base = _options(task, split, num_ranks, steps, eval_every, batch_size, lr, width, target_accuracy, seed, device,
+                    sync_every)
     chosen = parse_methods(methods)
     _check_plot_path(plot)
     evaluations = len(chosen) * -(-base.steps // base.eval_every)

@@ -1,8 +1,10 @@
 """Distributed optimizers (wrappers of a torch optimizer) and replica-agreement helpers."""
 
 from asyncddp.optim.base import DistributedOptimizer
+from asyncddp.optim.choco import DistributedCompressedNeighborOptimizer
 from asyncddp.optim.dear import DistributedDeAROptimizer
 from asyncddp.optim.gradient import DistributedGradientAllreduceOptimizer
+from asyncddp.optim.local_sgd import DistributedLocalSGDOptimizer
 from asyncddp.optim.neighbor import (
     COMMUNICATION_TYPES,
     DistributedAllreduceOptimizer,
@@ -19,10 +21,12 @@ from asyncddp.optim.winput import DistributedWinPutOptimizer
 __all__ = [
     "COMMUNICATION_TYPES",
     "DistributedAllreduceOptimizer",
+    "DistributedCompressedNeighborOptimizer",
     "DistributedDeAROptimizer",
     "DistributedGradientAllreduceOptimizer",
     "DistributedOptimizer",
     "DistributedHierarchicalNeighborAllreduceOptimizer",
+    "DistributedLocalSGDOptimizer",
     "DistributedNeighborAllreduceOptimizer",
     "DistributedWinPutOptimizer",
     "allreduce_parameters",

@@ -3,7 +3,8 @@ command line, losing ranks mid-run, and report what each survivor saw.
 
 Arguments: work folder, then ``KIND:STEP`` per phase (one kill point per phase, at that step);
 kinds: ``nar`` (static Exp-2), ``sched`` (one-peer Exp-2 schedule), ``grad``, ``dear``,
-``winput``. The script itself never catches ``RankLostError``: the optimizers must.
+``winput``, ``choco`` (CHOCO-SGD, int8, one-peer Exp-2), ``diloco`` (DiLoCo over allreduce, an
+outer step every 2 steps, so a loss at an odd step lands in an outer step). The script itself never catches ``RankLostError``: the optimizers must.
 """
 
 import sys
@@ -39,6 +40,11 @@ def build(kind, model, opt):
         return addp.DistributedGradientAllreduceOptimizer(opt, model)
     if kind == "dear":
         return addp.DistributedDeAROptimizer(opt, model)
+    if kind == "choco":
+        return addp.DistributedCompressedNeighborOptimizer(opt, model, "int8", schedule=addp.one_peer_exponential_two)
+    if kind == "diloco":
+        return addp.DistributedLocalSGDOptimizer(opt, model, sync_every=2, outer_lr=0.7, outer_momentum=0.9,
+                                                 nesterov=True, communication="allreduce")
     return addp.DistributedWinPutOptimizer(opt, model)
 
 
