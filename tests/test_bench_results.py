@@ -8,7 +8,7 @@ from dataclasses import asdict
 import pytest
 
 from asyncddp.bench import render
-from asyncddp.bench.results import (OPS, CommBenchResult, CommRow, bus_factor, parse_ops, parse_size,
+from asyncddp.bench.results import (OPS, CommBenchResult, CommRow, bus_factor, parse_methods, parse_ops, parse_size,
                                     size_steps)
 from asyncddp.bench.runner import _Lines
 from asyncddp.errors import ConfigError
@@ -172,3 +172,12 @@ def test_network_with_a_slow_node_is_recorded_per_node_and_round_trips():
     assert CommBenchResult.from_dict(data) == result
     assert f"# network: {network.describe()}" in render.comm_text(result).splitlines()
     assert _result().to_dict()["network"] is None
+
+
+@pytest.mark.parametrize("items", [[""], [","], [" , "], ["", ""]])
+def test_an_empty_subset_is_refused_not_taken_as_all(items):
+    # `--methods ''` (an unset shell variable) used to run every method, for minutes.
+    with pytest.raises(ConfigError, match="--ops '.*' names no benchmarked op"):
+        parse_ops(items)
+    with pytest.raises(ConfigError, match="--methods '.*' names no method; choose from local, ddp"):
+        parse_methods(items)

@@ -73,8 +73,11 @@ def size_steps(min_bytes: int, max_bytes: int, step_factor: int) -> tuple[int, .
 
 
 def _parse_subset(items: list[str] | None, choices: tuple[str, ...], flag: str, what: str) -> tuple[str, ...]:
-    """A subset of ``choices`` given comma-separated or repeated, in table order; all when empty."""
+    """A subset of ``choices`` given comma-separated or repeated, in table order; all when not given."""
     names = [part.strip() for item in items or () for part in item.split(",") if part.strip()]
+    if items and not names:  # `--methods ''` (an unset shell variable): not a request for all of them
+        raise ConfigError(f"{flag} {','.join(items)!r} names no {what.removeprefix('a ')}; choose from "
+                          f"{', '.join(choices)}, or leave {flag} out for all")
     unknown = [name for name in names if name not in choices]
     if unknown:
         raise ConfigError(f"{flag} {unknown[0]!r} is not {what}; choose from {', '.join(choices)}")
