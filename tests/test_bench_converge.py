@@ -76,13 +76,24 @@ def test_a_user_task_module_loads():
 
 
 @pytest.mark.timeout(200)
-def test_a_task_the_ranks_cannot_build_is_one_line():
-    proc = asyncddp("bench", "converge", "-np", "2", "--task", "tests.converge_task:not_a_task", "--steps", "2",
-                    "--methods", "allreduce,dear", "--timeout", "90", timeout=180)
-    assert proc.returncode != 0
+@pytest.mark.parametrize("function, words", [
+    ("not_a_task", "not_a_task() must return (model, train_dataset, test_dataset)"),
+    ("wrong_input_size", "the model cannot take the train inputs of shape (8,) (RuntimeError: mat1 and mat2"),
+    ("too_few_classes", "the train set has 64 inputs and 64 labels from 0 to 3; the model scores 2 classes"),
+    ("bad_target", "its target_accuracy is 'high'; give an accuracy in (0, 1]"),
+])
+def test_a_task_the_ranks_cannot_use_is_one_line_and_json(function, words):
+    # Found on the ranks, before any method trains: the whole of stderr is that one line (no
+    # traceback, no MPI_ABORT banner) and the bench ends at once rather than failing each method.
+    proc = asyncddp("bench", "converge", "-np", "2", "--task", f"tests.converge_task:{function}", "--steps", "2",
+                    "--methods", "allreduce,dear", "--json", "--timeout", "90", timeout=180)
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert "not_a_task() must return (model, train_dataset, test_dataset)" in lines[-1]
-    assert "Traceback" not in lines[-1]
+    assert len(lines) == 1 and lines[0].startswith(f"asyncddp: error: --task tests.converge_task:{function}: "), \
+        proc.stderr
+    assert words in lines[0]
+    document = json.loads(proc.stdout)
+    assert (document["status"], document["error_type"]) == ("error", "TaskError") and words in document["error"]
 
 
 @pytest.mark.parametrize("flags, words", [

@@ -108,6 +108,15 @@ def test_output_lines_feed_progress_result_and_errors():
     assert sink.result == {"rows": []}
     assert list(sink.tail)[0] == "[1] noise"
     assert sink.rank_error() == "BenchError: --device cuda: no GPU"
+    assert sink.error is None
+
+
+def test_a_rank_error_line_is_kept_once_and_not_as_noise():
+    sink = _Lines(None)
+    sink.write('[1] ASYNCDDP_BENCH_ERROR {"type": "TaskError", "message": "--task m:f: no"}\n')
+    sink.write('[0] ASYNCDDP_BENCH_ERROR {"type": "TaskError", "message": "second"}\n[mpirun] MPI_ABORT\n')
+    assert sink.error == {"type": "TaskError", "message": "--task m:f: no"}
+    assert list(sink.tail) == ["[mpirun] MPI_ABORT"]
 
 
 def test_oversubscribed_launch_is_noted_beside_the_results(monkeypatch):

@@ -18,18 +18,14 @@ from asyncddp.launcher.run_config import RunOptions
 
 __all__ = ["run_converge_bench"]
 
-_TASK_ERROR = "TaskError: "
-
-
 def _launch(options: ConvergeOptions, launch: RunOptions, on_step) -> tuple[dict | None, ConvergeRow]:
     what = f"bench converge {options.method} -np {options.num_ranks}"
     try:
         data, notes, _ = _run_ranks("converge", options.to_dict(), options.num_ranks, launch, what, on_step)
     except JobFailed as error:
-        text = str(error)
-        if _TASK_ERROR in text:
-            raise TaskError(text.split(_TASK_ERROR, 1)[1]) from None
-        return None, ConvergeRow(method=options.method, error=text)
+        if error.rank_error is not None and error.rank_error["type"] == TaskError.__name__:
+            raise TaskError(error.rank_error["message"]) from None
+        return None, ConvergeRow(method=options.method, error=str(error))
     row = ConvergeRow.from_dict(data["row"])
     return data["info"], replace(row, notes=(*row.notes, *notes))
 
