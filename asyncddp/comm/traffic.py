@@ -65,9 +65,14 @@ class Tally:
             self.num_messages += num_messages
             self.bytes_fetched += nbytes
 
+    def reset(self) -> None:
+        with self._lock:
+            self.num_messages = self.bytes_sent = self.bytes_fetched = 0
+            self.bytes_by_kind = {}
+
     def snapshot(self) -> tuple[int, int, int, dict[str, int]]:
         with self._lock:
             return self.num_messages, self.bytes_sent, self.bytes_fetched, dict(self.bytes_by_kind)
 
 
-WINDOWS = Tally()  # every window of this process
+WINDOWS = Tally()  # every window of this process; reset by init() with the engine's counters

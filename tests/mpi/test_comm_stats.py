@@ -62,3 +62,16 @@ def test_window_put_counts_data_and_its_counter():
     finally:
         addp.barrier()
         addp.win_free("stats")
+
+
+def test_counting_starts_again_at_a_new_init():
+    # Window traffic is tallied beside the engine; a second init() must not inherit the first's.
+    x = torch.ones(33, dtype=torch.float64)
+    addp.win_create(x, "before")
+    addp.win_put(x, "before")
+    addp.barrier()
+    addp.win_free("before")
+    addp.shutdown()
+    addp.init()
+    stats = addp.comm_stats()
+    assert (stats.num_ops, stats.bytes_sent, stats.bytes_by_kind, stats.bytes_fetched) == (0, 0, {}, 0)
