@@ -2,7 +2,8 @@
 
 Bytes are counted where they are handed to MPI, the lowest layer this package sees: every
 point-to-point send (``p2p``, ``ring``: the message's own bytes, measured), every one-sided put or
-accumulate (its data, plus the 8-byte associated-p and put counter it writes), and every call of
+accumulate (its data, plus the 8-byte associated-p and put counter it writes) and every atomic on
+another rank's window mutex (``win_mutex``), and every call of
 an MPI collective. What an MPI collective puts on the wire depends on the algorithm the MPI
 library picks inside the call, which no caller can see, so its bytes are *computed*: the volume
 per rank of the bandwidth-optimal algorithm, the least any algorithm moves (the functions below;
