@@ -207,3 +207,16 @@ def test_collective_volumes():
     assert traffic.allreduce_bytes(4000, 2) == 4000 and traffic.allreduce_bytes(4000, 4) == 6000
     assert traffic.reduce_scatter_bytes(4000, 4) == 3000 and traffic.allgather_bytes(1000, 4) == 3000
     assert traffic.broadcast_bytes(4000, 4) == 3000 and traffic.allreduce_bytes(4000, 1) == 0
+
+
+def test_settings_reported_when_no_method_ran_are_the_real_ones_or_null():
+    # Every method failed: the task's own defaults (or the flags), never a made-up 0.0.
+    from asyncddp.bench.converge import ConvergeOptions
+    from asyncddp.bench.converge_run import settings_without_a_run
+
+    assert settings_without_a_run(ConvergeOptions(task="digits")) == {"target_accuracy": 0.9, "lr": 0.05}
+    assert settings_without_a_run(ConvergeOptions(task="synthetic", lr=0.2)) == {"target_accuracy": 0.8, "lr": 0.2}
+    assert settings_without_a_run(ConvergeOptions(task="m:f")) == {"target_accuracy": None, "lr": None}
+    result = ConvergeResult(task="m:f", split="iid", num_ranks=2, target_accuracy=None, steps=2, eval_every=1,
+                            batch_size=8, lr=None, seed=0, rows=(ConvergeRow("ddp", error="job failed"),))
+    assert "target -," in converge_render.title(result) and "lr -," in converge_render.title(result)
