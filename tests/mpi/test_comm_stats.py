@@ -90,3 +90,16 @@ def test_counting_starts_again_at_a_new_init():
     addp.init()
     stats = addp.comm_stats()
     assert (stats.num_ops, stats.bytes_sent, stats.bytes_by_kind, stats.bytes_fetched) == (0, 0, {}, 0)
+
+
+def test_reading_the_counters_starts_no_engine():
+    # The engine is made collectively by the first op; comm_stats() is this rank's alone (a rank
+    # may log it by itself), so before any op it must read zeros, not make the engine and hang.
+    from asyncddp.comm import engine
+
+    addp.shutdown()
+    addp.init()
+    stats = addp.comm_stats()
+    addp.reset_comm_stats()
+    assert engine._engine is None
+    assert (stats.num_ops, stats.bytes_sent, stats.bytes_by_kind, stats.backend) == (0, 0, {}, "mpi")
