@@ -20,3 +20,21 @@ def make_task():
 
 def not_a_task():
     return "no model here"
+
+
+def wrong_input_size():
+    return torch.nn.Linear(7, 4), _blobs(64, 0), _blobs(64, 1)
+
+
+def too_few_classes():
+    return torch.nn.Linear(8, 2), _blobs(64, 0), _blobs(64, 1)
+
+
+class _Task:
+    model = torch.nn.Linear(8, 4)
+    train, test = _blobs(64, 0), _blobs(64, 1)
+    target_accuracy = "high"
+
+
+def bad_target():
+    return _Task()

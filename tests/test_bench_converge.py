@@ -76,13 +76,24 @@ def test_a_user_task_module_loads():
 
 
 @pytest.mark.timeout(200)
-def test_a_task_the_ranks_cannot_build_is_one_line():
-    proc = asyncddp("bench", "converge", "-np", "2", "--task", "tests.converge_task:not_a_task", "--steps", "2",
-                    "--methods", "allreduce,dear", "--timeout", "90", timeout=180)
-    assert proc.returncode != 0
+@pytest.mark.parametrize("function, words", [
+    ("not_a_task", "not_a_task() must return (model, train_dataset, test_dataset)"),
+    ("wrong_input_size", "the model cannot take the train inputs of shape (8,) (RuntimeError: mat1 and mat2"),
+    ("too_few_classes", "the train set has 64 inputs and 64 labels from 0 to 3; the model scores 2 classes"),
+    ("bad_target", "its target_accuracy is 'high'; give an accuracy in (0, 1]"),
+])
+def test_a_task_the_ranks_cannot_use_is_one_line_and_json(function, words):
+    # Found on the ranks, before any method trains: the whole of stderr is that one line (no
+    # traceback, no MPI_ABORT banner) and the bench ends at once rather than failing each method.
+    proc = asyncddp("bench", "converge", "-np", "2", "--task", f"tests.converge_task:{function}", "--steps", "2",
+                    "--methods", "allreduce,dear", "--json", "--timeout", "90", timeout=180)
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert "not_a_task() must return (model, train_dataset, test_dataset)" in lines[-1]
-    assert "Traceback" not in lines[-1]
+    assert len(lines) == 1 and lines[0].startswith(f"asyncddp: error: --task tests.converge_task:{function}: "), \
+        proc.stderr
+    assert words in lines[0]
+    document = json.loads(proc.stdout)
+    assert (document["status"], document["error_type"]) == ("error", "TaskError") and words in document["error"]
 
 
 @pytest.mark.parametrize("flags, words", [
@@ -200,3 +211,16 @@ def test_collective_volumes():
     assert traffic.allreduce_bytes(4000, 2) == 4000 and traffic.allreduce_bytes(4000, 4) == 6000
     assert traffic.reduce_scatter_bytes(4000, 4) == 3000 and traffic.allgather_bytes(1000, 4) == 3000
     assert traffic.broadcast_bytes(4000, 4) == 3000 and traffic.allreduce_bytes(4000, 1) == 0
+
+
+def test_settings_reported_when_no_method_ran_are_the_real_ones_or_null():
+    # Every method failed: the task's own defaults (or the flags), never a made-up 0.0.
+    from asyncddp.bench.converge import ConvergeOptions
+    from asyncddp.bench.converge_run import settings_without_a_run
+
+    assert settings_without_a_run(ConvergeOptions(task="digits")) == {"target_accuracy": 0.9, "lr": 0.05}
+    assert settings_without_a_run(ConvergeOptions(task="synthetic", lr=0.2)) == {"target_accuracy": 0.8, "lr": 0.2}
+    assert settings_without_a_run(ConvergeOptions(task="m:f")) == {"target_accuracy": None, "lr": None}
+    result = ConvergeResult(task="m:f", split="iid", num_ranks=2, target_accuracy=None, steps=2, eval_every=1,
+                            batch_size=8, lr=None, seed=0, rows=(ConvergeRow("ddp", error="job failed"),))
+    assert "target -," in converge_render.title(result) and "lr -," in converge_render.title(result)

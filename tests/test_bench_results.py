@@ -8,7 +8,7 @@ from dataclasses import asdict
 import pytest
 
 from asyncddp.bench import render
-from asyncddp.bench.results import (OPS, CommBenchResult, CommRow, bus_factor, parse_ops, parse_size,
+from asyncddp.bench.results import (OPS, CommBenchResult, CommRow, bus_factor, parse_methods, parse_ops, parse_size,
                                     size_steps)
 from asyncddp.bench.runner import _Lines
 from asyncddp.errors import ConfigError
@@ -108,6 +108,15 @@ def test_output_lines_feed_progress_result_and_errors():
     assert sink.result == {"rows": []}
     assert list(sink.tail)[0] == "[1] noise"
     assert sink.rank_error() == "BenchError: --device cuda: no GPU"
+    assert sink.error is None
+
+
+def test_a_rank_error_line_is_kept_once_and_not_as_noise():
+    sink = _Lines(None)
+    sink.write('[1] ASYNCDDP_BENCH_ERROR {"type": "TaskError", "message": "--task m:f: no"}\n')
+    sink.write('[0] ASYNCDDP_BENCH_ERROR {"type": "TaskError", "message": "second"}\n[mpirun] MPI_ABORT\n')
+    assert sink.error == {"type": "TaskError", "message": "--task m:f: no"}
+    assert list(sink.tail) == ["[mpirun] MPI_ABORT"]
 
 
 def test_oversubscribed_launch_is_noted_beside_the_results(monkeypatch):
@@ -195,3 +204,12 @@ def test_a_plot_path_that_is_a_folder_is_refused_before_the_bench(tmp_path):
     with pytest.raises(ConfigError, match=rf"^--plot {folder}: exists and is not a file; give a file name$"):
         _check_plot_path(str(folder))
     _check_plot_path(str(tmp_path / "new.png"))
+
+
+@pytest.mark.parametrize("items", [[""], [","], [" , "], ["", ""]])
+def test_every_empty_spelling_of_a_subset_is_refused(items):
+    # `--methods ''` (an unset shell variable) used to run every method, for minutes.
+    with pytest.raises(ConfigError, match="--ops '.*' names no op"):
+        parse_ops(items)
+    with pytest.raises(ConfigError, match="--methods '.*' names no method; choose from local, ddp"):
+        parse_methods(items)

@@ -159,3 +159,18 @@ def test_hostspec_built_in_code_is_validated_too(fields, message):
     with pytest.raises(HostfileError) as caught:
         HostSpec(**{"name": "a", "slots": 1, "source": "api:1", **fields})
     assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_an_ipv6_address_reaches_mpirun_without_its_colons():
+    # mpirun reads `--host fd00::2:4` at its first colon (an empty host name, reached over ssh):
+    # this machine's ::1 is given as localhost, another machine's address under an alias that
+    # the generated ssh_config maps back to it.
+    from asyncddp.launcher.plan import ssh_config_text
+
+    (local,) = parse_host_list("[::1]:2")
+    assert not launches_over_ssh(local) and mpirun_host_name(local) == "localhost"
+    (remote,) = parse_host_list("[fd00::2]:4")
+    assert launches_over_ssh(remote) and mpirun_host_name(remote) == "asyncddp-fd00--2-port22.invalid"
+    assert "Host asyncddp-fd00--2-port22.invalid\n    HostName fd00::2\n" in ssh_config_text((remote,), None)
+    assert mpirun_host_name(HostSpec("fd00::2", 1, ssh_port=2200)) == "asyncddp-fd00--2-port2200.invalid"
+    assert mpirun_host_name(HostSpec("::1", 1, ssh_port=2222)) == "asyncddp---1-port2222.invalid"

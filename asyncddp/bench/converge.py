@@ -229,11 +229,11 @@ class ConvergeResult:
     task: str
     split: str
     num_ranks: int
-    target_accuracy: float
+    target_accuracy: float | None  # None: every method failed before a user task reported its own
     steps: int
     eval_every: int
     batch_size: int
-    lr: float
+    lr: float | None
     seed: int
     num_parameters: int = 0
     train_size: int = 0

@@ -43,7 +43,8 @@ def converge_rows(result: ConvergeResult) -> list[list[str]]:
 
 def title(result: ConvergeResult) -> str:
     return (f"asyncddp bench converge: {result.task}, split {result.split}, {result.num_ranks} ranks, target "
-            f"{result.target_accuracy:g}, {result.steps} steps of batch {result.batch_size}/rank, lr {result.lr:g}, "
+            f"{_num(result.target_accuracy, '{:g}')}, {result.steps} steps of batch {result.batch_size}/rank, "
+            f"lr {_num(result.lr, '{:g}')}, "
             f"{result.num_parameters / 1e3:.1f}K parameters")
 
 
@@ -89,7 +90,8 @@ def converge_plot(result: ConvergeResult, path: str) -> None:
         left.plot([p.time_s for p in row.curve], accuracy, "-o", **style)
         right.plot([p.bytes_sent / 1e6 for p in row.curve], accuracy, "-o", **style)
     for ax, label in ((left, "training time (s)"), (right, "MB sent per rank")):
-        ax.axhline(result.target_accuracy, color="grey", linestyle="--", linewidth=0.8)
+        if result.target_accuracy is not None:
+            ax.axhline(result.target_accuracy, color="grey", linestyle="--", linewidth=0.8)
         ax.set_xlabel(label)
         ax.set_ylabel("held-out accuracy (mean over ranks)")
         ax.grid(True, alpha=0.3)

@@ -11,27 +11,31 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-from asyncddp.bench.converge import ConvergeOptions, ConvergeResult, ConvergeRow, TaskError, ranked
+from asyncddp.bench.converge import BUILTIN_TASKS, ConvergeOptions, ConvergeResult, ConvergeRow, TaskError, ranked
 from asyncddp.bench.network import network_of
 from asyncddp.bench.runner import JobFailed, _run_ranks
 from asyncddp.launcher.run_config import RunOptions
 
-__all__ = ["run_converge_bench"]
-
-_TASK_ERROR = "TaskError: "
-
+__all__ = ["run_converge_bench", "settings_without_a_run"]
 
 def _launch(options: ConvergeOptions, launch: RunOptions, on_step) -> tuple[dict | None, ConvergeRow]:
     what = f"bench converge {options.method} -np {options.num_ranks}"
     try:
         data, notes, _ = _run_ranks("converge", options.to_dict(), options.num_ranks, launch, what, on_step)
     except JobFailed as error:
-        text = str(error)
-        if _TASK_ERROR in text:
-            raise TaskError(text.split(_TASK_ERROR, 1)[1]) from None
-        return None, ConvergeRow(method=options.method, error=text)
+        if error.rank_error is not None and error.rank_error["type"] == TaskError.__name__:
+            raise TaskError(error.rank_error["message"]) from None
+        return None, ConvergeRow(method=options.method, error=str(error))
     row = ConvergeRow.from_dict(data["row"])
     return data["info"], replace(row, notes=(*row.notes, *notes))
+
+
+def settings_without_a_run(base: ConvergeOptions) -> dict:
+    """The target and learning rate when no method's run reported them (every one failed): the
+    flags, else a built-in task's defaults; a user task's own are unknown here (None)."""
+    target, lr, _ = BUILTIN_TASKS.get(base.task, (None, None, ""))
+    return {"target_accuracy": base.target_accuracy if base.target_accuracy is not None else target,
+            "lr": base.lr if base.lr is not None else lr}
 
 
 def run_converge_bench(base: ConvergeOptions, methods: tuple[str, ...], launch: RunOptions = RunOptions(),
@@ -58,7 +62,7 @@ def run_converge_bench(base: ConvergeOptions, methods: tuple[str, ...], launch: 
         found, row = _launch(replace(base, method=method), launch, on_step)
         info = info or found
         rows.append(row)
-    info = info or {"target_accuracy": base.target_accuracy or 0.0, "lr": base.lr or 0.0}
+    info = info or settings_without_a_run(base)
     return ConvergeResult(task=base.task, split=base.split, num_ranks=base.num_ranks, steps=base.steps,
                           eval_every=base.eval_every, batch_size=base.batch_size, seed=base.seed,
                           target_accuracy=info["target_accuracy"], lr=info["lr"],

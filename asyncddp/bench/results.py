@@ -28,6 +28,7 @@ __all__ = ["BenchError", "BandwidthBelowBound", "OPS", "DTYPES", "ITEMSIZE", "Co
 # parent's result file.
 PROGRESS_TAG = "ASYNCDDP_BENCH_PROGRESS"
 RESULT_TAG = "ASYNCDDP_BENCH_RESULT"
+ERROR_TAG = "ASYNCDDP_BENCH_ERROR"  # any rank: {"type", "message"} of an error raised on purpose (a bad task)
 
 OPS = ("neighbor_allreduce", "neighbor_allreduce_one_peer", "hierarchical_neighbor_allreduce", "allreduce", "allgather",
        "broadcast", "win_put")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from asyncddp.bench.network import network_of
-from asyncddp.bench.results import (PROGRESS_TAG, RESULT_TAG, BenchError, CommBenchOptions, CommBenchResult,
+from asyncddp.bench.results import (ERROR_TAG, PROGRESS_TAG, RESULT_TAG, BenchError, CommBenchOptions, CommBenchResult,
                                     ModelBenchOptions, ModelBenchResult, ModelRun, StragglerOptions, StragglerResult)
 from asyncddp.launcher import stop_signals
 from asyncddp.launcher.run_config import RunOptions
@@ -48,6 +48,7 @@ class _Lines:
         self.on_progress = on_progress
         self.pending = ""
         self.result: dict | None = None
+        self.error: dict | None = None  # the first ERROR_TAG a rank printed: {"type", "message"}
         self.tail: collections.deque[str] = collections.deque(maxlen=200)
 
     def write(self, text: str) -> int:
@@ -68,6 +69,9 @@ class _Lines:
                 self.on_progress(json.loads(text[len(PROGRESS_TAG) + 1:]))
         elif rank is not None and text.startswith(RESULT_TAG + " "):  # rank 0 lost: the survivors' rank 0
             self.result = json.loads(text[len(RESULT_TAG) + 1:])
+        elif rank is not None and text.startswith(ERROR_TAG + " "):
+            if self.error is None:
+                self.error = json.loads(text[len(ERROR_TAG) + 1:])
         else:
             self.tail.append(line)
 
@@ -96,11 +100,13 @@ def _launch_notes(plan, num_ranks: int) -> tuple[str, ...]:
 
 
 class JobFailed(BenchError):
-    """A benchmark's job did not end well; ``job_exit_code`` is the exit code it ended with."""
+    """A benchmark's job did not end well; ``job_exit_code`` is the exit code it ended with;
+    ``rank_error``: ``{"type", "message"}`` of the error a rank raised on purpose, if it did."""
 
-    def __init__(self, message: str, job_exit_code: int) -> None:
+    def __init__(self, message: str, job_exit_code: int, rank_error: dict | None = None) -> None:
         super().__init__(message)
         self.job_exit_code = job_exit_code
+        self.rank_error = rank_error
 
 
 def _run_ranks(workload: str, payload: dict, num_ranks: int, launch: RunOptions, what: str,
@@ -122,6 +128,9 @@ def _run_ranks(workload: str, payload: dict, num_ranks: int, launch: RunOptions,
             raise stop_signals.Stopped(job.exit_code - 128, "all ranks were stopped")
         if job.exit_code != 0:
             summary = (job.summary or f"job exited with code {job.exit_code}").removeprefix("asyncddp: ")
+            if out.error is not None:  # a rank said what went wrong in one line: no stderr to show
+                raise JobFailed(f"{what} failed: {summary}: {out.error['type']}: {out.error['message']}",
+                                job.exit_code, out.error)
             cause = err.rank_error() or out.rank_error()
             # The table gets one line; the ranks' last stderr lines (a traceback, or each rank's
             # stack on --timeout) go to stderr so the failure can be diagnosed.

@@ -4,7 +4,9 @@ Each workload module has ``run_rank(options: dict) -> dict | None`` (rank 0 retu
 the others None; in workload ``fault`` the survivors' rank 0) and may have ``after_shutdown()``. This main initialises asyncddp around it and
 hands rank 0's result to the parent twice: as RESULT_PATH (written whole or not at all, so the
 parent never reads half a file) and as one ``RESULT_TAG`` line on stdout, which also arrives when
-rank 0 runs on another host, where RESULT_PATH's directory does not exist.
+rank 0 runs on another host, where RESULT_PATH's directory does not exist. An error a workload
+raises on purpose (``BenchError``, ``ConfigError``) reaches the parent as one ``ERROR_TAG`` line
+instead of a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import json
 import os
 import sys
 
-from asyncddp.bench.results import RESULT_TAG, BenchError
+from asyncddp.bench.results import ERROR_TAG, RESULT_TAG, BenchError
+from asyncddp.errors import ConfigError
 
 WORKLOADS = {"comm": "comm_ops", "training": "training", "straggler": "straggler", "fault": "fault",
              "converge": "converge"}
@@ -46,11 +49,23 @@ def main(argv: list[str]) -> int:
         if data is not None:
             _write_result(data, argv[2])
             print(RESULT_TAG, json.dumps(data), flush=True)
+    except (BenchError, ConfigError) as error:
+        _fail(error, addp.get_context().comm)
+        return 1
     finally:
         addp.shutdown()
     if hasattr(module, "after_shutdown"):
         module.after_shutdown()
     return 0
+
+
+def _fail(error: Exception, comm) -> None:
+    """An error raised on purpose (a bad task, option or device): its one line for the parent,
+    which shows it instead of a traceback, then the whole job ends (the other ranks may be
+    waiting in a collective for this one)."""
+    print(ERROR_TAG, json.dumps({"type": type(error).__name__, "message": str(error)}), flush=True)
+    if comm.Get_size() > 1:
+        comm.Abort(1)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 
 import asyncddp.comm as addp
-from asyncddp.bench.converge import ConvergeEval, ConvergeOptions, ConvergeRow, first_at_target, split_indices
+from asyncddp.bench.converge import (ConvergeEval, ConvergeOptions, ConvergeRow, TaskError, first_at_target,
+                                     split_indices)
 from asyncddp.bench.results import PROGRESS_TAG
 from asyncddp.bench_ranks.converge_tasks import load_task
 from asyncddp.bench_ranks.training import _NEVER_FREED, _ddp, after_shutdown, rank_device, wrap_for_method
 from asyncddp.comm.traffic import allreduce_bytes
+from asyncddp.errors import ConfigError
 
 __all__ = ["run_rank", "after_shutdown"]
 
@@ -105,7 +107,10 @@ def _same_start(comm, model) -> None:
 
 
 def _shard(task, options: ConvergeOptions, comm):
-    shards = split_indices(task.train_y.numpy(), comm.Get_size(), options.split, options.seed)
+    try:
+        shards = split_indices(task.train_y.numpy(), comm.Get_size(), options.split, options.seed)
+    except ConfigError as error:  # this task at this rank count: every method would fail alike
+        raise TaskError(f"--task {options.task} -np {comm.Get_size()}: {error}") from None
     mine = torch.tensor(shards[comm.Get_rank()], dtype=torch.int64)
     sizes = [len(s) for s in shards]
     classes = [len(set(task.train_y[torch.tensor(s, dtype=torch.int64)].tolist())) for s in shards]

@@ -12,6 +12,7 @@ indexable sequence of ``(input, label)`` pairs (a ``TensorDataset`` is read with
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -100,21 +101,63 @@ def _user(spec: str) -> Task:
         raise TaskError(f"--task {spec}: {module_name} has no function {function_name}")
     try:
         made = make()
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise TaskError(f"--task {spec}: {function_name}() raised {type(error).__name__}: {error}") from None
     if isinstance(made, tuple) and len(made) == 3:
         model, train, test = made
-        target, lr = USER_TARGET, None
+        target, lr = None, None
     elif all(hasattr(made, name) for name in ("model", "train", "test")):
         model, train, test = made.model, made.train, made.test
-        target, lr = getattr(made, "target_accuracy", USER_TARGET), getattr(made, "lr", None)
+        target, lr = getattr(made, "target_accuracy", None), getattr(made, "lr", None)
     else:
         raise TaskError(f"--task {spec}: {function_name}() must return (model, train_dataset, test_dataset) or an "
                         f"object with model, train and test; got {type(made).__name__}")
     if not isinstance(model, nn.Module):
         raise TaskError(f"--task {spec}: the model must be a torch.nn.Module, got {type(model).__name__}")
-    return Task(model, *_tensors(train, "train", spec), *_tensors(test, "test", spec), float(target),
-                0.05 if lr is None else float(lr), f"{spec} ({type(model).__name__})")
+    if target is not None:
+        target = _number(spec, "target_accuracy", target, lambda v: 0 < v <= 1, "an accuracy in (0, 1]")
+    lr = 0.05 if lr is None else _number(spec, "lr", lr, lambda v: v > 0, "a positive learning rate")
+    task = Task(model, *_tensors(train, "train", spec), *_tensors(test, "test", spec),
+                USER_TARGET if target is None else target, lr,
+                f"{spec} ({type(model).__name__})")
+    _probe(task, spec)
+    return task
+
+
+def _number(spec: str, name: str, value, ok, want: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and ok(number)):
+        raise TaskError(f"--task {spec}: its {name} is {value!r}; give {want}")
+    return number
+
+
+def _probe(task: Task, spec: str) -> None:
+    """The model scores two inputs of each set before any method trains: a model that does not
+    fit the data fails here, once and named, instead of in every method's run."""
+    model, was_training = task.model, task.model.training
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TaskError(f"--task {spec}: the model ({type(model).__name__}) has no trainable parameters")
+    for what, x, y in (("train", task.train_x, task.train_y), ("test", task.test_x, task.test_y)):
+        model.eval()  # no batch-norm statistics taken from the probe
+        try:
+            with torch.no_grad():
+                logits = model(x[:2])
+        except Exception as error:
+            raise TaskError(f"--task {spec}: the model cannot take the {what} inputs of shape {tuple(x.shape[1:])} "
+                            f"({type(error).__name__}: {error})") from None
+        finally:
+            model.train(was_training)
+        if not (isinstance(logits, torch.Tensor) and logits.dim() == 2 and len(logits) == len(x[:2])):
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise TaskError(f"--task {spec}: the model must return class scores of shape (batch, classes); "
+                            f"got {shape} for a batch of {len(x[:2])}")
+        if len(x) != len(y) or int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
+            raise TaskError(f"--task {spec}: the {what} set has {len(x)} inputs and {len(y)} labels from "
+                            f"{int(y.min())} to {int(y.max())}; the model scores {logits.shape[1]} classes (0 to "
+                            f"{logits.shape[1] - 1})")
 
 
 def load_task(spec: str, width: int) -> Task:

@@ -21,6 +21,7 @@ import networkx as nx
 
 from asyncddp import exported_by
 from asyncddp.comm.env import env_int
+from asyncddp.comm.traffic import WINDOWS
 from asyncddp.errors import NotInitializedError
 from asyncddp.topology.analysis import in_neighbors, out_neighbors
 
@@ -156,6 +157,7 @@ def init(topology: nx.DiGraph | None = None, is_weighted: bool = False, comm=Non
         return
     world = comm if comm is not None else MPI.COMM_WORLD
     local, cross, my_machine, num_machines = machines(world, world.Get_rank())
+    WINDOWS.reset()  # comm_stats() counts from init(): a new engine starts at zero, so do the windows
     _context = Context(
         comm=world,
         local_comm=local,

@@ -141,7 +141,7 @@ class Engine:
         self.counters = _Counters()
         path = timeline_path_from_env()
         self.timeline = Timeline(path, self.rank, self.world.Get_size(), at_exit=True) if path else None
-        self.threaded = MPI.Query_thread() == MPI.THREAD_MULTIPLE and env_flag(THREAD_ENV, True)
+        self.threaded = _threaded()
         self._queue: deque = deque()
         # A plain lock, entered directly: ``with`` on a Condition runs two Python-level calls,
         # and a small blocking op takes this lock twice.
@@ -429,10 +429,24 @@ def live_engine() -> Engine:
     return get_engine()
 
 
-def _totals(engine: Engine) -> tuple[int, int, int, int, dict[str, int], int]:
+def _threaded() -> bool:
+    """Whether ops run on a communication thread: MPI gives every thread access and the user allows it."""
+    from mpi4py import MPI
+
+    return MPI.Query_thread() == MPI.THREAD_MULTIPLE and env_flag(THREAD_ENV, True)
+
+
+def _started() -> Engine | None:
+    """The live context's engine if an op has made it, without making it (that is collective)."""
+    ctx = get_context()
+    engine = _engine
+    return engine if engine is not None and engine.ctx is ctx else None
+
+
+def _totals(engine: Engine | None) -> tuple[int, int, int, int, dict[str, int], int]:
     """(ops, batches, messages, bytes sent, bytes per kind, bytes fetched): the engine's counters
-    and every window's, as counted now."""
-    c = engine.counters
+    (zero before it starts) and every window's, as counted now."""
+    c = engine.counters if engine is not None else _Counters()
     win_messages, win_sent, win_fetched, win_kinds = WINDOWS.snapshot()
     by_kind = dict(c.bytes_by_kind)  # a copy first: the comm thread may add a kind meanwhile
     for kind, nbytes in win_kinds.items():
@@ -440,25 +454,35 @@ def _totals(engine: Engine) -> tuple[int, int, int, int, dict[str, int], int]:
     return c.num_ops, c.num_batches, c.num_messages + win_messages, c.bytes_sent + win_sent, by_kind, win_fetched
 
 
-_baseline: dict = {}  # engine -> its totals at the last reset_comm_stats()
+# (owner, totals) of the last reset_comm_stats(): the owner is the engine, or its context when no
+# op had started it; counts of any other owner (an earlier init()) are not a baseline.
+_baseline: list = [None, None]
 
 
 def comm_stats() -> CommStats:
     """This rank's communication counters: ops, fused batches, MPI messages, bytes sent (in all
-    and per op kind) and bytes fetched from windows, since ``init()`` or ``reset_comm_stats()``."""
-    engine = get_engine()
+    and per op kind) and bytes fetched from windows, since ``init()`` or ``reset_comm_stats()``.
+    This rank's alone: before the first op it reads zeros rather than start the engine (collective)."""
+    engine = _started()
     ops, batches, messages, sent, by_kind, fetched = _totals(engine)
-    base = _baseline.get(engine)
+    owner, base = _baseline
+    if owner is not (engine or get_context()):
+        base = None
     if base is not None:
         ops, batches, messages, sent = ops - base[0], batches - base[1], messages - base[2], sent - base[3]
         by_kind = {kind: n - base[4].get(kind, 0) for kind, n in by_kind.items() if n != base[4].get(kind, 0)}
         fetched -= base[5]
-    return CommStats(ops, batches, messages, engine.threaded, engine.threshold,
-                     "nccl" if engine.nccl is not None else "mpi", sent, by_kind, fetched)  # fmt: skip
+    if engine is None:  # what the first op will start: the backend asked for (it may fall back to mpi)
+        from asyncddp.comm.nccl import requested_backend
+
+        threaded, threshold, backend = _threaded(), fusion_threshold(), requested_backend()
+    else:
+        threaded, threshold = engine.threaded, engine.threshold
+        backend = "nccl" if engine.nccl is not None else "mpi"
+    return CommStats(ops, batches, messages, threaded, threshold, backend, sent, by_kind, fetched)
 
 
 def reset_comm_stats() -> None:
     """Start ``comm_stats()`` counting from zero (ops still running count from here on too)."""
-    engine = get_engine()
-    _baseline.clear()  # only the live engine's counts matter
-    _baseline[engine] = _totals(engine)
+    engine = _started()
+    _baseline[:] = [engine or get_context(), _totals(engine)]

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from asyncddp.comm.traffic import WINDOWS
+
 __all__ = ["RankMutexes"]
 
 _FREE = 0
@@ -53,6 +55,7 @@ class RankMutexes:
                 [origin, MPI.INT64_T], [compare, MPI.INT64_T], [result, MPI.INT64_T], target, 0
             )
             self._win.Unlock(target)
+        self._count(target, origin.nbytes + compare.nbytes)
         return int(result[0]) == _FREE
 
     def _release(self, target: int) -> None:
@@ -65,6 +68,11 @@ class RankMutexes:
                 [origin, MPI.INT64_T], [result, MPI.INT64_T], target, 0, MPI.REPLACE
             )
             self._win.Unlock(target)
+        self._count(target, origin.nbytes)
+
+    def _count(self, target: int, nbytes: int) -> None:
+        if target != self._rank:  # an atomic on this rank's own lock word leaves nothing on the wire
+            WINDOWS.sent("win_mutex", 1, nbytes)
 
     def acquire(self, ranks) -> None:
         for target in sorted(set(ranks)):

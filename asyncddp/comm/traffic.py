@@ -2,7 +2,8 @@
 
 Bytes are counted where they are handed to MPI, the lowest layer this package sees: every
 point-to-point send (``p2p``, ``ring``: the message's own bytes, measured), every one-sided put or
-accumulate (its data, plus the 8-byte associated-p and put counter it writes), and every call of
+accumulate (its data, plus the 8-byte associated-p and put counter it writes) and every atomic on
+another rank's window mutex (``win_mutex``), and every call of
 an MPI collective. What an MPI collective puts on the wire depends on the algorithm the MPI
 library picks inside the call, which no caller can see, so its bytes are *computed*: the volume
 per rank of the bandwidth-optimal algorithm, the least any algorithm moves (the functions below;
@@ -65,9 +66,14 @@ class Tally:
             self.num_messages += num_messages
             self.bytes_fetched += nbytes
 
+    def reset(self) -> None:
+        with self._lock:
+            self.num_messages = self.bytes_sent = self.bytes_fetched = 0
+            self.bytes_by_kind = {}
+
     def snapshot(self) -> tuple[int, int, int, dict[str, int]]:
         with self._lock:
             return self.num_messages, self.bytes_sent, self.bytes_fetched, dict(self.bytes_by_kind)
 
 
-WINDOWS = Tally()  # every window of this process
+WINDOWS = Tally()  # every window of this process; reset by init() with the engine's counters

@@ -209,14 +209,17 @@ def launches_over_ssh(host: HostSpec) -> bool:
 
 def mpirun_host_name(host: HostSpec) -> str:
     """The name mpirun is given for ``host``: its own name, except for a name of this machine that
-    is reached over ssh, where mpirun would start the ranks locally and skip ssh. That one gets an
-    alias mpirun cannot take for this machine, which the generated ssh_config maps back to the
-    host's address and port (``.invalid`` never resolves, RFC 6761)."""
-    if not is_local_host(host.name):
-        return host.name
+    is reached over ssh, where mpirun would start the ranks locally and skip ssh, and for an IPv6
+    address, which mpirun reads at its first colon (``--host fd00::2:4``: an empty host name).
+    Those get an alias mpirun cannot take for this machine, which the generated ssh_config maps
+    back to the host's address and port (``.invalid`` never resolves, RFC 6761)."""
+    ipv6 = ":" in host.name  # check_host_name lets a colon through only in an IPv6 address
     if not launches_over_ssh(host):
         # mpirun recognises this machine by its exact spelling: LOCALHOST would go through ssh.
-        return host.name.lower() if host.name.lower() in _LOCAL_NAMES else socket.gethostname()
+        name = host.name.lower()
+        return ("localhost" if ipv6 else name) if name in _LOCAL_NAMES else socket.gethostname()
+    if not is_local_host(host.name) and not ipv6:
+        return host.name
     label = host.name.replace(".", "-").replace(":", "-")
     return f"asyncddp-{label}-port{host.ssh_port or 22}.invalid"
 

@@ -62,3 +62,44 @@ def test_window_put_counts_data_and_its_counter():
     finally:
         addp.barrier()
         addp.win_free("stats")
+
+
+def test_a_put_under_the_mutex_counts_the_lock_words():
+    x = torch.ones(5, dtype=torch.float64)
+    addp.win_create(x, "locked")
+    try:
+        # Two ranks put into each other: each takes only the other's lock word, so no retries.
+        stats = _counted(lambda: addp.win_put(x, "locked", require_mutex=True))
+        out = len(addp.out_neighbor_ranks())
+        # Compare_and_swap sends the new and the expected word, the release one word.
+        assert stats.bytes_by_kind.get("win_mutex", 0) == out * (16 + 8)
+        assert stats.bytes_sent == stats.bytes_by_kind["win_put"] + stats.bytes_by_kind.get("win_mutex", 0)
+    finally:
+        addp.barrier()
+        addp.win_free("locked")
+
+
+def test_counting_starts_again_at_a_new_init():
+    # Window traffic is tallied beside the engine; a second init() must not inherit the first's.
+    x = torch.ones(33, dtype=torch.float64)
+    addp.win_create(x, "before")
+    addp.win_put(x, "before")
+    addp.barrier()
+    addp.win_free("before")
+    addp.shutdown()
+    addp.init()
+    stats = addp.comm_stats()
+    assert (stats.num_ops, stats.bytes_sent, stats.bytes_by_kind, stats.bytes_fetched) == (0, 0, {}, 0)
+
+
+def test_reading_the_counters_starts_no_engine():
+    # The engine is made collectively by the first op; comm_stats() is this rank's alone (a rank
+    # may log it by itself), so before any op it must read zeros, not make the engine and hang.
+    from asyncddp.comm import engine
+
+    addp.shutdown()
+    addp.init()
+    stats = addp.comm_stats()
+    addp.reset_comm_stats()
+    assert engine._engine is None
+    assert (stats.num_ops, stats.bytes_sent, stats.bytes_by_kind, stats.backend) == (0, 0, {}, "mpi")
