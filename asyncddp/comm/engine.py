@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 from asyncddp import exported_by
 from asyncddp.comm import context as _context_module
+from asyncddp.comm import failure
 from asyncddp.comm.context import get_context
 from asyncddp.comm.handles import OpHandle
 from asyncddp.comm.env import env_flag, env_int
@@ -124,10 +125,8 @@ class Engine:
     def __init__(self, ctx) -> None:
         from mpi4py import MPI
 
-        from asyncddp.comm import recovery
-
         self.ctx = ctx
-        self.fault_tolerant = recovery.enabled()
+        self.fault_tolerant = failure.enabled()
         self._lost: RankLostError | None = None  # set by a recovery until the program sees it
         self.rebind()
         self.threshold = fusion_threshold()
@@ -243,9 +242,7 @@ class Engine:
     def _failed(self, error: BaseException) -> bool:
         if not self.fault_tolerant:
             return False
-        from asyncddp.comm import recovery
-
-        return recovery.is_failure(error)
+        return failure.is_failure(error)
 
     def pause(self) -> None:
         """Queue nonblocking ops without starting them until ``resume()``; a blocking call, or

@@ -30,7 +30,7 @@ import zlib
 
 import torch
 
-from asyncddp.comm import device
+from asyncddp.comm import device, failure
 from asyncddp.comm.buffers import byte_view, host_empty
 from asyncddp.errors import CommError
 
@@ -119,11 +119,9 @@ def wait_all(requests) -> list:
     try:
         MPI.Request.Waitall(requests, statuses)
     except MPI.Exception as error:
-        from asyncddp.comm import recovery
-
-        if recovery.enabled() and recovery.is_failure(error, statuses):
+        if failure.enabled() and failure.is_failure(error, statuses):
             # A dead peer, not a wrong message: recovery revokes, then completes the requests.
-            raise recovery.PeerFailure(error, requests) from None
+            raise failure.PeerFailure(error, requests) from None
         statuses.failure = error.Get_error_string()
         for request in requests:
             try:
@@ -141,10 +139,8 @@ def _sendrecv(comm, send, dst: int, tag: int, recv, src: int) -> list:
     try:
         comm.Sendrecv(send, dst, tag, recv, src, MPI.ANY_TAG, statuses[0])
     except MPI.Exception as error:
-        from asyncddp.comm import recovery
-
-        if recovery.enabled() and recovery.is_failure(error, statuses):
-            raise recovery.PeerFailure(error, []) from None  # nothing is left posted
+        if failure.enabled() and failure.is_failure(error, statuses):
+            raise failure.PeerFailure(error, []) from None  # nothing is left posted
         statuses.failure = error.Get_error_string()
     return statuses
 

@@ -33,13 +33,11 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from asyncddp import exported_by
-from asyncddp.comm.env import env_flag
+from asyncddp.comm.failure import FAULT_TOLERANT_ENV, PeerFailure, enabled, is_failure
 from asyncddp.errors import RankLostError
 
 __all__ = [*exported_by(__name__), "FAULT_TOLERANT_ENV", "enabled", "is_failure", "PeerFailure",
            "recover", "launch_ranks", "check_world"]
-
-FAULT_TOLERANT_ENV = "ASYNCDDP_FAULT_TOLERANT"
 
 
 @dataclass(frozen=True)
@@ -57,16 +55,6 @@ class WorldChange:
         return asdict(self)
 
 
-class PeerFailure(Exception):
-    """A p2p exchange met a failed peer; ``requests`` are still posted and are completed by
-    ``recover`` once the communicator is revoked (their buffers must stay alive until then)."""
-
-    def __init__(self, error, requests) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.requests = list(requests)
-
-
 class _State:
     """Per-process record of the world's history (one per process, like the context)."""
 
@@ -78,11 +66,6 @@ class _State:
 
 
 _state = _State()
-
-
-def enabled() -> bool:
-    """Whether this rank runs fault tolerant (``ASYNCDDP_FAULT_TOLERANT``, default off)."""
-    return bool(env_flag(FAULT_TOLERANT_ENV, False))
 
 
 def world_version() -> int:
@@ -106,30 +89,6 @@ def on_world_change(fn: Callable[[WorldChange], None]) -> None:
 def launch_ranks(size: int) -> list[int]:
     """Rank at launch of each current rank."""
     return list(range(size)) if _state.launch_ranks is None else list(_state.launch_ranks)
-
-
-def _failure_classes() -> tuple:
-    from mpi4py import MPI
-
-    names = ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
-    return tuple(getattr(MPI, n) for n in names if hasattr(MPI, n))
-
-
-def is_failure(error: BaseException, statuses=()) -> bool:
-    """True for an MPI error saying a peer died or a communicator was revoked (for
-    ``ERR_IN_STATUS``, when one of ``statuses`` says so)."""
-    if isinstance(error, PeerFailure):
-        return True
-    from mpi4py import MPI
-
-    if not isinstance(error, MPI.Exception):
-        return False
-    classes = _failure_classes()
-    if error.Get_error_class() in classes:
-        return True
-    if error.Get_error_class() == MPI.ERR_IN_STATUS:
-        return any(MPI.Get_error_class(s.Get_error()) in classes for s in statuses)
-    return False
 
 
 def _revoke(comms) -> None:
