@@ -33,7 +33,7 @@ _TABLE: dict[str, tuple[str, ...]] = {
         "AsyncDDPError", "ConfigError", "HostfileError", "LaunchError", "NotInitializedError",
         "CommError", "RankLostError", "OptimizerError", "TopologyError",
     ),
-    "asyncddp.comm.recovery": ("world_version", "on_world_change", "agree_on_step", "WorldChange"),
+    "asyncddp.comm.recovery": ("world_version", "on_world_change", "WorldChange"),
     "asyncddp.topology.schedules": ("NeighborStep",),
     "asyncddp.checkpoint": ("save_checkpoint", "load_checkpoint", "CheckpointError"),
     "asyncddp.topology": (
@@ -51,7 +51,7 @@ _TABLE: dict[str, tuple[str, ...]] = {
     "asyncddp.comm.hierarchical": _forms("hierarchical_neighbor_allreduce"),
     "asyncddp.comm.collectives": (
         *_forms("allreduce"), *_forms("broadcast"), *_forms("allgather", in_place=False),
-        *_forms("reduce_scatter", in_place=False), *_forms("barrier", in_place=False),
+        *_forms("reduce_scatter", in_place=False), *_forms("barrier", in_place=False), "agree_on_step",
     ),
     "asyncddp.comm.engine": ("comm_stats", "reset_comm_stats"),
     "asyncddp.comm.device": ("mpi_is_cuda_aware",),

@@ -23,8 +23,6 @@ ALLOWED_MODULE_CYCLES: set[tuple[str, ...]] = {
     ("bench.methods", "bench.results"),
     ("bench.outcome", "bench.results"),
     ("cli.bench", "cli.bench_converge"),
-    ("comm.collectives", "comm.engine", "comm.recovery"),
-    ("comm.engine", "comm.recovery"),
     ("compat._bf_optimizers", "compat.bluefog"),
     ("compat._bf_windows", "compat.bluefog"),
     ("compat.bluefog", "compat.topology_util"),

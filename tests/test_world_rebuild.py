@@ -6,7 +6,7 @@ import networkx as nx
 import pytest
 
 import asyncddp as addp
-from asyncddp.comm import recovery
+from asyncddp.comm import collectives, recovery
 from asyncddp.comm.world_rebuild import resized_topology
 from asyncddp.errors import ConfigError
 from asyncddp.topology import graphs
@@ -63,6 +63,6 @@ def test_fault_tolerance_switch(monkeypatch):
 
 def test_recovery_names_are_exported():
     assert addp.world_version() == 0
-    assert addp.agree_on_step is recovery.agree_on_step and addp.WorldChange is recovery.WorldChange
+    assert addp.agree_on_step is collectives.agree_on_step and addp.WorldChange is recovery.WorldChange
     with pytest.raises(addp.CommError, match="on_world_change expects a callable"):
         addp.on_world_change(42)

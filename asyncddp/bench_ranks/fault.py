@@ -30,7 +30,7 @@ import asyncddp.optim  # noqa: F401  (see the module docstring)
 from asyncddp.bench.fault import GUARANTEES, FaultBenchOptions
 from asyncddp.bench_ranks.models import NUM_CLASSES, build_model
 from asyncddp.bench_ranks.training import rank_device, wrap_for_method
-from asyncddp.comm import recovery
+from asyncddp.comm import engine
 from asyncddp.errors import RankLostError
 
 SETTLE_POLL_S = 0.01
@@ -60,7 +60,7 @@ def _settle() -> None:
     done or still stepping, join it."""
     while addp.world_version() == 0:
         try:
-            recovery.check_world()
+            engine.check_world()
         except RankLostError:
             return
         time.sleep(SETTLE_POLL_S)

@@ -27,7 +27,7 @@ from asyncddp.comm.neighbor_plan import as_rank
 from asyncddp.comm.ring import chunk_bounds, ring_allgather_, ring_allreduce_, ring_reduce_scatter_, use_ring
 from asyncddp.comm.shape_check import agree, describe, mismatch_error
 from asyncddp.comm.traffic import allgather_bytes, allreduce_bytes, broadcast_bytes, reduce_scatter_bytes
-from asyncddp.errors import CommError
+from asyncddp.errors import CommError, RankLostError
 
 __all__ = exported_by(__name__)
 
@@ -435,3 +435,15 @@ def barrier(name=None):
 def barrier_nonblocking(name=None):
     """Start a barrier; returns a handle."""
     return live_engine().call(Op("barrier", name or "barrier", _run_barrier, None, 0), False)
+
+
+def agree_on_step(step: int) -> int:
+    """The largest ``step`` any survivor passes (blocking, collective): what a loop resumes at
+    after ``RankLostError``, since survivors can meet a loss one step apart. Retries by itself
+    when yet another rank is lost meanwhile."""
+    while True:
+        try:
+            value = allreduce(torch.tensor([int(step)], dtype=torch.int64), op="max", name="agree_on_step")
+            return int(value[0])
+        except RankLostError:
+            continue

@@ -50,7 +50,8 @@ from asyncddp.comm.timeline import Timeline, now_us, timeline_path_from_env
 from asyncddp.comm.traffic import WINDOWS
 from asyncddp.errors import RankLostError
 
-__all__ = [*exported_by(__name__), "Op", "CommStats", "get_engine", "live_engine", "fusion_threshold"]
+__all__ = [*exported_by(__name__), "Op", "CommStats", "get_engine", "live_engine", "fusion_threshold",
+           "check_world"]
 
 FUSION_ENV = "ASYNCDDP_FUSION_THRESHOLD"
 THREAD_ENV = "ASYNCDDP_COMM_THREAD"
@@ -483,3 +484,28 @@ def reset_comm_stats() -> None:
     """Start ``comm_stats()`` counting from zero (ops still running count from here on too)."""
     engine = _started()
     _baseline[:] = [engine or get_context(), _totals(engine)]
+
+
+def _run_check(engine, batch) -> list:
+    from mpi4py import MPI
+
+    world = engine.world
+    # A probe makes MPI progress, which is when news of a failure is taken in; a wildcard
+    # probe also fails outright once a failure is known.
+    world.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
+    if world.Is_revoked() or world.Get_failed().Get_size() > 0:
+        raise failure.PeerFailure("a rank of the world is known to have failed", ())
+    return [None]
+
+
+def check_world() -> None:
+    """Raise ``RankLostError`` (after recovering) when this rank knows of a dead rank or a
+    survivor has started recovering; otherwise return at once, without communicating.
+
+    For code that communicates only one-sidedly (windows), where nothing else would notice:
+    a put into a dead rank's shared memory does not fail. Runs as an engine op, so it never
+    overlaps the communication thread. Does nothing unless the job is fault tolerant.
+    """
+    if not failure.enabled():
+        return
+    live_engine().call(Op("check_world", "check_world", _run_check, None, 0), True)

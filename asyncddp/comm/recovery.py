@@ -37,7 +37,7 @@ from asyncddp.comm.failure import FAULT_TOLERANT_ENV, PeerFailure, enabled, is_f
 from asyncddp.errors import RankLostError
 
 __all__ = [*exported_by(__name__), "FAULT_TOLERANT_ENV", "enabled", "is_failure", "PeerFailure",
-           "recover", "launch_ranks", "check_world"]
+           "recover", "launch_ranks"]
 
 
 @dataclass(frozen=True)
@@ -215,46 +215,3 @@ def recover(engine, error: BaseException) -> RankLostError:
     for callback in list(_state.callbacks):
         callback(change)
     return RankLostError(lost, change.world_version, change.size)
-
-
-def agree_on_step(step: int) -> int:
-    """The largest ``step`` any survivor passes (blocking, collective): what a loop resumes at
-    after ``RankLostError``, since survivors can meet a loss one step apart. Retries by itself
-    when yet another rank is lost meanwhile."""
-    import torch
-
-    from asyncddp.comm.collectives import allreduce
-
-    while True:
-        try:
-            value = allreduce(torch.tensor([int(step)], dtype=torch.int64), op="max", name="agree_on_step")
-            return int(value[0])
-        except RankLostError:
-            continue
-
-
-def _run_check(engine, batch) -> list:
-    from mpi4py import MPI
-
-    world = engine.world
-    # A probe makes MPI progress, which is when news of a failure is taken in; a wildcard
-    # probe also fails outright once a failure is known.
-    world.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
-    if world.Is_revoked() or world.Get_failed().Get_size() > 0:
-        raise PeerFailure("a rank of the world is known to have failed", ())
-    return [None]
-
-
-def check_world() -> None:
-    """Raise ``RankLostError`` (after recovering) when this rank knows of a dead rank or a
-    survivor has started recovering; otherwise return at once, without communicating.
-
-    For code that communicates only one-sidedly (windows), where nothing else would notice:
-    a put into a dead rank's shared memory does not fail. Runs as an engine op, so it never
-    overlaps the communication thread. Does nothing unless the job is fault tolerant.
-    """
-    if not enabled():
-        return
-    from asyncddp.comm.engine import Op, live_engine
-
-    live_engine().call(Op("check_world", "check_world", _run_check, None, 0), True)

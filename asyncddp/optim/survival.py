@@ -13,6 +13,7 @@ once, which makes the replicas identical again whatever each survivor had applie
 from __future__ import annotations
 
 from asyncddp.comm import recovery
+from asyncddp.comm.collectives import agree_on_step
 from asyncddp.errors import RankLostError
 
 __all__ = ["fault_tolerant", "agree_after_loss", "restore"]
@@ -29,7 +30,7 @@ def agree_after_loss(step: int, params=None) -> int:
 
     while True:
         try:
-            agreed = recovery.agree_on_step(step)
+            agreed = agree_on_step(step)
             if params is not None:
                 allreduce_parameters(params)
             return agreed

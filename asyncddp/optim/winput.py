@@ -27,7 +27,7 @@ machine) keeps averaging with their old values and drags them back.
 
 In a fault-tolerant job nothing one-sided notices a dead neighbour (a put into its shared
 memory just lands), so each communicating ``step()`` asks the communication core, locally,
-whether a rank is known lost (``recovery.check_world``). If so every survivor joins the
+whether a rank is known lost (``engine.check_world``). If so every survivor joins the
 recovery, which re-creates the windows on the new world from each rank's current parameters;
 the optimizer points its parameters at the new windows' memory and carries on. Nothing else is
 redone: with no collective in ``step()`` there is no step to agree on.
@@ -44,7 +44,7 @@ import torch
 from asyncddp.comm.collectives import barrier
 from asyncddp.comm.context import rank, size
 from asyncddp.comm.windows import win_create, win_free, win_memory, win_put, win_put_counts, win_update
-from asyncddp.comm import recovery
+from asyncddp.comm import engine, recovery
 from asyncddp.errors import OptimizerError, RankLostError
 from asyncddp.optim.base import (DistributedOptimizer, check_model, check_optimizer, flatten_parameters, inner_step,
     named_trainable, point_into, wrap)
@@ -173,7 +173,7 @@ class _WinPut(DistributedOptimizer):
         """After a lost rank, point the parameters at the windows rebuilt on the new world."""
         while True:
             try:
-                recovery.check_world()
+                engine.check_world()
                 return
             except RankLostError:
                 self._addp_new_world()
