@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from asyncddp.doctor import DoctorOptions, SshOptions, run_doctor, ssh_preflight
-from asyncddp.doctor.ssh import connect
+from asyncddp.launcher.ssh import connect
 from tests.sshd import free_port, keygen, known_hosts_line, sshd_missing_reason, start_sshd
 
 pytestmark = pytest.mark.timeout(60)

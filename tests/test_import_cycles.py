@@ -27,9 +27,7 @@ ALLOWED_MODULE_CYCLES: set[tuple[str, ...]] = {
     ("compat._bf_windows", "compat.bluefog"),
     ("compat.bluefog", "compat.topology_util"),
 }
-ALLOWED_PACKAGE_CYCLES: set[tuple[str, ...]] = {
-    ("doctor", "launcher"),
-}
+ALLOWED_PACKAGE_CYCLES: set[tuple[str, ...]] = set()
 
 
 def module_files() -> dict[str, Path]:

@@ -7,9 +7,9 @@ unreachable host. The probe (``probe.py``) is sent as text to each node's own Py
 
 from __future__ import annotations
 
-from asyncddp.doctor.core import DoctorOptions, run_doctor, ssh_preflight
+from asyncddp.doctor.core import DoctorOptions, run_doctor
 from asyncddp.doctor.report import CheckResult, DoctorReport, NodeReport
-from asyncddp.doctor.ssh import SshOptions, fingerprint
+from asyncddp.launcher.ssh import SshOptions, fingerprint, ssh_preflight
 
 __all__ = [
     "CheckResult",

@@ -24,17 +24,15 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from asyncddp.doctor import checks
 from asyncddp.doctor.report import FAIL, OK, CheckResult, DoctorReport, NodeReport
-from asyncddp.doctor.ssh import SshOptions, connect, run_remote
 from asyncddp.launcher import session_guard, stop_signals
 from asyncddp.launcher.hosts import HostSpec, launches_over_ssh
+from asyncddp.launcher.ssh import SshOptions, connect, parallel_hosts, run_remote, ssh_preflight
 from asyncddp.launcher.validation import check_seconds
 
 __all__ = ["DoctorOptions", "run_doctor", "ssh_preflight", "is_local", "PROBE_TEXT"]
@@ -164,45 +162,6 @@ def check_node(host: HostSpec, hosts: list[HostSpec], options: DoctorOptions, pr
     return NodeReport(host.name, host.source, tuple(found), probe, time.monotonic() - start)
 
 
-def _parallel(function, hosts: list[HostSpec], on_stop: Callable[[], None] | None = None) -> list:
-    """``function`` of each host, each in a thread of its own; the first error raised is raised.
-
-    Daemon threads, waited for from the main thread in short waits: a stop signal raised there
-    (``stop_signals.Stopped``) ends doctor at once, where an executor would wait for every probe
-    first. ``on_stop`` then runs until the threads are done (at most 5 s), so that nothing they
-    start after a first cleanup outlives doctor."""
-    results: list = [None] * len(hosts)
-    errors: list[BaseException] = []
-    # Events, not Thread.join: a signal that interrupts a join marks the thread as ended.
-    finished = [threading.Event() for _ in hosts]
-
-    def one(index: int) -> None:
-        try:
-            results[index] = function(hosts[index])
-        except BaseException as error:  # re-raised in the caller's thread
-            errors.append(error)
-        finally:
-            finished[index].set()
-
-    for index in range(len(hosts)):
-        threading.Thread(target=one, args=(index,), name=f"doctor-{index}", daemon=True).start()
-    try:
-        for event in finished:
-            while not event.wait(0.2):
-                pass
-    except stop_signals.Stopped:
-        if on_stop is not None:
-            with stop_signals.deferred():  # a second signal waits for the cleanup
-                deadline = time.monotonic() + 5
-                while not all(event.is_set() for event in finished) and time.monotonic() < deadline:
-                    on_stop()
-                    time.sleep(0.05)
-        raise
-    if errors:
-        raise errors[0]
-    return results
-
-
 def run_doctor(hosts: list[HostSpec] | None = None, options: DoctorOptions = DoctorOptions()) -> DoctorReport:
     """Check every host in parallel and compare them; default is localhost with one slot."""
     hosts = list(hosts) if hosts else [HostSpec("localhost", 1, source="default")]
@@ -218,36 +177,8 @@ def run_doctor(hosts: list[HostSpec] | None = None, options: DoctorOptions = Doc
                     kill(pid, signal.SIGKILL)
 
     with stop_signals.private_dir("asyncddp-doctor-") as private_dir:
-        nodes = _parallel(lambda host: check_node(host, hosts, options, private_dir), hosts, end_local_probes)
+        nodes = parallel_hosts(lambda host: check_node(host, hosts, options, private_dir), hosts, end_local_probes)
     probes = {node.host: node.probe for node in nodes if node.probe is not None}
     unreached = [node.host for node in nodes if node.probe is None]
     cluster, subnet = checks.cluster_checks(probes, unreached)
     return DoctorReport(tuple(nodes), tuple(cluster), subnet, time.monotonic() - start)
-
-
-def ssh_preflight(
-    hosts: list[HostSpec],
-    *,
-    known_hosts: str | None = None,
-    timeout: float = 10.0,
-    accept_new_host_keys: bool = False,
-) -> list[str]:
-    """SSH stages only, all hosts in parallel: one message per unreachable host (empty = all fine).
-
-    Each message names the host, where it was declared, the failing stage and the fix, e.g.
-    ``node2 (hosts.txt:2): tcp: cannot connect to node2:22: Connection refused ... -> start sshd ...``.
-    """
-    options = SshOptions(known_hosts, accept_new_host_keys, timeout)
-
-    def one(host: HostSpec) -> str | None:
-        if is_local(host):
-            return None
-        connection = connect(host, options)
-        if connection.ok:
-            connection.client.close()
-            return None
-        failed = next(check for check in connection.checks if check.status == FAIL)
-        where = f" ({host.source})" if host.source else ""
-        return f"{host.name}{where}: {failed.name}: {failed.detail} -> {failed.fix}"
-
-    return [message for message in _parallel(one, list(hosts)) if message]

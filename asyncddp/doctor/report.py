@@ -8,23 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from asyncddp.launcher.check_result import FAIL, OK, WARN, CheckResult
+
 __all__ = ["OK", "WARN", "FAIL", "CheckResult", "NodeReport", "DoctorReport"]
 
-OK, WARN, FAIL = "ok", "warn", "fail"
 _RANK = {OK: 0, WARN: 1, FAIL: 2}
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One check: ``status`` is ok / warn / fail, ``fix`` says what to do when it is not ok."""
-
-    name: str
-    status: str
-    detail: str
-    fix: str = ""
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
 
 
 def worst(statuses) -> str:

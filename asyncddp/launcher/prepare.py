@@ -189,7 +189,7 @@ def check_ssh(job: PlannedJob, requested: bool | None = None) -> None:
     remote = [host for host in config.hosts if launches_over_ssh(host)]
     if requested is False or not remote or job.emulated is not None:
         return
-    from asyncddp.doctor import ssh_preflight
+    from asyncddp.launcher.ssh import ssh_preflight
 
     problems = ssh_preflight(remote, known_hosts=config.known_hosts)
     if problems:

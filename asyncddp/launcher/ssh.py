@@ -6,6 +6,9 @@ server refuses). Host keys are verified against known_hosts before any credentia
 is why the host key stage comes before authentication. Unknown keys are refused unless the caller
 asked to accept new keys (then they are appended to known_hosts); a changed key is always refused.
 Identity files and passwords never appear in any result.
+
+``ssh_preflight`` runs these stages on every remote host before ``asyncddp run`` starts mpirun;
+``asyncddp doctor`` runs them before its probe.
 """
 
 from __future__ import annotations
@@ -18,18 +21,21 @@ import os
 import shlex
 import socket
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
 
-from asyncddp.doctor.report import FAIL, OK, CheckResult
 from asyncddp.errors import ConfigError
-from asyncddp.launcher.hosts import HostSpec
+from asyncddp.launcher import stop_signals
+from asyncddp.launcher.check_result import FAIL, OK, CheckResult
+from asyncddp.launcher.hosts import HostSpec, launches_over_ssh
 from asyncddp.launcher.input_files import MAX_INPUT_BYTES
 from asyncddp.launcher.validation import check_seconds
 
-__all__ = ["SshOptions", "Connection", "connect", "fingerprint", "run_remote"]
+__all__ = ["SshOptions", "Connection", "connect", "fingerprint", "run_remote", "parallel_hosts", "ssh_preflight"]
 
 _known_hosts_lock = threading.Lock()
 
@@ -288,3 +294,69 @@ def run_remote(client: paramiko.SSHClient, argv: list[str], stdin_text: str, tim
     err = stderr.read().decode(errors="replace")
     return channel.recv_exit_status(), out, err
 
+
+def parallel_hosts(function, hosts: list[HostSpec], on_stop: Callable[[], None] | None = None) -> list:
+    """``function`` of each host, each in a thread of its own; the first error raised is raised.
+
+    Daemon threads, waited for from the main thread in short waits: a stop signal raised there
+    (``stop_signals.Stopped``) ends doctor at once, where an executor would wait for every probe
+    first. ``on_stop`` then runs until the threads are done (at most 5 s), so that nothing they
+    start after a first cleanup outlives doctor."""
+    results: list = [None] * len(hosts)
+    errors: list[BaseException] = []
+    # Events, not Thread.join: a signal that interrupts a join marks the thread as ended.
+    finished = [threading.Event() for _ in hosts]
+
+    def one(index: int) -> None:
+        try:
+            results[index] = function(hosts[index])
+        except BaseException as error:  # re-raised in the caller's thread
+            errors.append(error)
+        finally:
+            finished[index].set()
+
+    for index in range(len(hosts)):
+        threading.Thread(target=one, args=(index,), name=f"doctor-{index}", daemon=True).start()
+    try:
+        for event in finished:
+            while not event.wait(0.2):
+                pass
+    except stop_signals.Stopped:
+        if on_stop is not None:
+            with stop_signals.deferred():  # a second signal waits for the cleanup
+                deadline = time.monotonic() + 5
+                while not all(event.is_set() for event in finished) and time.monotonic() < deadline:
+                    on_stop()
+                    time.sleep(0.05)
+        raise
+    if errors:
+        raise errors[0]
+    return results
+
+
+def ssh_preflight(
+    hosts: list[HostSpec],
+    *,
+    known_hosts: str | None = None,
+    timeout: float = 10.0,
+    accept_new_host_keys: bool = False,
+) -> list[str]:
+    """SSH stages only, all hosts in parallel: one message per unreachable host (empty = all fine).
+
+    Each message names the host, where it was declared, the failing stage and the fix, e.g.
+    ``node2 (hosts.txt:2): tcp: cannot connect to node2:22: Connection refused ... -> start sshd ...``.
+    """
+    options = SshOptions(known_hosts, accept_new_host_keys, timeout)
+
+    def one(host: HostSpec) -> str | None:
+        if not launches_over_ssh(host):
+            return None
+        connection = connect(host, options)
+        if connection.ok:
+            connection.client.close()
+            return None
+        failed = next(check for check in connection.checks if check.status == FAIL)
+        where = f" ({host.source})" if host.source else ""
+        return f"{host.name}{where}: {failed.name}: {failed.detail} -> {failed.fix}"
+
+    return [message for message in parallel_hosts(one, list(hosts)) if message]
