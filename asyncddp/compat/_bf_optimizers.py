@@ -34,6 +34,7 @@ import warnings
 import torch
 
 import asyncddp.optim as _optim
+from asyncddp.compat._bf_common import BlueFogError, get_skip_negotiate_stage
 from asyncddp.errors import AsyncDDPError
 
 __all__ = [
@@ -57,8 +58,6 @@ class CommunicationType(enum.Enum):
 def _bf_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from asyncddp.compat.bluefog import BlueFogError  # bluefog imports this module last
-
         try:
             return fn(*args, **kwargs)
         except AsyncDDPError as error:
@@ -159,8 +158,6 @@ def DistributedWinPutOptimizer(optimizer, model, num_steps_per_communication=1, 
     oversubscribed machine behaves as BlueFog's own does; with the stage skipped when the
     optimizer is built, ranks run fully apart (``max_lag = None``).
     """
-    from asyncddp.compat.bluefog import get_skip_negotiate_stage
-
     wrapped = _optim.DistributedWinPutOptimizer(
         optimizer, _module(model), num_steps_per_communication=num_steps_per_communication,
         window_prefix=window_prefix,

@@ -1,5 +1,5 @@
 """BlueFog's one-sided window API over ``asyncddp.comm.windows``. Re-exported by
-``asyncddp.compat.bluefog``; not imported on its own.
+``asyncddp.compat.bluefog``.
 
 Nonblocking window ops return BlueFog's integer handles, which ``win_wait``/``win_poll`` (and
 ``synchronize``/``poll``) accept. ``neighbor_win_put/get/accumulate`` are the same functions under
@@ -13,7 +13,7 @@ import contextlib
 from asyncddp.comm import windows as _win
 from asyncddp.comm.context import get_context
 from asyncddp.compat._bf_timeline import enqueue_activity
-from asyncddp.compat.bluefog import BlueFogError, _bf_errors, _lookup, _register
+from asyncddp.compat._bf_common import BlueFogError, _bf_errors, _lookup, _register
 
 __all__ = [
     "win_create", "win_free", "win_update", "win_update_then_collect", "win_put", "win_put_nonblocking",

@@ -14,10 +14,7 @@ re-exported here.
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
 import os
-import threading
 
 import networkx as nx
 import torch
@@ -25,8 +22,9 @@ import torch
 import asyncddp.comm as _core
 from asyncddp.comm.context import RANKS_PER_MACHINE_ENV
 from asyncddp.compat import _bf_timeline
+from asyncddp.compat._bf_common import (BlueFogError, _bf_errors, _handle_lock, _handles, _lookup, _register,
+                                        get_skip_negotiate_stage, set_skip_negotiate_stage)
 from asyncddp.compat._bf_timeline import enqueue_activity
-from asyncddp.errors import AsyncDDPError, CommError, NotInitializedError
 
 __all__ = [
     "BlueFogError", "init", "shutdown", "size", "rank", "local_size", "local_rank", "machine_size",
@@ -56,46 +54,6 @@ def _map_nodes_per_machine() -> None:
 _map_nodes_per_machine()
 
 
-class BlueFogError(AsyncDDPError, ValueError):
-    """What BlueFog raises as ``ValueError``: a misused op, a mismatched pattern, no init()."""
-
-
-def _bf_errors(fn):
-    """Re-raise asyncddp's misuse errors as ``BlueFogError`` (a ``ValueError``), message kept."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (CommError, NotInitializedError) as error:
-            raise BlueFogError(str(error)) from error
-
-    return wrapper
-
-
-# --- integer handles ----------------------------------------------------------------------------
-
-_handles: dict[int, object] = {}
-_handle_ids = itertools.count(1)
-_handle_lock = threading.Lock()
-
-
-def _register(handle) -> int:
-    with _handle_lock:
-        number = next(_handle_ids)
-        _handles[number] = handle
-    return number
-
-
-def _lookup(handle: int, pop: bool):
-    with _handle_lock:
-        found = _handles.pop(handle, None) if pop else _handles.get(handle)
-    if found is None:
-        raise BlueFogError(f"handle {handle!r} is unknown or was already synchronized; "
-                           "pass the int a *_nonblocking call returned, once")
-    return found
-
-
 @_bf_errors
 def poll(handle: int) -> bool:
     """True when ``synchronize(handle)`` would return at once."""
@@ -112,9 +70,6 @@ wait = synchronize
 
 
 # --- basics -------------------------------------------------------------------------------------
-
-_skip_negotiate = False
-
 
 @_bf_errors
 def init(topology_fn=None, is_weighted: bool = False) -> None:
@@ -193,19 +148,6 @@ def resume() -> None:
 
     if is_initialized():
         get_engine().resume()
-
-
-def set_skip_negotiate_stage(value: bool) -> None:
-    """BlueFog negotiated op order through a coordinator; asyncddp needs no such stage (every
-    rank issues ops in program order). One effect of BlueFog's stage is kept: while it is on
-    (the default), ``DistributedWinPutOptimizer``s built keep each rank in step with its
-    in-neighbours; built with the stage skipped, they run fully asynchronously."""
-    global _skip_negotiate
-    _skip_negotiate = bool(value)
-
-
-def get_skip_negotiate_stage() -> bool:
-    return _skip_negotiate
 
 
 # --- topology -----------------------------------------------------------------------------------

@@ -200,12 +200,16 @@ def _check_rank_list(ranks, self_rank: int, size: int, what: str) -> list[int]:
 def _infer(ranks, transpose: bool, construct_adjacency_matrix: bool, what: str):
     import torch
 
-    from asyncddp.compat import bluefog as bf
+    import asyncddp.comm as core
+    from asyncddp.compat._bf_common import _bf_errors
+    from asyncddp.compat._bf_timeline import enqueue_activity
 
-    me, size = bf.rank(), bf.size()
+    # BlueFog's bf.rank/bf.size/bf.allgather, built here so that this module never imports bluefog.
+    allgather = _bf_errors(enqueue_activity("ENQUEUE_ALLGATHER", "allgather")(core.allgather))
+    me, size = _bf_errors(core.rank)(), _bf_errors(core.size)()
     ranks = _check_rank_list(ranks, me, size, what)
-    degrees = bf.allgather(torch.tensor([len(ranks)], dtype=torch.int64)).tolist()
-    flat = bf.allgather(torch.tensor(ranks, dtype=torch.int64)).tolist()
+    degrees = allgather(torch.tensor([len(ranks)], dtype=torch.int64)).tolist()
+    flat = allgather(torch.tensor(ranks, dtype=torch.int64)).tolist()
     adjacency, offset = {}, 0
     for node, degree in enumerate(degrees):
         adjacency[node] = sorted(flat[offset:offset + degree])
