@@ -35,7 +35,7 @@ _TABLE: dict[str, tuple[str, ...]] = {
     ),
     "asyncddp.comm.recovery": ("world_version", "on_world_change", "WorldChange"),
     "asyncddp.topology.schedules": ("NeighborStep",),
-    "asyncddp.checkpoint": ("save_checkpoint", "load_checkpoint", "CheckpointError"),
+    "asyncddp.comm.checkpoint": ("save_checkpoint", "load_checkpoint", "CheckpointError"),
     "asyncddp.topology": (
         "exponential_graph", "exponential_two_graph", "symmetric_exponential_graph", "ring_graph",
         "mesh_grid_2d_graph", "star_graph", "fully_connected_graph", "hypercube_graph",

@@ -30,7 +30,7 @@ LOOP = """
 import os, sys, time
 import numpy as np
 from mpi4py import MPI
-from asyncddp.rank_report import report_lost_ranks
+from asyncddp.comm.rank_report import report_lost_ranks
 world = MPI.COMM_WORLD.Get_rank()
 comm = MPI.COMM_WORLD.Dup()
 comm.Set_errhandler(MPI.ERRORS_RETURN)

@@ -159,3 +159,14 @@ def test_each_module_imports_on_its_own():
                             cwd=PACKAGE.parent, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "", "modules that fail to import on their own:\n" + result.stdout
+
+
+def test_top_level_holds_only_the_entry_points_and_the_errors():
+    # Every other module lives in the half it belongs to; rank_report.py only re-exports
+    # asyncddp.comm.rank_report under the name the README once gave it.
+    assert sorted(path.name for path in PACKAGE.glob("*.py")) == [
+        "__init__.py", "__main__.py", "errors.py", "rank_report.py"]
+    from asyncddp import rank_report
+    from asyncddp.comm import rank_report as moved
+
+    assert all(getattr(rank_report, name) is getattr(moved, name) for name in moved.__all__)

@@ -18,7 +18,7 @@ from asyncddp.launcher.plan import LaunchPlan
 from asyncddp.launcher.restart import run_with_restarts
 from asyncddp.launcher.survival import RankEnds, survival_result
 from asyncddp.launcher.mpi import MpiFlavor
-from asyncddp.rank_report import rank_end_line, report_lost_ranks
+from asyncddp.comm.rank_report import rank_end_line, report_lost_ranks
 
 
 def _model(fill: float) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

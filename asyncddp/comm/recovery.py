@@ -209,7 +209,7 @@ def recover(engine, error: BaseException) -> RankLostError:
                              attempts)
     # The launcher cannot tell a hung rank from a slow one; the survivors' word lets it stop the
     # ranks they left behind as soon as everyone else has ended.
-    from asyncddp.rank_report import report_lost_ranks
+    from asyncddp.comm.rank_report import report_lost_ranks
 
     report_lost_ranks(lost)
     for callback in list(_state.callbacks):

@@ -2,9 +2,9 @@
 
 mpirun under ULFM keeps quiet about a rank it lost (it exits 0 when the others finish), so the
 launcher could not say which rank died, when or how. The guard runs the rank's command as its
-child and, when the child ends, writes one line to stderr (``asyncddp.rank_report.rank_end_line``) that reaches the
-launcher through mpirun's tagged output: the rank finished, or it was lost with its exit code or
-signal.
+child and, when the child ends, writes one line to stderr
+(``asyncddp.comm.rank_report.rank_end_line``) that reaches the launcher through mpirun's tagged
+output: the rank finished, or it was lost with its exit code or signal.
 
 A rank that ended badly is then reported to mpirun as a killed process (the guard SIGKILLs
 itself), never as a non-zero exit: Open MPI 5 answers a non-zero exit by aborting the job, and its
@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 
-from asyncddp.rank_report import rank_end_line
+from asyncddp.comm.rank_report import rank_end_line
 
 __all__ = ["main"]
 

@@ -1,7 +1,7 @@
 """How a fault-tolerant job ends: which ranks were lost (where, when, how) and whether enough finished.
 
 In a fault-tolerant job each rank runs under ``asyncddp.launcher.rank_guard``, which reports how
-its rank ended on a line of the rank's stderr (``asyncddp.rank_report``). ``RankEnds`` collects
+its rank ended on a line of the rank's stderr (``asyncddp.comm.rank_report``). ``RankEnds`` collects
 those reports as ``asyncddp.launcher.job`` reads mpirun's output, turning a lost rank's report into
 a readable line and hiding a finished rank's; ``survival_result`` turns them into the job's result
 when mpirun is done. A rank with no report was lost with its guard (its host died, or mpirun
@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from asyncddp.rank_report import parse_lost_ranks, parse_rank_end
+from asyncddp.comm.rank_report import parse_lost_ranks, parse_rank_end
 
 __all__ = ["LostRank", "RankEnds", "survival_result", "describe_returncode", "LINGER_S"]
 
