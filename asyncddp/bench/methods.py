@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from asyncddp.bench.errors import BenchError
+
 __all__ = ["Method", "METHODS", "METHOD_NAMES", "get_method", "DEFAULT_SYNC_EVERY"]
 
 
@@ -94,7 +96,5 @@ def get_method(name: str) -> Method:
     """The registered method ``name``; ``BenchError`` naming the known ones otherwise."""
     method = METHODS.get(name)
     if method is None:
-        from asyncddp.bench.results import BenchError
-
         raise BenchError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
     return method

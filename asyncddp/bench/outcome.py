@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from asyncddp.bench.results import BandwidthBelowBound, BenchError
+from asyncddp.bench.errors import BandwidthBelowBound, BenchError
 
 __all__ = ["KEYS", "BenchOutcome", "RunsFailed", "outcome_of", "document", "check", "without_outcome"]
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from asyncddp.bench.errors import BandwidthBelowBound, BenchError
 from asyncddp.bench.methods import DEFAULT_SYNC_EVERY, METHOD_NAMES
 from asyncddp.bench.network import BenchNetwork
-from asyncddp.errors import AsyncDDPError, ConfigError
+from asyncddp.errors import ConfigError
 
 __all__ = ["BenchError", "BandwidthBelowBound", "OPS", "DTYPES", "ITEMSIZE", "CommBenchOptions", "CommRow", "OnePeerComparison",
            "CommBenchResult",
@@ -34,16 +35,6 @@ OPS = ("neighbor_allreduce", "neighbor_allreduce_one_peer", "hierarchical_neighb
        "broadcast", "win_put")
 DTYPES = ("float32", "float64")  # MPI reduces these natively on both sides (ours and raw numpy)
 ITEMSIZE = {"float32": 4, "float64": 8}
-
-
-class BenchError(AsyncDDPError):
-    """A benchmark could not run, or produced wrong values."""
-
-
-class BandwidthBelowBound(BenchError):
-    """The benchmark ran but its average bus bandwidth is below ``--min-busbw``."""
-
-    exit_code = 1
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)[bB]?\s*$")
