@@ -11,33 +11,15 @@ and ``asyncddp.bench.outcome`` turns any failed run into the JSON verdict and a 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import sys
 
 import typer
 
 from asyncddp.cli import launch_flags as flags
+from asyncddp.cli.bench_common import _check_plot_path, _progress_bar, _report, bench_app
 from asyncddp.errors import ConfigError
-
-bench_app = typer.Typer(help="Benchmarks: communication ops in nccl-tests form (comm), training throughput per "
-                        "method (resnet18, resnet50, vgg16, mobilenet_v3, transformer, mlp; with --kill-rank, "
-                        "surviving a lost rank), a slow rank (straggler).",
-                        no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
-
-
-def _check_plot_path(path: str | None) -> None:
-    if path is None:
-        return
-    parent = os.path.dirname(os.path.abspath(path))
-    if not path.lower().endswith(".png"):
-        raise ConfigError(f"--plot {path}: give a .png file name")
-    if os.path.exists(path) and not os.path.isfile(path):  # found only after the whole bench ran
-        raise ConfigError(f"--plot {path}: exists and is not a file; give a file name")
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise ConfigError(f"--plot {path}: directory {parent} does not exist or is not writable")
 
 
 def _refuse_what_cannot_fit(check, num_ranks: int, launch) -> None:
@@ -74,18 +56,6 @@ def _comm_options(num_ranks, min_bytes, max_bytes, step_factor, iters, warmup, d
     sizes = size_steps(parse_size(min_bytes, "--min-bytes"), parse_size(max_bytes, "--max-bytes"), step_factor)
     return CommBenchOptions(num_ranks=num_ranks, sizes=sizes, iters=iters, warmup=warmup, dtype=dtype,
                             ops=parse_ops(ops), device=device, progress=progress)
-
-
-@contextlib.contextmanager
-def _progress_bar(description: str, total: int, quiet: bool):
-    """A transient progress bar on stderr; yields ``update(done, description)``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True, disable=quiet) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda done, text: progress.update(task, completed=done, description=text)
 
 
 def _run_with_progress(options, launch, quiet: bool):
@@ -157,27 +127,6 @@ def comm_command(
         render.comm_plot(result, plot)
         print(f"plot written to {plot}", file=sys.stderr)
     outcome.check(result, "bench comm", missed)  # wrong values (the #wrong column), then the bound
-
-
-def _print_table(table) -> None:
-    from rich.console import Console
-
-    Console(width=None if sys.stdout.isatty() else 140).print(table)
-
-
-def _report(result, as_json: bool, table, plot: str | None = None, draw=None, *, what: str) -> None:
-    """Print ``result`` as JSON or as ``table(result)``; with ``plot``, ``draw(result, plot)`` too.
-    Then fail (``outcome.RunsFailed``, naming ``what``) when any run it was asked for failed."""
-    from asyncddp.bench import outcome
-
-    if as_json:
-        typer.echo(json.dumps(outcome.document(result), indent=2))
-    else:
-        _print_table(table(result))
-    if plot:
-        draw(result, plot)
-        print(f"plot written to {plot}", file=sys.stderr)
-    outcome.check(result, what)
 
 
 def _model_command(model: str):

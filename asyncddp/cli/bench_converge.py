@@ -12,7 +12,7 @@ import math
 import typer
 
 from asyncddp.cli import launch_flags as flags
-from asyncddp.cli.bench import _check_plot_path, _progress_bar, _report, bench_app
+from asyncddp.cli.bench_common import _check_plot_path, _progress_bar, _report, bench_app
 from asyncddp.errors import ConfigError
 
 
