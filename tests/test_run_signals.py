@@ -28,9 +28,10 @@ pytestmark = pytest.mark.timeout(120)
 RANK = """
 import os, sys, time
 rank = os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK")
-with open(os.path.join(sys.argv[1], "pid." + rank + ".tmp"), "w") as handle:
+# Written whole under a name the harness's pid.[0-9]* glob does not match, then renamed.
+with open(os.path.join(sys.argv[1], "partial." + rank), "w") as handle:
     handle.write(str(os.getpid()))
-os.rename(os.path.join(sys.argv[1], "pid." + rank + ".tmp"), os.path.join(sys.argv[1], "pid." + rank))
+os.rename(os.path.join(sys.argv[1], "partial." + rank), os.path.join(sys.argv[1], "pid." + rank))
 while True:
     print("tick", rank, flush=True)
     time.sleep(0.1)
