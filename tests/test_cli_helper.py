@@ -2,6 +2,7 @@
 
 import pytest
 
+from asyncddp.cli.main import app
 from tests.cli import asyncddp, invoke
 
 
@@ -21,3 +22,11 @@ def test_the_real_process_reports_its_pid():
     done = asyncddp("--version")
     assert (done.returncode, done.stderr) == (0, "") and done.stdout.startswith("asyncddp ")
     assert done.pid > 0 and done.args[1:3] == ["-m", "asyncddp"]
+
+
+def test_running_main_again_registers_no_command_twice():
+    invoke("--version")
+    commands, groups = list(app.registered_commands), list(app.registered_groups)
+    assert invoke("--version").returncode == 0 and invoke("topology", "show", "ring", "-n", "3").returncode == 0
+    assert (app.registered_commands, app.registered_groups) == (commands, groups)
+    assert {command.name for command in commands} >= {"run", "doctor"}
