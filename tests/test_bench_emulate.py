@@ -9,10 +9,6 @@ errors and the sweep's table need no namespaces and run everywhere.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -22,21 +18,8 @@ from asyncddp.bench.sweep import BandwidthSweep, SweepPoint, parse_bandwidths
 from asyncddp.errors import ConfigError
 from asyncddp.launcher import netns
 from asyncddp.launcher.emulate import PREFIX
+from tests.cli import asyncddp, invoke
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def asyncddp(*args: str, timeout: float = 150) -> tuple[subprocess.CompletedProcess, int]:
-    """Run the CLI; also its pid, which names every namespace it creates."""
-    proc = subprocess.Popen([sys.executable, "-m", "asyncddp", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, env=os.environ.copy())
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), proc.pid
 
 
 def need_namespaces() -> None:
@@ -53,9 +36,9 @@ def assert_nothing_left(pid: int) -> None:
 @pytest.mark.timeout(180)
 def test_comm_across_two_nodes_of_two_ranks():
     need_namespaces()
-    done, pid = asyncddp("bench", "comm", "--emulate", "nodes=2,ranks_per_node=2,bandwidth=10gbit", "-b", "4K",
-                         "-e", "16K", "--iters", "2", "--warmup", "1", "--json", "--ops",
-                         "neighbor_allreduce_one_peer,hierarchical_neighbor_allreduce,allreduce")
+    done = asyncddp("bench", "comm", "--emulate", "nodes=2,ranks_per_node=2,bandwidth=10gbit", "-b", "4K",
+                    "-e", "16K", "--iters", "2", "--warmup", "1", "--json", "--ops",
+                    "neighbor_allreduce_one_peer,hierarchical_neighbor_allreduce,allreduce", timeout=150)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert (data["num_ranks"], data["host"], data["num_wrong"]) == (4, "emu0", 0)  # -np: every slot
@@ -75,16 +58,16 @@ def test_comm_across_two_nodes_of_two_ranks():
     assert data["network"]["spec"] == "nodes=2,ranks_per_node=2,bandwidth=10gbit"
     assert [(n["node"], n["ranks"], n["rate"]) for n in data["network"]["nodes"]] == [
         (0, [0, 1], "10gbit"), (1, [2, 3], "10gbit")]
-    assert_nothing_left(pid)
+    assert_nothing_left(done.pid)
 
 
 @pytest.mark.timeout(240)
 def test_sweep_records_each_rate_and_the_slow_node(tmp_path):
     need_namespaces()
     plot = tmp_path / "sweep.png"
-    done, pid = asyncddp("bench", "mlp", "--emulate", "nodes=2,slow_node=1:500mbit", "--sweep-bandwidth",
-                         "10gbit,1gbit", "--methods", "neighbor-one-peer", "--batch-size", "4", "--image-size", "32",
-                         "--iters", "2", "--warmup", "1", "--json", "--plot", str(plot), timeout=220)
+    done = asyncddp("bench", "mlp", "--emulate", "nodes=2,slow_node=1:500mbit", "--sweep-bandwidth",
+                    "10gbit,1gbit", "--methods", "neighbor-one-peer", "--batch-size", "4", "--image-size", "32",
+                    "--iters", "2", "--warmup", "1", "--json", "--plot", str(plot), timeout=220)
     assert done.returncode == 0, done.stderr
     sweep = BandwidthSweep.from_dict(json.loads(done.stdout))
     assert (sweep.model, sweep.num_ranks, sweep.methods) == ("mlp", 2, ("neighbor-one-peer",))
@@ -97,7 +80,7 @@ def test_sweep_records_each_rate_and_the_slow_node(tmp_path):
         assert [(link.node, link.ranks, link.rate) for link in network.nodes] == [
             (0, (0,), point.bandwidth), (1, (1,), "500mbit")]
     assert plot.read_bytes()[:4] == b"\x89PNG"
-    assert_nothing_left(pid)
+    assert_nothing_left(done.pid)
 
 
 @pytest.mark.timeout(60)
@@ -108,7 +91,7 @@ def test_sweep_records_each_rate_and_the_slow_node(tmp_path):
     (("--emulate", "nodes=2", "--np", "1,2", "--sweep-bandwidth", "1gbit"), "a sweep runs at one rank count"),
 ])
 def test_sweep_flag_errors_are_one_line_before_any_launch(args, message):
-    done, _ = asyncddp("bench", "mlp", *args)
+    done = invoke("bench", "mlp", *args)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
 

@@ -15,14 +15,9 @@ from asyncddp.bench import render
 from asyncddp.bench.fault import (SURVIVING_METHODS, FaultBenchResult, FaultRun, check_kill, choose_fault_methods,
                                   default_kill_step)
 from asyncddp.errors import ConfigError
+from tests.cli import asyncddp, invoke
 
-ROOT = Path(__file__).resolve().parent.parent
 MPIRUN5 = Path(sys.executable).parent / "mpirun"
-
-
-def asyncddp(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asyncddp", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.timeout(300)
@@ -74,7 +69,7 @@ def _one_line(proc: subprocess.CompletedProcess, says: str) -> None:
     (["--kill-rank", "1", "--np", "2,4"], "--np 2,4 with --kill-rank: the bench loses a rank of one job size"),
 ])
 def test_bad_kill_options_give_one_line_errors(args, says):
-    _one_line(asyncddp("bench", "mlp", *args), says)
+    _one_line(invoke("bench", "mlp", *args), says)
 
 
 def test_bad_kill_rank_in_json_mode_is_a_json_error_document():
@@ -91,7 +86,7 @@ def test_bad_kill_rank_in_json_mode_is_a_json_error_document():
 def test_an_mpi_without_ulfm_is_refused_before_any_run(mpirun, says):
     if not os.access(mpirun, os.X_OK):
         pytest.skip(f"{mpirun} is not installed (scripts/test installs openmpi-bin and mpich)")
-    _one_line(asyncddp("bench", "mlp", "-np", "3", "--kill-rank", "1", env={"ASYNCDDP_MPIRUN": mpirun}), says)
+    _one_line(invoke("bench", "mlp", "-np", "3", "--kill-rank", "1", env={"ASYNCDDP_MPIRUN": mpirun}), says)
 
 
 def test_checks_and_method_choice():

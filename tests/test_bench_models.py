@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from asyncddp.bench import render
 from asyncddp.bench.results import METHODS, ModelBenchResult, ModelRun, parse_methods, parse_num_ranks
 from asyncddp.errors import ConfigError
+from tests.cli import asyncddp, invoke
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def asyncddp(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asyncddp", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, env=os.environ.copy())
 
 
 @pytest.mark.timeout(480)  # 13 launches (the five communication-efficient methods included)
@@ -47,7 +38,7 @@ def test_small_model_bench_runs_every_method(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_straggler_bench_reports_both_phases():
-    proc = asyncddp("bench", "straggler", "-np", "2", "--iters", "4", "--warmup", "1", "--json")
+    proc = asyncddp("bench", "straggler", "-np", "2", "--iters", "4", "--warmup", "1", "--json", timeout=120)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["options"]["slow_rank"] == 1 and data["options"]["slow_factor"] == 2.0
@@ -61,7 +52,7 @@ def test_straggler_bench_reports_both_phases():
 
 @pytest.mark.timeout(60)
 def test_a_failed_run_is_a_row_then_a_failed_command():
-    proc = asyncddp("bench", "mlp", "--image-size", "32", "--np", "1", "--methods", "local", "--timeout", "0.5", "--json")
+    proc = asyncddp("bench", "mlp", "--image-size", "32", "--np", "1", "--methods", "local", "--timeout", "0.5", "--json", timeout=120)
     assert proc.returncode == 2, proc.stderr
     data = json.loads(proc.stdout)
     (run,) = data["runs"]
@@ -83,7 +74,7 @@ def test_a_failed_run_is_a_row_then_a_failed_command():
     (["bench", "straggler", "--model", "nope"], "choose resnet18, resnet50, vgg16, mobilenet_v3, transformer or mlp"),
 ])
 def test_bad_options_give_one_line_errors(args, message):
-    proc = asyncddp(*args)
+    proc = invoke(*args)
     assert proc.returncode == 2
     assert proc.stderr.startswith("asyncddp: error: ") and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
+from tests.cli import asyncddp
 from tests.mpi_helpers import ROOT
 
 EXAMPLE = ROOT / "examples" / "bluefog" / "average_consensus.py"
@@ -14,8 +13,7 @@ RESULT = re.compile(r"^\[0\] consensus (\S+) (\S+) ranks=(\d+) iters=(\d+) total
 
 
 def asyncddp_run(*args: str) -> tuple[str, str, float]:
-    done = subprocess.run([sys.executable, "-m", "asyncddp", "run", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    done = asyncddp("run", *args, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     match = RESULT.search(done.stdout)
     assert match, done.stdout

@@ -10,13 +10,12 @@ seed documents in ``/work/shared/seeds`` and run unchanged through
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.mpi_helpers import ROOT, run_mpi_pytest
+from tests.cli import asyncddp
+from tests.mpi_helpers import run_mpi_pytest
 
 SEEDS = Path("/work/shared/seeds")
 
@@ -51,11 +50,7 @@ def _readme_consensus() -> str:
 
 
 def _asyncddp_run(script: Path, num_ranks: int = 4) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "asyncddp", "run", "-np", str(num_ranks), "-m", "asyncddp.compat.run_bluefog",
-         str(script)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
-    )
+    done = asyncddp("run", "-np", str(num_ranks), "-m", "asyncddp.compat.run_bluefog", str(script), timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 

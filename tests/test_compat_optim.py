@@ -4,9 +4,8 @@ under a real mpirun / ``asyncddp run``."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
+from tests.cli import asyncddp
 from tests.mpi_helpers import ROOT, run_mpi_pytest
 
 EXAMPLE = ROOT / "examples" / "bluefog" / "optimization.py"
@@ -34,10 +33,8 @@ def _bluefog_imports(path, tmp_path):
 
 def test_benchmark_example_with_every_optimizer_choice(tmp_path):
     script = _bluefog_imports(BENCHMARK, tmp_path)
-    done = subprocess.run([sys.executable, "-m", "asyncddp", "run", "-np", "4", "-x", "BLUEFOG_NODES_PER_MACHINE=2",
-                           "-m", "asyncddp.compat.run_bluefog", str(script), "--dist-optimizer", "all",
-                           "--atc-style", "--num-iters", "2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    done = asyncddp("run", "-np", "4", "-x", "BLUEFOG_NODES_PER_MACHINE=2", "-m", "asyncddp.compat.run_bluefog",
+                    str(script), "--dist-optimizer", "all", "--atc-style", "--num-iters", "2", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = BENCH_LINE.findall(done.stdout)
     assert [kind for kind, *_ in lines] == ["neighbor_allreduce", "hierarchical_neighbor_allreduce", "allreduce",
@@ -49,8 +46,7 @@ def test_benchmark_example_with_every_optimizer_choice(tmp_path):
 
 def asyncddp_run(*args: str) -> dict[str, tuple[str, int, float]]:
     """{method: (topology, ranks, mean distance to the optimum)} from rank 0's lines."""
-    done = subprocess.run([sys.executable, "-m", "asyncddp", "run", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    done = asyncddp("run", *args, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     found = {m[1]: (m[2], int(m[3]), float(m[5])) for m in RESULT.finditer(done.stdout)}
     assert found, done.stdout

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from asyncddp.doctor import DoctorOptions, SshOptions, run_doctor, ssh_preflight
 from asyncddp.launcher.ssh import connect
+from tests.cli import asyncddp
 from tests.sshd import free_port, keygen, known_hosts_line, sshd_missing_reason, start_sshd
 
 pytestmark = pytest.mark.timeout(60)
@@ -177,8 +177,7 @@ def write_config(path: Path, sshd, known: Path, port: int | None = None) -> Path
 
 
 def doctor_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asyncddp", "doctor", *args], capture_output=True,
-                          text=True, timeout=90, stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "200"})
+    return asyncddp("doctor", *args, timeout=90, env={"COLUMNS": "200"})
 
 
 def test_cli_config_all_ok_then_changed_key(sshd, tmp_path):
@@ -205,12 +204,8 @@ def test_cli_wrong_port_one_clear_line(sshd, tmp_path):
     assert "FAIL cannot connect to 127.0.0.1:" in done.stdout and "Connection refused" in done.stdout
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asyncddp", "run", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=90, stdin=subprocess.DEVNULL)
+    return asyncddp("run", *args, timeout=90)
 
 
 def test_loopback_host_with_its_own_port_runs_over_ssh_as_preflight_checks(sshd, tmp_path):

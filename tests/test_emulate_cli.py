@@ -22,27 +22,13 @@ from asyncddp.launcher.config import load_config
 from asyncddp.launcher.emulate import PREFIX
 from asyncddp.launcher.emulate_spec import EmulateSpec
 from tests.mpi_helpers import ROOT
-from tests.netns import asyncddp_argv
+from tests.cli import asyncddp, asyncddp_argv, invoke
 
 pytestmark = pytest.mark.timeout(120)
 
 MACHINES = ("import socket\nimport asyncddp as addp\naddp.init()\n"
             "print('RANK', addp.rank(), addp.machine_rank(), socket.gethostname(), flush=True)\naddp.shutdown()\n")
 SLEEPER = "import time\nimport asyncddp as addp\naddp.init()\nprint('UP', flush=True)\ntime.sleep(90)\n"
-
-
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """The CLI to its end; ``.pid`` is the pid its namespaces are named after (addpe-<pid>-...)."""
-    job = subprocess.Popen(asyncddp_argv("run", *args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, stdin=subprocess.DEVNULL)
-    try:
-        stdout, stderr = job.communicate(timeout=90)
-    finally:
-        if job.poll() is None:
-            job.kill()
-    done = subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
-    done.pid = job.pid
-    return done
 
 
 def _assert_clean(pid: int, marker: str) -> None:
@@ -77,7 +63,7 @@ def root_only():
 
 def test_dry_run_shows_nodes_links_and_the_command(tmp_path):
     (tmp_path / "m.py").write_text(MACHINES)
-    done = _run("--emulate", "nodes=2,ranks_per_node=2,bandwidth=1gbit,slow_node=1:500mbit", "--dry-run",
+    done = invoke("run", "--emulate", "nodes=2,ranks_per_node=2,bandwidth=1gbit,slow_node=1:500mbit", "--dry-run",
                 "m.py", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -85,7 +71,7 @@ def test_dry_run_shows_nodes_links_and_the_command(tmp_path):
     assert lines[1].split()[:2] == ["emu0", lines[1].split()[1]] and lines[1].endswith("2 rank(s), link 1gbit")
     assert lines[2].endswith("2 rank(s), link 500mbit")
     assert "setup commands:" in lines and "--host emu0:2,emu1:2 \\" in done.stdout
-    as_json = json.loads(_run("--emulate", "nodes=2,ranks_per_node=2", "--dry-run", "--json", "m.py",
+    as_json = json.loads(invoke("run", "--emulate", "nodes=2,ranks_per_node=2", "--dry-run", "--json", "m.py",
                               cwd=tmp_path).stdout)
     tag = as_json["emulate"]["tag"]
     argv = as_json["argv"]
@@ -102,23 +88,23 @@ def test_config_section_and_its_errors(tmp_path):
     assert shipped.hosts == () and shipped.emulate == EmulateSpec(
         num_nodes=4, ranks_per_node=2, bandwidth_bps=10**9, slow_nodes=((3, 200 * 10**6),))
     (tmp_path / "m.py").write_text(MACHINES)
-    done = _run("--config", str(ROOT / "configs" / "emulated.yaml"), "--dry-run", "m.py", cwd=tmp_path)
+    done = invoke("run", "--config", str(ROOT / "configs" / "emulated.yaml"), "--dry-run", "m.py", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "-np 8 \\" in done.stdout and "--host emu0:2,emu1:2,emu2:2,emu3:2 \\" in done.stdout
     both = tmp_path / "both.yaml"
     both.write_text("hosts:\n  - name: a\nemulate: nodes=2\n")
-    done = _run("--config", str(both), "--dry-run", "m.py", cwd=tmp_path)
+    done = invoke("run", "--config", str(both), "--dry-run", "m.py", cwd=tmp_path)
     assert (done.returncode, done.stderr.strip()) == (2, f"asyncddp: error: {both}:1: hosts: emulate makes its own "
                                                          "hosts; keep hosts or emulate, not both")
     bad = tmp_path / "bad.yaml"
     bad.write_text("np: 2\nemulate:\n  nodes: 2\n  bandwidth: fast\n")
-    done = _run("--config", str(bad), "--dry-run", "m.py", cwd=tmp_path)
+    done = invoke("run", "--config", str(bad), "--dry-run", "m.py", cwd=tmp_path)
     assert done.stderr.strip() == (f"asyncddp: error: {bad}:2: emulate: bandwidth='fast' is not a rate; write a "
                                    "number and one of bit/kbit/mbit/gbit/tbit, e.g. bandwidth=1gbit")
-    done = _run("--emulate", "nodes=2,ranks_per_node=2", "-np", "5", "--dry-run", "m.py", cwd=tmp_path)
+    done = invoke("run", "--emulate", "nodes=2,ranks_per_node=2", "-np", "5", "--dry-run", "m.py", cwd=tmp_path)
     assert done.stderr.strip() == ("asyncddp: error: -np 5 is more than the 4 slots of --emulate nodes=2,ranks_per_node=2; "
                                    "lower -np, add slots, or pass --oversubscribe")
-    done = _run("--emulate", "nodes=2", "-H", "a:2", "m.py", cwd=tmp_path)
+    done = invoke("run", "--emulate", "nodes=2", "-H", "a:2", "m.py", cwd=tmp_path)
     assert done.stderr.strip() == "asyncddp: error: --emulate makes its own hosts (emu0, emu1, ...); drop --hostfile/-H"
 
 
@@ -143,7 +129,7 @@ def test_without_root_one_line():
 
 def test_run_on_two_nodes(root_only, tmp_path):
     (tmp_path / "m.py").write_text(MACHINES)
-    done = _run("--emulate", "nodes=2,ranks_per_node=2,bandwidth=1gbit", "m.py", cwd=tmp_path)
+    done = asyncddp("run", "--emulate", "nodes=2,ranks_per_node=2,bandwidth=1gbit", "m.py", cwd=tmp_path, timeout=90)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = sorted(line.split()[2:] for line in done.stdout.splitlines() if line.split()[1:2] == ["RANK"])
     assert lines == [["0", "0", "emu0"], ["1", "0", "emu0"], ["2", "1", "emu1"], ["3", "1", "emu1"]]
@@ -152,7 +138,7 @@ def test_run_on_two_nodes(root_only, tmp_path):
 
 def test_timeout_and_ctrl_c_remove_everything(root_only, tmp_path):
     (tmp_path / "slow.py").write_text(SLEEPER)
-    done = _run("--emulate", "nodes=2", "--timeout", "4", "slow.py", cwd=tmp_path)
+    done = asyncddp("run", "--emulate", "nodes=2", "--timeout", "4", "slow.py", cwd=tmp_path, timeout=90)
     assert done.returncode == 124, done.stdout[-2000:] + done.stderr[-2000:]
     assert "job timed out after 4 s" in done.stderr
     _assert_clean(done.pid, str(tmp_path))

@@ -15,14 +15,9 @@ import pytest
 from asyncddp.errors import ConfigError, HostfileError
 from asyncddp.launcher.config import load_config
 from asyncddp.launcher.hosts import parse_hostfile
+from tests.cli import asyncddp, invoke
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def asyncddp(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess:
-    # A timeout here means the launcher hung: subprocess.run raises TimeoutExpired and kills it.
-    return subprocess.run([sys.executable, "-m", "asyncddp", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture
@@ -104,7 +99,7 @@ def test_a_missing_or_file_working_dir_is_refused_before_launch(tmp_path):
     (tmp_path / "plain").write_text("")
     for folder, why in ((tmp_path / "gone", "does not exist"), (tmp_path / "plain", "is not a regular file, not a directory")):
         config = _config(tmp_path, f"working_dir: {folder}\n")
-        done = asyncddp("run", "--config", str(config), "--dry-run", "examples/hello.py")
+        done = invoke("run", "--config", str(config), "--dry-run", "examples/hello.py")
         assert done.returncode == 2
         assert done.stderr.startswith(f"asyncddp: error: {config}:4: working_dir {folder} ")
         assert done.stderr.count("\n") == 1 and "mpirun installation" not in done.stderr

@@ -21,6 +21,7 @@ import pytest
 
 from asyncddp.comm.mpi_env import fabric_devices
 from asyncddp.launcher.mpi import IMPLEMENTATIONS, find_mpirun, parse_mpi_version, mpi_version_text
+from tests import cli
 from tests.mpi_helpers import pid_is_running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,10 +48,7 @@ def flavour(request):
 
 
 def asyncddp(flavour, *args, timeout=90):
-    env = {**os.environ, **flavour["env"]}
-    env.pop("OMPI_MCA_osc", None)
-    return subprocess.run([sys.executable, "-m", "asyncddp", "run", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+    return cli.asyncddp("run", *args, timeout=timeout, env=flavour["env"], unset=["OMPI_MCA_osc"])
 
 
 def test_hello_on_four_ranks(flavour):

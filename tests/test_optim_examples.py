@@ -3,16 +3,13 @@
 import json
 import re
 import subprocess
-import sys
 
-from tests.mpi_helpers import ROOT, mpi_env
+from tests.cli import asyncddp
+from tests.mpi_helpers import mpi_env
 
 
 def asyncddp_run(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", "asyncddp", "run", "-np", "4", *args], cwd=ROOT, env=mpi_env(),
-        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    done = asyncddp("run", "-np", "4", *args, timeout=timeout, env=mpi_env())
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 

@@ -13,13 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import asyncddp, invoke
+
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = re.compile(r"^\[(\d+)\] hello from rank (\d+) of (\d+) ")
-
-
-def asyncddp(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asyncddp", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize("num_ranks", [1, 2, 4, 3])
@@ -140,7 +137,7 @@ def test_arbitrary_command_passes_its_flags_through():
 
 
 def test_dry_run_json_runs_nothing(tmp_path):
-    done = asyncddp("run", "-n", "3", "-H", "localhost:2", "--oversubscribe", "--dry-run", "--json", "examples/hello.py", "--x", "1")
+    done = invoke("run", "-n", "3", "-H", "localhost:2", "--oversubscribe", "--dry-run", "--json", "examples/hello.py", "--x", "1")
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
     assert plan["argv"][1:9] == ["-np", "3", "--host", "localhost:2", "--map-by", "slot:OVERSUBSCRIBE", "--bind-to", "none"]
@@ -173,7 +170,7 @@ def test_bad_input_is_one_clear_line(tmp_path, args, env, message):
     bad_config = tmp_path / "c.yaml"
     bad_config.write_text("hosts:\n  - name: localhost\n    slotz: 2\n")
     paths = {"bad_hostfile": str(bad_hostfile), "bad_config": str(bad_config)}
-    done = asyncddp("run", *[arg.format(**paths) for arg in args], env=env)
+    done = invoke("run", *[arg.format(**paths) for arg in args], env=env)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("asyncddp: error: " + message.format(**paths)), done.stderr

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from asyncddp.launcher.run_config import RunOptions, merge_run_config
 from asyncddp.errors import HostfileError
 from asyncddp.launcher.slurm import expand_nodelist, expand_tasks_per_node, in_slurm_allocation, slurm_hosts
+from tests.cli import invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,9 +111,8 @@ def test_merge_ssh_port_and_infiniband_flags():
 
 
 def _dry_run(*args: str, env: dict) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    return subprocess.run([sys.executable, "-m", "asyncddp", "run", "--dry-run", *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=60, env={**clean, **env}, stdin=subprocess.DEVNULL)
+    # In-process: a dry run starts nothing. tests/conftest.py removed this machine's SLURM_* variables.
+    return invoke("run", "--dry-run", *args, env=env)
 
 
 def test_dry_run_inside_an_allocation_with_bfrun_flags():

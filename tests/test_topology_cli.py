@@ -1,21 +1,16 @@
-"""``asyncddp topology show|draw|compare`` through the real entry point."""
+"""``asyncddp topology show|draw|compare`` through the CLI's main, in-process (tests/cli.py: invoke)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.mpi_helpers import ROOT
+from tests.cli import invoke
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _cli(*args, check=True):
-    done = subprocess.run(
-        [sys.executable, "-m", "asyncddp", "topology", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
+    done = invoke("topology", *args)  # reports computed in-process: nothing needs a process of its own
     if check:
         assert done.returncode == 0, done.stderr
     return done

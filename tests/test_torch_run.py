@@ -5,16 +5,15 @@ rank, DDP's rendezvous (gloo) locally, over ``-H`` and across an emulated networ
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from asyncddp.launcher import netns
+from tests.cli import asyncddp
 from tests.mpi_helpers import ROOT
 
 pytestmark = pytest.mark.timeout(240)
@@ -34,8 +33,7 @@ TRAINED = re.compile(r"^\[(\d+)\] rank (\d+) of (\d+) \(local rank (\d+)\): .* p
 
 
 def asyncddp_run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asyncddp", "run", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=200, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return asyncddp("run", *args, cwd=cwd, timeout=200, env={"PYTHONPATH": str(ROOT)})
 
 
 def check_job(done: subprocess.CompletedProcess, nodes: list[int], master_addr: str,

@@ -49,7 +49,10 @@ def _root(
 
 
 def _register_commands() -> None:
-    # One module per command; each adds itself to the app.
+    # One module per command; each adds itself to the app, once: main runs many times in one process
+    # under the tests, and each added copy would make every later call build the whole CLI again.
+    if app.registered_commands or app.registered_groups:
+        return
     from asyncddp.cli import commands
 
     for module in commands.MODULES:
