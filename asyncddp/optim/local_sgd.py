@@ -50,12 +50,14 @@ OUTER_COMMUNICATION = ("neighbor", "one-peer", "allreduce")
 class _LocalSGD(DistributedOptimizer):
     """Mixin: see the module docstring."""
 
-    def _addp_setup(self, model, sync_every, outer_lr, outer_momentum, nesterov, communication, compressor):
+    def _addp_setup(self, model, sync_every, outer_lr, outer_momentum, nesterov, communication, compressor,
+                    gossip_rounds=1):
         from asyncddp.topology.schedules import one_peer_exponential_two
 
         self._addp_named = named_trainable(model, self)
         self.sync_every, self.outer_lr, self.outer_momentum = sync_every, outer_lr, outer_momentum
         self.nesterov, self.communication, self.compressor = nesterov, communication, compressor
+        self.gossip_rounds = gossip_rounds
         self._addp_schedule_factory = one_peer_exponential_two if communication == "one-peer" else None
         self.schedule = _as_schedule(self._addp_schedule_factory)
         self._addp_step_count = 0
@@ -79,18 +81,22 @@ class _LocalSGD(DistributedOptimizer):
                         for k, flat in enumerate(flats)]
             return self._addp_compressed_allreduce(flats)
         averaged = [flat.detach().clone() for flat in flats]
+        for r in range(self.gossip_rounds):
+            self._addp_gossip_round(averaged, self._addp_step_count * self.gossip_rounds + r)
+        return averaged
+
+    def _addp_gossip_round(self, averaged, round_index) -> None:
         peers = next_round(self.schedule, None, None, None, True, _WHO)
         if self._addp_copies is not None:
             self._addp_copies.round(averaged, peers.dsts, peers.recvs, 1.0, me=rank(),
-                                    round_index=self._addp_step_count, check=peers.check, name="localsgd")
-            return averaged
+                                    round_index=round_index, check=peers.check, name="localsgd")
+            return
         kw = {}
         if self.schedule is not None:
             kw = {"self_weight": 1.0 - sum(w for _, w in peers.recvs), "src_weights": dict(peers.recvs),
                   "dst_weights": {d: 1.0 for d in peers.dsts}}
         for k, tensor in enumerate(averaged):
             neighbor_allreduce_(tensor, name=f"localsgd.flat{k}", **kw)
-        return averaged
 
     def _addp_compressed_allreduce(self, flats) -> list:
         """Every rank's compressed pseudo-gradient to every other; the mean of the decoded ones
@@ -201,7 +207,7 @@ def _check_options(sync_every, outer_lr, outer_momentum, communication) -> None:
 
 
 def DistributedLocalSGDOptimizer(optimizer, model, sync_every=32, outer_lr=1.0, outer_momentum=0.0,
-                                 nesterov=False, communication="neighbor", compressor=None):
+                                 nesterov=False, communication="neighbor", compressor=None, gossip_rounds=1):
     """Wrap ``optimizer`` for Local SGD / DiLoCo: ``sync_every`` local steps, then an outer step.
 
     Args:
@@ -215,12 +221,18 @@ def DistributedLocalSGDOptimizer(optimizer, model, sync_every=32, outer_lr=1.0, 
             (one peer per round on a one-peer Exp-2 schedule) or ``allreduce``.
         compressor: None (default: dense), or a spec as for
             ``DistributedCompressedNeighborOptimizer`` (``int8``, ``int4``, ``topk:F``, ...).
+        gossip_rounds: gossip rounds per outer step for ``neighbor`` and ``one-peer`` (default
+            1); each sends one model (or payload) more. ``one-peer`` with ``log2(size)`` rounds
+            averages exactly on a power-of-two world (every rank's model reaches every rank).
     """
     check_optimizer(optimizer, _WHO)
     check_model(model, _WHO)
     _check_options(sync_every, outer_lr, outer_momentum, communication)
+    if isinstance(gossip_rounds, bool) or not isinstance(gossip_rounds, int) or gossip_rounds < 1:
+        raise OptimizerError(f"{_WHO}: gossip_rounds must be an integer >= 1 (gossip rounds per outer step), "
+                             f"got {gossip_rounds!r}")
     codec = parse_compressor(compressor) if compressor is not None else None
     wrapped = wrap(optimizer, _LocalSGD, _WHO)
     wrapped._addp_setup(model, sync_every, float(outer_lr), float(outer_momentum), bool(nesterov),
-                        communication, codec)
+                        communication, codec, gossip_rounds)
     return wrapped

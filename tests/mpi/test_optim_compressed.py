@@ -73,6 +73,20 @@ def test_local_sgd_h1_equals_atc_averaging_step_for_step(communication):
     assert max(diffs) == 0.0, diffs  # the outer step of plain Local SGD is the average itself
 
 
+def test_one_peer_with_log2_size_rounds_equals_allreduce_local_sgd():
+    # One-peer Exp-2 rounds with offsets 1, 2, 4, ... carry every model to every rank: on a
+    # power-of-two world, log2(size) rounds are the exact average.
+    n = addp.size()
+    if n & (n - 1):
+        pytest.skip("exact only on a power-of-two world")
+    rounds = max(1, n.bit_length() - 1)
+    diffs = _pair(lambda o, m: addp.DistributedLocalSGDOptimizer(o, m, sync_every=2, communication="allreduce"),
+                  lambda o, m: addp.DistributedLocalSGDOptimizer(o, m, sync_every=2, communication="one-peer",
+                                                                 gossip_rounds=rounds),
+                  steps=6)
+    assert max(diffs) < 1e-6, diffs
+
+
 def _scalar(value):
     model = torch.nn.Linear(1, 1, bias=False)
     with torch.no_grad():
@@ -230,7 +244,7 @@ def test_state_dict_carries_the_outer_state(tmp_path):
     ({"compressor": "topk:0"}, "compressor='topk:0'"), ({"compressor": "topk:1.5"}, "compressor='topk:1.5'"),
     ({"compressor": "int3"}, "compressor='int3'"), ({"sync_every": 0}, "sync_every"),
     ({"communication": "ring"}, "communication='ring'"), ({"outer_momentum": 1.0}, "outer_momentum"),
-    ({"outer_lr": 0}, "outer_lr"),
+    ({"outer_lr": 0}, "outer_lr"), ({"gossip_rounds": 0}, "gossip_rounds"),
 ])  # fmt: skip
 def test_local_sgd_bad_options(kwargs, option):
     model = _model(0)
