@@ -11,7 +11,6 @@ DDP's global allreduce. ``--init-order asyncddp-first`` calls ``asyncddp.init()`
 how far apart they ended.
 """
 
-import argparse
 import os
 
 import torch
@@ -19,15 +18,11 @@ import torch.distributed as dist
 
 import asyncddp as addp
 
-from ddp_unchanged import build_model, synthetic_batch, train
+from ddp_unchanged import build_model, synthetic_batch, train, training_flags
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per rank per step")
-    parser.add_argument("--image-size", type=int, default=224)
+    parser = training_flags(__doc__.splitlines()[0])
     parser.add_argument("--init-order", choices=("torch-first", "asyncddp-first"), default="torch-first")
     args = parser.parse_args()
 

@@ -48,13 +48,18 @@ def train(model, optimizer, images, labels, warmup: int, steps: int) -> tuple[fl
     return loss.item(), (time.perf_counter() - start) / steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def training_flags(description: str) -> argparse.ArgumentParser:
+    """The flags of this script, which the neighbour-averaging twin (ddp_to_neighbor.py) shares."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--batch-size", type=int, default=32, help="images per rank per step")
     parser.add_argument("--image-size", type=int, default=224)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = training_flags(__doc__.splitlines()[0]).parse_args()
 
     torch.set_num_threads(1)  # one core per rank, as asyncddp bench runs its ranks
     dist.init_process_group("gloo")
